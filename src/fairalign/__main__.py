@@ -1,0 +1,4 @@
+"""`python -m fairalign` (also what `accelerate launch -m fairalign` runs)."""
+from fairalign.cli import main
+
+raise SystemExit(main())
