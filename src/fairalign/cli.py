@@ -1,0 +1,237 @@
+"""The `fairalign` command line.
+
+    fairalign train [CONFIG.yaml | PRESET] [KEY=VALUE ...] [--resume RUN_DIR] [--num-processes N]
+    fairalign demo [KEY=VALUE ...]
+    fairalign config [CONFIG | PRESET] [KEY=VALUE ...] [--keys]
+    fairalign eval RUN_DIR_OR_MODEL [KEY=VALUE ...]
+    fairalign eval-dialogue RUN_DIR_OR_MODEL [KEY=VALUE ...]
+    fairalign simulate-clipping [--out DIR] ...
+
+Bad input (an unknown key, a bad value, an unknown name, unreadable data) prints one line
+`fairalign: error: ...` and exits with code 2, without a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+EXIT_USAGE = 2
+
+
+def _split_source(args: list[str]) -> tuple[str | None, list[str]]:
+    """First positional is a YAML file or a preset name unless it is KEY=VALUE."""
+    if args and "=" not in args[0]:
+        return args[0], args[1:]
+    return None, args
+
+
+def resolve_config(source: str | None, overrides: list[str]):
+    from fairalign.train.config import ConfigError, build_config, load_yaml
+    from fairalign.train.presets import PRESETS, get_preset
+
+    base: dict = {}
+    if source is not None:
+        if source.endswith((".yaml", ".yml")) or Path(source).is_file():
+            base = load_yaml(source)
+        elif source in PRESETS:
+            base = get_preset(source)
+            base.setdefault("output_dir", f"runs/{source}")
+        else:
+            raise ConfigError(f"'{source}' is neither a YAML file nor a preset; presets: {', '.join(sorted(PRESETS))}")
+    return build_config(base, overrides)
+
+
+RESUMABLE_OVERRIDES = ("steps", "save_every", "keep_last", "log.")
+
+
+def resume_config(run_dir: str, overrides: list[str]):
+    from fairalign.train.config import ConfigError, build_config, load_yaml, parse_override, to_dict
+
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"--resume: '{run_dir}' is not a run directory (no config.yaml)")
+    saved = load_yaml(path)
+    cfg = build_config(saved, overrides)
+    flat_saved = to_dict(build_config(saved))
+    for ov in overrides:
+        key, _ = parse_override(ov)
+        if key.startswith(RESUMABLE_OVERRIDES):
+            continue
+        node_new, node_old = to_dict(cfg), flat_saved
+        for part in key.split("."):
+            node_new, node_old = node_new[part], node_old[part]
+        if node_new != node_old:
+            raise ConfigError(f"--resume: '{key}' differs from the checkpoint's config ({node_old!r}); only "
+                              f"steps, save_every, keep_last and log.* may change on resume")
+    cfg.output_dir = str(run_dir)
+    return cfg
+
+
+def cmd_train(ns, rest: list[str]) -> int:
+    if ns.num_processes and ns.num_processes > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        import subprocess
+
+        argv = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(ns.num_processes),
+                "--cpu" if not _has_cuda() else "--multi_gpu", "-m", "fairalign", "train", *rest]
+        if ns.resume:
+            argv += ["--resume", ns.resume]
+        return subprocess.call(argv)
+    from fairalign.train.trainer import Trainer
+
+    source, overrides = _split_source(rest)
+    if ns.resume:
+        if source is not None:
+            overrides = [source, *overrides] if "=" in source else overrides
+        cfg = resume_config(ns.resume, overrides)
+    else:
+        cfg = resolve_config(source, overrides)
+    trainer = Trainer(cfg, resume=bool(ns.resume))
+    rows = trainer.train()
+    if trainer.dist.is_main:
+        from fairalign.train.plots import make_plots
+
+        make_plots(trainer.run_dir)
+        last = rows[-1] if rows else {}
+        print(f"done: {trainer.step} steps in {trainer.run_dir} "
+              f"(last reward/mean {last.get('reward/mean', float('nan')):.3f})")
+    return 0
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def cmd_demo(ns, rest: list[str]) -> int:
+    from fairalign.train.demo import run_demo
+
+    run_demo(rest)
+    return 0
+
+
+def cmd_config(ns, rest: list[str]) -> int:
+    from fairalign.train.config import dump_yaml, field_docs
+
+    if ns.keys:
+        for k, doc in field_docs().items():
+            print(f"{k:32s} {doc}")
+        return 0
+    source, overrides = _split_source(rest)
+    print(dump_yaml(resolve_config(source, overrides)), end="")
+    return 0
+
+
+def cmd_eval(ns, rest: list[str]) -> int:
+    import json
+
+    from fairalign.train.config import ConfigError, build_config, load_yaml
+    from fairalign.envs import get_task
+    from fairalign.models import load_policy
+    from fairalign.train.evaluate import evaluate_policy
+
+    if not rest:
+        raise ConfigError("eval needs RUN_DIR_OR_MODEL")
+    target, overrides = rest[0], rest[1:]
+    run_cfg = Path(target) / "config.yaml"
+    if run_cfg.is_file():
+        cfg = build_config(load_yaml(run_cfg), overrides)
+        final = Path(target) / "final"
+        if not final.is_dir():
+            raise ConfigError(f"eval: run '{target}' has no final model (is it finished?)")
+        model_path = str(final)
+    else:
+        cfg = build_config({}, overrides)
+        model_path = target
+    task = get_task(cfg.task, seed=cfg.seed, reward_funcs=cfg.task_reward or None,
+                    reward_weights=cfg.task_reward_weights, group_column=cfg.group_column)
+    if cfg.lora.enabled and run_cfg.is_file():
+        import peft
+
+        base, tok = load_policy(cfg.model, trust_remote_code=cfg.trust_remote_code)
+        model = peft.PeftModel.from_pretrained(base, model_path)
+    else:
+        model, tok = load_policy(model_path, trust_remote_code=cfg.trust_remote_code)
+    res = evaluate_policy(model, tok, task, cfg)
+    print(json.dumps(res, indent=2))
+    if run_cfg.is_file():
+        (Path(target) / "eval.json").write_text(json.dumps(res, indent=2))
+    return 0
+
+
+def cmd_eval_dialogue(ns, rest: list[str]) -> int:
+    from fairalign.envs.rlpa.evaluate_cli import main as eval_dialogue_main
+
+    return eval_dialogue_main(rest)
+
+
+def cmd_simulate(ns, rest: list[str]) -> int:
+    from fairalign.simulate import main as simulate_main
+
+    return simulate_main(rest)
+
+
+COMMANDS = {
+    "train": (cmd_train, "train a policy: fairalign train [CONFIG.yaml|PRESET] [KEY=VALUE ...] [--resume RUN_DIR]"),
+    "demo": (cmd_demo, "the main job: P-GRPO + FSPO on 'personas' with SmolLM2-135M, before/after evaluation"),
+    "config": (cmd_config, "print the fully resolved config: fairalign config [CONFIG|PRESET] [KEY=VALUE ...]"),
+    "eval": (cmd_eval, "held-out reward per preference group: fairalign eval RUN_DIR_OR_MODEL [KEY=VALUE ...]"),
+    "eval-dialogue": (cmd_eval_dialogue, "RLPA dialogue evaluation (AL(k), AVG, N-IR, N-R²)"),
+    "simulate-clipping": (cmd_simulate, "length-fairness simulation of the fixed, GSPO and FSPO clip bands"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fairalign", description="RL alignment with FSPO, P-GRPO and RLPA.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_fn, help_) in COMMANDS.items():
+        sp = sub.add_parser(name, help=help_, description=help_, add_help=name not in ("simulate-clipping",
+                                                                                     "eval-dialogue"))
+        if name == "train":
+            sp.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint")
+            sp.add_argument("--num-processes", type=int, default=0,
+                            help="data-parallel processes (launches `accelerate launch` for you)")
+        if name == "config":
+            sp.add_argument("--keys", action="store_true", help="list every config key with its doc line")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from fairalign.train.config import ConfigError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    ns, rest = parser.parse_known_args(argv)
+    if ns.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    fn = COMMANDS[ns.command][0]
+    if ns.command not in ("simulate-clipping", "eval-dialogue"):
+        unknown = [a for a in rest if a.startswith("--")]
+        if unknown:
+            print(f"fairalign: error: unknown option {unknown[0]} for '{ns.command}'", file=sys.stderr)
+            return EXIT_USAGE
+    try:
+        return fn(ns, rest)
+    except (ConfigError, ValueError, FileNotFoundError) as e:
+        if os.environ.get("FAIRALIGN_DEBUG"):
+            raise
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"fairalign: error: {msg}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("fairalign: interrupted", file=sys.stderr)
+        return 130
+    except RuntimeError as e:
+        from fairalign.train.trainer import TrainingError
+
+        if isinstance(e, TrainingError):
+            print(f"fairalign: error: {e}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,373 @@
+"""The run configuration: one tree of dataclasses (one doc line per field), loaded from YAML or a
+preset name and overridden with dotted `KEY=VALUE` pairs (values parsed as YAML scalars).
+
+Every field's comment is its documentation (`fairalign config --help-keys` prints them). Validation
+turns every mistake into a `ConfigError` with one line that names the key and the allowed values.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad key, value or name in the configuration (the CLI prints it as one line, exit code 2)."""
+
+
+@dataclass
+class AlgoConfig:
+    loss: str = "ppo"                      # policy loss: ppo | gspo | fspo | cispo
+    agg: str = "token-mean"                # loss aggregation: token-mean | seq-mean-token-mean | seq-mean-token-sum | seq-mean-token-sum-norm
+    advantage: str = "grpo"                # advantage estimator: grpo | dr_grpo | rloo | reinforce_pp_baseline | pgrpo
+    clip_low: Optional[float] = None      # ppo/gspo: lower clip ε (None = the loss's default: ppo 0.2, gspo 3e-4)
+    clip_high: Optional[float] = None     # ppo/gspo/cispo: upper clip ε (None = the loss's default)
+    dual_clip: Optional[float] = None     # dual-clip constant c > 1 applied where A < 0 (None = off)
+    c_low: float = 0.02                    # fspo: lower band coefficient (log band μL − c_low·√L)
+    c_high: float = 0.03                   # fspo: upper band coefficient (log band μL + c_high·√L)
+    drift: str = "none"                    # fspo: band centre μ: none (μ=0) | kl (batch mean token log ratio)
+    horizon: Optional[int] = None         # seq-mean-token-sum-norm: constant divisor (None = rollout.max_new_tokens)
+    beta: float = 0.0                      # KL-to-reference coefficient (0 = no reference model is loaded)
+    kl: str = "k3"                         # KL estimator: k1 | k2 | k3
+    ppo_epochs: int = 1                    # passes over each rollout batch
+    minibatches: int = 1                   # optimizer steps per pass (the batch is split into this many parts)
+    micro_batch_size: int = 0              # sequences per forward/backward (gradient accumulation); 0 = whole minibatch
+    pgrpo_min_count: int = 8               # pgrpo: samples a preference group needs before its running stats are used
+    pgrpo_eps: float = 1e-6                # pgrpo: added to the group std
+    pgrpo_decay: Optional[float] = None   # pgrpo: forgetting factor in (0, 1] for non-stationary rewards (None = cumulative)
+
+
+@dataclass
+class RolloutConfig:
+    engine: str = "hf"                     # generation engine: hf (transformers generate) | vllm (GPU, optional extra)
+    prompts_per_step: int = 4              # distinct prompts sampled per step
+    generations: int = 4                   # responses sampled per prompt (the group size G)
+    max_new_tokens: int = 64               # response length limit in tokens
+    temperature: float = 1.0               # sampling temperature (0 = greedy)
+    top_p: float = 1.0                     # nucleus sampling threshold in (0, 1]
+    chat_template: str = "auto"            # auto (use the tokenizer's chat template if it has one) | none (raw prompt text)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-5                       # AdamW learning rate
+    schedule: str = "constant"             # learning-rate schedule after warmup: constant | linear | cosine
+    warmup_steps: int = 0                  # linear warmup over this many optimizer steps
+    weight_decay: float = 0.0              # AdamW weight decay
+    grad_clip: float = 1.0                 # max global gradient norm (0 = no clipping)
+    betas: list = field(default_factory=lambda: [0.9, 0.999])  # AdamW betas
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = False                  # train a LoRA adapter (peft) instead of all weights
+    r: int = 16                            # LoRA rank
+    alpha: int = 32                        # LoRA alpha (scale = alpha / r)
+    dropout: float = 0.0                   # LoRA dropout
+    target_modules: str = "all-linear"     # peft target modules (a peft string or comma-separated module names)
+
+
+@dataclass
+class EvalConfig:
+    examples: int = 64                     # held-out examples used by `fairalign eval` and the demo (0 = all)
+    temperature: float = 0.0               # held-out sampling temperature (0 = greedy)
+    generations: int = 1                   # samples per held-out prompt
+    batch_size: int = 32                   # prompts per generate call during evaluation
+
+
+@dataclass
+class LogConfig:
+    samples_per_step: int = 4              # completions written to samples.jsonl per step
+    tensorboard: bool = True               # write TensorBoard event files to <output_dir>/tb
+    wandb: bool = False                    # also log to Weights & Biases (needs `pip install wandb`)
+    progress: bool = True                  # live progress bar with ETA
+    length_bins: Optional[list] = None    # clip-rate length-bin edges (None = powers of two)
+
+
+@dataclass
+class Config:
+    model: str = "smollm2-135m"            # smollm2-135m (embedded default) | tiny (random test model) | local folder | hub name
+    task: str = "personas"                 # built-in task (personas | arithmetic | rlpa) or a .jsonl/.parquet file
+    task_reward: list = field(default_factory=list)          # reward functions "module:function" for a file task
+    task_reward_weights: Optional[list] = None              # weights for task_reward (None = all 1)
+    group_column: str = "group"            # dataset column holding the preference group
+    output_dir: str = "runs/run"           # run directory (config, metrics, samples, checkpoints, plots)
+    seed: int = 0                          # seed for data order, sampling and initialisation
+    steps: int = 20                        # training steps (one rollout batch each)
+    save_every: int = 0                    # checkpoint every N steps (0 = only at the end)
+    keep_last: int = 2                     # checkpoints kept on disk
+    precision: str = "fp32"                # fp32 | bf16 (autocast for forward passes)
+    trust_remote_code: bool = False        # allow custom model code from the model folder (off unless you trust it)
+    on_reward_error: str = "raise"         # a reward function that fails or returns NaN: raise | zero (score 0, count it)
+    max_skipped_updates: int = 3           # stop after this many consecutive non-finite losses/gradients
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "algo.loss": ("ppo", "gspo", "fspo", "cispo"),
+    "algo.agg": ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"),
+    "algo.advantage": ("grpo", "dr_grpo", "rloo", "reinforce_pp_baseline", "pgrpo"),
+    "algo.drift": ("none", "kl"),
+    "algo.kl": ("k1", "k2", "k3"),
+    "rollout.engine": ("hf", "vllm"),
+    "rollout.chat_template": ("auto", "none"),
+    "optim.schedule": ("constant", "linear", "cosine"),
+    "precision": ("fp32", "bf16"),
+    "on_reward_error": ("raise", "zero"),
+}
+
+GROUP_ESTIMATORS = ("grpo", "dr_grpo", "rloo", "pgrpo")
+
+
+# ---------------------------------------------------------------------------------------------
+# field documentation (parsed from the comments above, so the docs cannot drift from the code)
+
+def field_docs() -> dict[str, str]:
+    """Dotted key -> its one-line doc, read from this file's field comments."""
+    import inspect
+    import re
+
+    docs: dict[str, str] = {}
+    for cls, prefix in ((Config, ""), (AlgoConfig, "algo."), (RolloutConfig, "rollout."),
+                        (OptimConfig, "optim."), (LoraConfig, "lora."), (EvalConfig, "eval."),
+                        (LogConfig, "log.")):
+        for line in inspect.getsource(cls).splitlines():
+            m = re.match(r"\s+(\w+):.*?#\s*(.+)$", line)
+            if m:
+                docs[prefix + m.group(1)] = m.group(2).strip()
+    return docs
+
+
+# ---------------------------------------------------------------------------------------------
+# building a Config from dicts
+
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return args[0], True
+    return tp, False
+
+
+def _all_keys(cls=Config, prefix: str = "") -> list[str]:
+    keys = []
+    for f in dataclasses.fields(cls):
+        tp = typing.get_type_hints(cls)[f.name]
+        if dataclasses.is_dataclass(tp):
+            keys += _all_keys(tp, prefix + f.name + ".")
+        else:
+            keys.append(prefix + f.name)
+    return keys
+
+
+def _unknown_key_error(key: str) -> ConfigError:
+    close = difflib.get_close_matches(key, _all_keys(), n=1, cutoff=0.5)
+    hint = f"; did you mean '{close[0]}'?" if close else "; run `fairalign config --keys` for the list"
+    return ConfigError(f"unknown config key '{key}'{hint}")
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    base, optional = _unwrap_optional(tp)
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"config key '{key}' may not be null (expected {base.__name__})")
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key '{key}' expects true or false, got {value!r}")
+    if base is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"config key '{key}' expects an integer, got {value!r}")
+        return value
+    if base is float:
+        if isinstance(value, str):  # YAML 1.1 reads "3e-5" (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config key '{key}' expects a number, got {value!r}")
+        return float(value)
+    if base is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"config key '{key}' expects a string, got {value!r}")
+        return str(value)
+    if base is list:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return [value]  # a single value where a list is expected (e.g. one task_reward)
+        if not isinstance(value, list):
+            raise ConfigError(f"config key '{key}' expects a list, got {value!r}")
+        return list(value)
+    return value
+
+
+def _apply(obj: Any, data: dict, prefix: str = "") -> None:
+    if not isinstance(data, dict):
+        raise ConfigError(f"config section '{prefix.rstrip('.') or '<root>'}' must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    for k, v in data.items():
+        key = prefix + str(k)
+        if k not in names:
+            raise _unknown_key_error(key)
+        tp = hints[k]
+        if dataclasses.is_dataclass(tp):
+            _apply(getattr(obj, k), v, key + ".")
+        else:
+            setattr(obj, k, _coerce(key, v, tp))
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """'algo.loss=fspo' -> ('algo.loss', 'fspo'); the value is parsed as a YAML scalar/list."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' is not KEY=VALUE")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override '{text}' has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def nest(key: str, value: Any) -> dict:
+    out: Any = value
+    for part in reversed(key.split(".")):
+        out = {part: out}
+    return out
+
+
+def load_yaml(path: str | Path) -> dict:
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise ConfigError(f"cannot read config file '{p}': {e.strerror}") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"config file '{p}'{where} is not valid YAML") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file '{p}' must hold a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def build_config(base: dict | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults <- base dict (from YAML or a preset) <- dotted overrides; validated."""
+    cfg = Config()
+    if base:
+        _apply(cfg, base)
+    for ov in overrides or []:
+        key, value = parse_override(ov)
+        _apply(cfg, nest(key, value))
+    validate(cfg)
+    return cfg
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# validation
+
+def _check_choice(key: str, value: str) -> None:
+    allowed = CHOICES[key]
+    if value not in allowed:
+        raise ConfigError(f"config key '{key}' has unknown value '{value}'; allowed: {', '.join(allowed)}")
+
+
+def _positive(key: str, value: float, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ConfigError(f"config key '{key}' must be {bound}, got {value}")
+
+
+def validate(cfg: Config) -> None:
+    for key in CHOICES:
+        obj: Any = cfg
+        for part in key.split("."):
+            obj = getattr(obj, part)
+        _check_choice(key, obj)
+    a, r, o = cfg.algo, cfg.rollout, cfg.optim
+    _positive("steps", cfg.steps)
+    _positive("save_every", cfg.save_every, allow_zero=True)
+    _positive("keep_last", cfg.keep_last)
+    _positive("optim.lr", o.lr)
+    _positive("optim.weight_decay", o.weight_decay, allow_zero=True)
+    _positive("optim.grad_clip", o.grad_clip, allow_zero=True)
+    _positive("optim.warmup_steps", o.warmup_steps, allow_zero=True)
+    if len(o.betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in o.betas):
+        raise ConfigError(f"config key 'optim.betas' must be two numbers in [0, 1), got {o.betas}")
+    _positive("rollout.prompts_per_step", r.prompts_per_step)
+    _positive("rollout.generations", r.generations)
+    _positive("rollout.max_new_tokens", r.max_new_tokens)
+    _positive("rollout.temperature", r.temperature, allow_zero=True)
+    if not 0 < r.top_p <= 1:
+        raise ConfigError(f"config key 'rollout.top_p' must be in (0, 1], got {r.top_p}")
+    if a.advantage in GROUP_ESTIMATORS and r.generations < 2:
+        raise ConfigError(f"config key 'rollout.generations' must be >= 2 for the group estimator "
+                          f"'{a.advantage}', got {r.generations}")
+    _positive("algo.c_low", a.c_low)
+    _positive("algo.c_high", a.c_high)
+    for key in ("clip_low", "clip_high"):
+        v = getattr(a, key)
+        if v is not None:
+            _positive(f"algo.{key}", v, allow_zero=True)
+    if a.clip_low is not None and a.clip_low >= 1:
+        raise ConfigError(f"config key 'algo.clip_low' must be < 1, got {a.clip_low}")
+    if a.dual_clip is not None and a.dual_clip <= 1:
+        raise ConfigError(f"config key 'algo.dual_clip' must be > 1 (or null), got {a.dual_clip}")
+    if a.horizon is not None:
+        _positive("algo.horizon", a.horizon)
+    _positive("algo.beta", a.beta, allow_zero=True)
+    _positive("algo.ppo_epochs", a.ppo_epochs)
+    _positive("algo.minibatches", a.minibatches)
+    _positive("algo.micro_batch_size", a.micro_batch_size, allow_zero=True)
+    batch = r.prompts_per_step * r.generations
+    if a.minibatches > batch:
+        raise ConfigError(f"config key 'algo.minibatches' ({a.minibatches}) exceeds the batch size "
+                          f"prompts_per_step*generations = {batch}")
+    _positive("algo.pgrpo_min_count", a.pgrpo_min_count, allow_zero=True)
+    _positive("algo.pgrpo_eps", a.pgrpo_eps)
+    if a.pgrpo_decay is not None and not 0 < a.pgrpo_decay <= 1:
+        raise ConfigError(f"config key 'algo.pgrpo_decay' must be in (0, 1] (or null), got {a.pgrpo_decay}")
+    _positive("lora.r", cfg.lora.r)
+    _positive("lora.alpha", cfg.lora.alpha)
+    if not 0 <= cfg.lora.dropout < 1:
+        raise ConfigError(f"config key 'lora.dropout' must be in [0, 1), got {cfg.lora.dropout}")
+    _positive("eval.examples", cfg.eval.examples, allow_zero=True)
+    _positive("eval.temperature", cfg.eval.temperature, allow_zero=True)
+    _positive("eval.generations", cfg.eval.generations)
+    _positive("eval.batch_size", cfg.eval.batch_size)
+    _positive("log.samples_per_step", cfg.log.samples_per_step, allow_zero=True)
+    _positive("max_skipped_updates", cfg.max_skipped_updates)
+    if cfg.task_reward_weights is not None and len(cfg.task_reward_weights) != len(cfg.task_reward):
+        raise ConfigError(f"config key 'task_reward_weights' has {len(cfg.task_reward_weights)} values "
+                          f"for {len(cfg.task_reward)} task_reward functions")
+    if cfg.log.length_bins is not None:
+        edges = cfg.log.length_bins
+        if len(edges) < 2 or any(not isinstance(e, int) for e in edges) or sorted(set(edges)) != list(edges):
+            raise ConfigError(f"config key 'log.length_bins' must be >= 2 increasing integers, got {edges}")

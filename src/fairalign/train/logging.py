@@ -1,0 +1,126 @@
+"""Run logging: metrics.jsonl (one JSON object per step, flushed and fsynced), samples.jsonl,
+TensorBoard event files, optional Weights & Biases, and the live progress bar."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+
+def _clean(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None  # JSON has no NaN/inf; a null says "not finite"
+    return v
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    if not Path(path).exists():
+        return []
+    out = []
+    for line in Path(path).read_text().splitlines():
+        line = line.strip()
+        if line:
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                break  # a torn last line from a crash: everything before it is good
+    return out
+
+
+def truncate_after_step(path: Path, step: int) -> None:
+    """Keep only well-formed lines with step <= `step` (used on resume: no duplicate steps)."""
+    path = Path(path)
+    if not path.exists():
+        return
+    rows = [r for r in read_jsonl(path) if r.get("step", 0) <= step]
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    os.replace(tmp, path)
+
+
+class RunLogger:
+    """Writes one run's metrics and samples; only the main process creates one."""
+
+    def __init__(self, run_dir: Path, *, tensorboard: bool = True, wandb: bool = False,
+                 config: dict | None = None):
+        self.run_dir = Path(run_dir)
+        self.metrics_path = self.run_dir / "metrics.jsonl"
+        self.samples_path = self.run_dir / "samples.jsonl"
+        self._tb = None
+        self._wandb = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(self.run_dir / "tb"))
+        if wandb:
+            try:
+                import wandb as wb
+            except ImportError:
+                raise ValueError("log.wandb=true needs Weights & Biases: pip install wandb") from None
+            self._wandb = wb.init(project="fairalign", dir=str(self.run_dir), config=config or {})
+
+    def log(self, metrics: dict) -> None:
+        row = {k: _clean(v) for k, v in metrics.items()}
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        step = int(metrics["step"])
+        if self._tb is not None:
+            for k, v in metrics.items():
+                if isinstance(v, (int, float)) and k != "step" and math.isfinite(v):
+                    self._tb.add_scalar(k, v, step)
+            self._tb.flush()
+        if self._wandb is not None:
+            self._wandb.log(row, step=step)
+
+    def log_samples(self, step: int, samples: list[dict]) -> None:
+        if not samples:
+            return
+        with open(self.samples_path, "a") as f:
+            for s in samples:
+                f.write(json.dumps({"step": step, **s}) + "\n")
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+
+
+class Progress:
+    """A rich progress bar with ETA and the key numbers (no-op when disabled or not a TTY)."""
+
+    def __init__(self, total: int, start: int = 0, enabled: bool = True, description: str = "train"):
+        self.enabled = enabled
+        self._t0 = time.time()
+        self._start = start
+        self.total = total
+        if not enabled:
+            self._bar = None
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress
+        from rich.progress import TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self._bar = RichProgress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+            TextColumn("{task.fields[info]}"), transient=False)
+        self._bar.start()
+        self._task = self._bar.add_task(description, total=total, completed=start, info="")
+
+    def update(self, step: int, metrics: dict) -> None:
+        if self._bar is None:
+            return
+        info = (f"reward {metrics.get('reward/mean', float('nan')):.3f}  "
+                f"len {metrics.get('response_length/mean', float('nan')):.0f}  "
+                f"clip {metrics.get('clip_frac', float('nan')):.3f}  "
+                f"{metrics.get('step_s', float('nan')):.1f}s/step")
+        self._bar.update(self._task, completed=step, info=info)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()

@@ -1,0 +1,52 @@
+"""Named presets: partial configs selected by name (`fairalign train fspo`), merged over defaults.
+
+Each preset is the published recipe's *loss-side* settings; rollout sizes and the model stay the
+defaults unless a preset says otherwise. Parts of a recipe that are not loss settings (DAPO's
+dynamic sampling and overlong shaping) are not included; docs/algorithms.md says so.
+"""
+from __future__ import annotations
+
+import copy
+
+PRESETS: dict[str, dict] = {
+    # GRPO (DeepSeekMath): token-level PPO clip 0.2, group-normalized advantages, token-mean.
+    "grpo": {"algo": {"loss": "ppo", "advantage": "grpo", "agg": "token-mean"}},
+    # DAPO: clip-higher (0.2 / 0.28) and token-mean aggregation.
+    "dapo": {"algo": {"loss": "ppo", "advantage": "grpo", "agg": "token-mean",
+                      "clip_low": 0.2, "clip_high": 0.28}},
+    # Dr. GRPO: no std normalization, constant-horizon token sum.
+    "dr_grpo": {"algo": {"loss": "ppo", "advantage": "dr_grpo", "agg": "seq-mean-token-sum-norm"}},
+    # GSPO: sequence ratio on the mean log ratio, tiny band, sequence-mean aggregation.
+    "gspo": {"algo": {"loss": "gspo", "advantage": "grpo", "agg": "seq-mean-token-mean"}},
+    # FSPO: sequence ratio exp(sum), √L band (fairalign defaults c_low 0.02, c_high 0.03).
+    "fspo": {"algo": {"loss": "fspo", "advantage": "grpo", "agg": "token-mean", "drift": "none"}},
+    # CISPO (MiniMax-M1): clipped, stop-gradient IS weight times log-prob.
+    "cispo": {"algo": {"loss": "cispo", "advantage": "grpo", "agg": "token-mean"}},
+    # P-GRPO advantages with the GRPO loss.
+    "pgrpo": {"algo": {"loss": "ppo", "advantage": "pgrpo", "agg": "token-mean"}},
+    # P-GRPO advantages with the FSPO loss: fairalign's flagship combination.
+    "pgrpo-fspo": {"algo": {"loss": "fspo", "advantage": "pgrpo", "agg": "token-mean", "drift": "none"}},
+}
+
+
+def preset_names() -> list[str]:
+    return sorted(PRESETS)
+
+
+def get_preset(name: str) -> dict:
+    if name not in PRESETS:
+        from fairalign.train.config import ConfigError
+
+        raise ConfigError(f"unknown preset '{name}'; known presets: {', '.join(preset_names())}")
+    return copy.deepcopy(PRESETS[name])
+
+
+def merge(base: dict, extra: dict) -> dict:
+    """Recursive dict merge (extra wins)."""
+    out = copy.deepcopy(base)
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out

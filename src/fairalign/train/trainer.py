@@ -1,0 +1,426 @@
+"""The training loop, readable top to bottom: sample prompts -> generate G responses each ->
+score -> advantages -> (behaviour log-probs) -> ppo_epochs x minibatches of updates -> metrics ->
+checkpoint.
+
+Simplifications, on purpose:
+- The policy stays in eval mode (dropout off) for generation *and* updates, so with one epoch and
+  one minibatch the behaviour log-probs are exactly the first forward's detached log-probs and no
+  extra forward pass is spent on them.
+- Log-probs use the sampling temperature (logits / T), like the sampler that produced the tokens.
+- FSPO's `drift="kl"` centre is the mean over the micro-batch being processed (the whole batch when
+  micro_batch_size = 0).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fairalign.algos import (DEFAULT_HPARAMS, PreferenceGroupNormalizer, aggregate,
+                             compute_advantages, compute_policy_loss, kl_penalty)
+from fairalign.diagnostics import clip_rate_metrics
+from fairalign.envs import compute_rewards, get_task
+from fairalign.models import load_policy
+from fairalign.rollout import HFGenerationEngine, sequence_logprobs
+from fairalign.train import checkpoint as ckpt
+from fairalign.train.config import Config, ConfigError, dump_yaml
+from fairalign.train.data import PromptSampler
+from fairalign.train.dist import Dist
+from fairalign.train.logging import Progress, RunLogger, truncate_after_step
+
+
+class TrainingError(RuntimeError):
+    """The run cannot continue (e.g. repeated non-finite updates); a checkpoint was written."""
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def loss_hparams(cfg: Config) -> dict:
+    """The chosen loss's hyperparameters: its defaults, overridden by the config where set."""
+    a = cfg.algo
+    hp = dict(DEFAULT_HPARAMS[a.loss])
+    for key in hp:
+        value = getattr(a, key, None)
+        if value is not None or key == "dual_clip":
+            hp[key] = value if value is not None else hp[key]
+    if a.agg == "seq-mean-token-sum-norm":
+        hp["horizon"] = a.horizon or cfg.rollout.max_new_tokens
+    return hp
+
+
+def _lr_lambda(schedule: str, warmup: int, total: int):
+    def f(i: int) -> float:
+        if warmup and i < warmup:
+            return (i + 1) / warmup
+        if schedule == "constant":
+            return 1.0
+        progress = min(1.0, (i - warmup) / max(1, total - warmup))
+        if schedule == "linear":
+            return 1.0 - progress
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    return f
+
+
+def _trim(batch, idx: torch.Tensor):
+    """Sub-batch tensors with padding columns removed (prompt: left, response: right)."""
+    pm = batch.prompt_mask[idx]
+    first = int(pm.any(0).float().argmax()) if pm.any() else 0
+    rlen = max(1, int(batch.lengths[idx].max()))
+    return (batch.prompt_ids[idx, first:], pm[:, first:], batch.response_ids[idx, :rlen],
+            batch.response_mask[idx, :rlen], rlen)
+
+
+class Trainer:
+    def __init__(self, cfg: Config, *, run_dir: str | Path | None = None, resume: bool = False,
+                 dist: Dist | None = None, progress: bool | None = None):
+        self.cfg = cfg
+        self.dist = dist or Dist.from_env()
+        self.run_dir = Path(run_dir or cfg.output_dir)
+        self.show_progress = cfg.log.progress if progress is None else progress
+        seed_everything(cfg.seed)
+        self.task = get_task(cfg.task, seed=cfg.seed, reward_funcs=cfg.task_reward or None,
+                             reward_weights=cfg.task_reward_weights, group_column=cfg.group_column)
+        self.dtype_ctx = (lambda: torch.autocast("cpu" if not torch.cuda.is_available() else "cuda",
+                                                 dtype=torch.bfloat16)) \
+            if cfg.precision == "bf16" else contextlib.nullcontext
+        self.step = 0
+        self.consecutive_skips = 0
+        start_ckpt = None
+        if resume:
+            ckpts = ckpt.list_checkpoints(self.run_dir)
+            if not ckpts:
+                raise ConfigError(f"--resume: no complete checkpoint under '{self.run_dir / 'checkpoints'}'")
+            self.step, start_ckpt = ckpts[-1]
+        self.model, self.tokenizer = self._load_model(start_ckpt)
+        self.model.eval()
+        self.ref_model = self._load_reference() if cfg.algo.beta > 0 else None
+        self.engine = self._make_engine()
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
+                                           weight_decay=cfg.optim.weight_decay)
+        total_updates = cfg.steps * cfg.algo.ppo_epochs * cfg.algo.minibatches
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, _lr_lambda(cfg.optim.schedule, cfg.optim.warmup_steps, total_updates))
+        self.normalizer = (PreferenceGroupNormalizer(min_count=cfg.algo.pgrpo_min_count,
+                                                     eps=cfg.algo.pgrpo_eps, decay=cfg.algo.pgrpo_decay)
+                           if cfg.algo.advantage == "pgrpo" else None)
+        self.sampler = PromptSampler(len(self.task.train_examples), cfg.seed)
+        self.hparams = loss_hparams(cfg)
+        if start_ckpt is not None:
+            self._restore(start_ckpt)
+        self.logger = None
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.yaml").write_text(dump_yaml(cfg))
+            if resume:
+                truncate_after_step(self.run_dir / "metrics.jsonl", self.step)
+                truncate_after_step(self.run_dir / "samples.jsonl", self.step)
+            self.logger = RunLogger(self.run_dir, tensorboard=cfg.log.tensorboard, wandb=cfg.log.wandb,
+                                    config=None)
+
+    # ------------------------------------------------------------------ setup
+    def _load_model(self, start_ckpt: Path | None):
+        cfg = self.cfg
+        model, tok = load_policy(cfg.model, trust_remote_code=cfg.trust_remote_code)
+        if cfg.lora.enabled:
+            try:
+                import peft
+            except ImportError:
+                raise ConfigError("lora.enabled=true needs peft: pip install 'fairalign[lora]'") from None
+            if start_ckpt is not None:
+                model = peft.PeftModel.from_pretrained(model, str(start_ckpt / "model"), is_trainable=True)
+            else:
+                targets = cfg.lora.target_modules
+                targets = targets if targets == "all-linear" else [t.strip() for t in targets.split(",")]
+                model = peft.get_peft_model(model, peft.LoraConfig(
+                    r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                    target_modules=targets, task_type="CAUSAL_LM"))
+        elif start_ckpt is not None:
+            from safetensors.torch import load_file
+
+            state = {}
+            for f in sorted((start_ckpt / "model").glob("*.safetensors")):
+                state.update(load_file(str(f)))
+            missing, unexpected = model.load_state_dict(state, strict=False)
+            tied = {k for k in missing if "lm_head" in k}
+            if set(missing) - tied or unexpected:
+                raise ConfigError(f"--resume: checkpoint '{start_ckpt}' does not match model '{cfg.model}'")
+            if hasattr(model, "tie_weights"):
+                model.tie_weights()
+        return model, tok
+
+    def _load_reference(self):
+        if self.cfg.lora.enabled:
+            return None  # the reference is the base model: the adapter is disabled for ref log-probs
+        ref, _ = load_policy(self.cfg.model, trust_remote_code=self.cfg.trust_remote_code)
+        ref.eval().requires_grad_(False)
+        return ref
+
+    def _make_engine(self):
+        r = self.cfg.rollout
+        if r.engine == "vllm":
+            from fairalign.rollout.vllm_engine import make_vllm_engine
+
+            return make_vllm_engine(self.model, self.tokenizer, r)
+        return HFGenerationEngine(self.model, self.tokenizer, max_new_tokens=r.max_new_tokens,
+                                  temperature=r.temperature, top_p=r.top_p, chat_template=r.chat_template)
+
+    def _restore(self, path: Path) -> None:
+        st = ckpt.load_training_state(path)
+        self.optimizer.load_state_dict(st["optimizer"])
+        self.scheduler.load_state_dict(st["scheduler"])
+        ts = st["trainer_state"]
+        self.sampler.load_state_dict(ts["data"])
+        if self.normalizer is not None:
+            if ts.get("normalizer") is None:
+                raise ConfigError("--resume: the checkpoint has no P-GRPO state but algo.advantage=pgrpo")
+            self.normalizer.load_state_dict(ts["normalizer"])
+        self.consecutive_skips = ts.get("consecutive_skips", 0)
+        ckpt.set_rng_state(ts["rng"], st["torch_rng"])
+
+    # ------------------------------------------------------------------ one step
+    def _columns(self, examples: list[dict], G: int) -> dict:
+        keys = [k for k in examples[0] if k != "prompt"]
+        return {k: [ex.get(k) for ex in examples for _ in range(G)] for k in keys}
+
+    def _logp_temperature(self) -> float:
+        t = self.cfg.rollout.temperature
+        return t if t > 0 else 1.0
+
+    @torch.no_grad()
+    def _logprobs_no_grad(self, model, batch, micro: int) -> torch.Tensor:
+        out = torch.zeros(batch.response_ids.shape, dtype=torch.float32)
+        B = batch.response_ids.shape[0]
+        for s in range(0, B, micro):
+            idx = torch.arange(s, min(B, s + micro))
+            p_ids, p_mask, r_ids, r_mask, rlen = _trim(batch, idx)
+            with self.dtype_ctx():
+                lp, _ = sequence_logprobs(model, p_ids, p_mask, r_ids, r_mask, with_entropy=False,
+                                          temperature=self._logp_temperature())
+            out[idx, :rlen] = lp.float()
+        return out
+
+    def _ref_logprobs(self, batch, micro: int) -> torch.Tensor:
+        if self.ref_model is not None:
+            return self._logprobs_no_grad(self.ref_model, batch, micro)
+        with self.model.disable_adapter():  # LoRA: the base model is the reference
+            return self._logprobs_no_grad(self.model, batch, micro)
+
+    def train_step(self) -> dict:
+        cfg, r, a = self.cfg, self.cfg.rollout, self.cfg.algo
+        t_start = time.perf_counter()
+        step = self.step + 1
+        # 1. prompts and generation
+        ex_idx = self.sampler.take(r.prompts_per_step)
+        ex_idx = self.dist.shard(ex_idx)
+        examples = [self.task.train_examples[i] for i in ex_idx]
+        prompts = [ex["prompt"] for ex in examples]
+        groups = [ex.get(cfg.group_column, "all") for ex in examples]
+        with self.dtype_ctx():
+            batch = self.engine.generate(prompts, generations=r.generations, groups=groups,
+                                         generator_seed=cfg.seed * 1_000_003 + step * 101 + self.dist.rank)
+        t_gen = time.perf_counter()
+        # 2. rewards
+        columns = self._columns(examples, r.generations)
+        totals, per_reward, n_errors = compute_rewards(self.task.rewards, batch.prompts, batch.completions,
+                                                       columns, on_error=cfg.on_reward_error)
+        rewards = totals.float()  # [B]
+        t_rew = time.perf_counter()
+        # 3. advantages (whole prompt groups live on one rank; P-GRPO stats are merged across ranks)
+        if self.normalizer is not None:
+            adv = self.dist.pgrpo_advantages(self.normalizer, rewards, batch.groups, batch.index)
+        elif a.advantage == "reinforce_pp_baseline":
+            adv = self.dist.reinforce_pp_advantages(rewards, batch.index)
+        else:
+            adv = compute_advantages(a.advantage, rewards, batch.index)
+        adv = adv.float()
+        # 4. behaviour / reference log-probs (only when they are not the first forward's own)
+        B = batch.response_ids.shape[0]
+        micro = a.micro_batch_size or B
+        on_policy = a.ppo_epochs == 1 and a.minibatches == 1
+        old_logp = None if on_policy else self._logprobs_no_grad(self.model, batch, micro)
+        ref_logp = self._ref_logprobs(batch, micro) if a.beta > 0 else None
+        t_lp = time.perf_counter()
+        # 5. updates
+        upd = self._update(batch, adv, old_logp, ref_logp, micro)
+        t_upd = time.perf_counter()
+        # 6. metrics
+        self.step = step
+        m = {"step": step}
+        lengths = batch.lengths.float()
+        m.update(self.dist.mean_metrics({
+            "reward/mean": rewards.mean().item(), "reward/std": rewards.std().item() if B > 1 else 0.0,
+            **{f"reward/{k}": v.float().mean().item() for k, v in per_reward.items()},
+            "response_length/mean": lengths.mean().item(),
+            "truncated_frac": batch.truncated.float().mean().item(),
+            "advantage/mean": adv.mean().item(), "advantage/std": adv.std().item() if B > 1 else 0.0,
+        }))
+        m["response_length/max"] = self.dist.max_metric(lengths.max().item())
+        m["reward/errors"] = self.dist.sum_metric(float(n_errors))
+        for g, val in self.dist.group_means(batch.groups, rewards).items():
+            m[f"reward/group/{g}"] = val
+        m.update(upd)
+        if self.normalizer is not None:
+            for g, (n, mean, std) in self.normalizer.stats().items():
+                m[f"pgrpo/{g}/mean"] = mean
+                m[f"pgrpo/{g}/std"] = std
+        m["lr"] = self.scheduler.get_last_lr()[0]
+        step_s = time.perf_counter() - t_start
+        n_tokens = self.dist.sum_metric(float(batch.lengths.sum().item()))
+        m.update({"time/generate_s": t_gen - t_start, "time/reward_s": t_rew - t_gen,
+                  "time/logprob_s": t_lp - t_rew, "time/update_s": t_upd - t_lp,
+                  "step_s": step_s, "tokens_per_s": n_tokens / step_s})
+        if self.dist.is_main and self.logger is not None:
+            self.logger.log(m)
+            k = min(cfg.log.samples_per_step, B)
+            self.logger.log_samples(step, [
+                {"group": str(batch.groups[i]), "prompt": batch.prompts[i], "completion": batch.completions[i],
+                 "reward": float(rewards[i]), "advantage": float(adv[i]),
+                 **{f"reward/{n}": float(v[i]) for n, v in per_reward.items()}} for i in range(k)])
+        return m
+
+    def _update(self, batch, adv, old_logp, ref_logp, micro: int) -> dict:
+        cfg, a = self.cfg, self.cfg.algo
+        B = batch.response_ids.shape[0]
+        gen = torch.Generator().manual_seed(cfg.seed * 7919 + self.step)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        acc = {"loss": 0.0, "clip_frac": 0.0, "approx_kl": 0.0, "entropy": 0.0, "kl": 0.0, "tok": 0.0}
+        clip_lengths, clip_flags, clip_adv = [], [], []
+        grad_norms, skipped = [], 0
+        for _epoch in range(a.ppo_epochs):
+            order = torch.randperm(B, generator=gen) if a.minibatches > 1 else torch.arange(B)
+            for mb in torch.tensor_split(order, a.minibatches):
+                mb = mb.sort().values
+                mb_tokens = self.dist.sum_metric(float(batch.response_mask[mb].sum()))
+                mb_seqs = self.dist.sum_metric(float(len(mb)))
+                self.optimizer.zero_grad(set_to_none=True)
+                mb_loss = 0.0
+                for mic in torch.split(mb, micro):
+                    p_ids, p_mask, r_ids, r_mask, rlen = _trim(batch, mic)
+                    with self.dtype_ctx():
+                        logp, ent = sequence_logprobs(self.model, p_ids, p_mask, r_ids, r_mask,
+                                                      with_entropy=True, temperature=self._logp_temperature())
+                    logp = logp.float()
+                    old = logp.detach() if old_logp is None else old_logp[mic, :rlen]
+                    loss, stats = compute_policy_loss(a.loss, logp, old, adv[mic], r_mask, agg=a.agg,
+                                                      global_tokens=mb_tokens, global_seqs=mb_seqs,
+                                                      **self.hparams)
+                    if ref_logp is not None:
+                        kl = kl_penalty(logp, ref_logp[mic, :rlen], kind=a.kl)
+                        kl_term = aggregate(kl, r_mask, a.agg, horizon=self.hparams.get("horizon"),
+                                            global_tokens=mb_tokens, global_seqs=mb_seqs)
+                        loss = loss + a.beta * kl_term
+                        acc["kl"] += float((kl.detach() * r_mask).sum())
+                    self.dist.backward(loss, self.model)
+                    mb_loss += float(loss.detach())
+                    ntok = float(r_mask.sum())
+                    acc["tok"] += ntok
+                    acc["clip_frac"] += stats["clip_frac"] * ntok
+                    acc["approx_kl"] += stats["approx_kl"] * ntok
+                    acc["entropy"] += float((ent.detach().float() * r_mask).sum())
+                    lens = r_mask.sum(1)
+                    clipped = stats["clipped"]
+                    if clipped.dim() == 1:  # sequence-level loss: one flag per sequence
+                        clip_lengths.append(lens)
+                        clip_flags.append(clipped)
+                        clip_adv.append(adv[mic])
+                    else:                   # token-level loss: one flag per response token
+                        rm = r_mask.bool()
+                        clip_lengths.append(lens[:, None].expand_as(rm)[rm])
+                        clip_flags.append(clipped[rm])
+                        clip_adv.append(adv[mic][:, None].expand_as(rm)[rm])
+                acc["loss"] += self.dist.sum_metric(mb_loss)
+                self.dist.sync_gradients(self.model)
+                gn = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf"))
+                if not (math.isfinite(mb_loss) and torch.isfinite(gn)):
+                    skipped += 1
+                    self.consecutive_skips += 1
+                    self.optimizer.zero_grad(set_to_none=True)
+                    if self.consecutive_skips >= cfg.max_skipped_updates:
+                        self.save_checkpoint()
+                        raise TrainingError(
+                            f"{self.consecutive_skips} consecutive updates had a non-finite loss or gradient "
+                            f"(step {self.step + 1}); a resumable checkpoint is in {self.run_dir / 'checkpoints'}")
+                    continue
+                self.consecutive_skips = 0
+                grad_norms.append(float(gn))
+                self.optimizer.step()
+                self.scheduler.step()
+        n_updates = a.ppo_epochs * a.minibatches
+        tok = max(acc["tok"], 1.0)
+        out = {"loss": acc["loss"] / n_updates, "clip_frac": acc["clip_frac"] / tok,
+               "approx_kl": acc["approx_kl"] / tok, "entropy": acc["entropy"] / tok,
+               "grad_norm": float(np.mean(grad_norms)) if grad_norms else float("nan"),
+               "skipped_updates": skipped}
+        out = {**self.dist.mean_metrics({k: v for k, v in out.items() if k not in ("loss", "skipped_updates")}),
+               "loss": out["loss"], "skipped_updates": self.dist.sum_metric(float(skipped))}
+        if ref_logp is not None:
+            out["kl"] = acc["kl"] / tok
+        lengths, flags, advs = (torch.cat(clip_lengths), torch.cat(clip_flags), torch.cat(clip_adv))
+        lengths, flags, advs = self.dist.gather_clip_stats(lengths, flags, advs)
+        out.update(clip_rate_metrics(lengths, flags, advs, edges=cfg.log.length_bins))
+        return out
+
+    # ------------------------------------------------------------------ checkpoints and the loop
+    def trainer_state(self) -> dict:
+        return {"step": self.step, "data": self.sampler.state_dict(),
+                "normalizer": self.normalizer.state_dict() if self.normalizer is not None else None,
+                "consecutive_skips": self.consecutive_skips}
+
+    def save_checkpoint(self) -> Path | None:
+        if not self.dist.is_main:
+            self.dist.barrier()
+            return None
+        model = self.dist.unwrap(self.model)
+        path = ckpt.save_checkpoint(self.run_dir, self.step, model=model, optimizer=self.optimizer,
+                                    scheduler=self.scheduler, trainer_state=self.trainer_state(),
+                                    config_yaml=dump_yaml(self.cfg), keep_last=self.cfg.keep_last)
+        if not self.cfg.lora.enabled:
+            self.tokenizer.save_pretrained(path / "model")
+        self.dist.barrier()
+        return path
+
+    def save_final_model(self) -> Path | None:
+        if not self.dist.is_main:
+            return None
+        final = self.run_dir / "final"
+        tmp = self.run_dir / ".tmp-final"
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.dist.unwrap(self.model).save_pretrained(tmp, safe_serialization=True)
+        self.tokenizer.save_pretrained(tmp)
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        return final
+
+    def train(self, stop_after: int | None = None) -> list[dict]:
+        """Run until cfg.steps (or `stop_after` more steps); returns this call's metric rows."""
+        cfg = self.cfg
+        rows = []
+        end = cfg.steps if stop_after is None else min(cfg.steps, self.step + stop_after)
+        bar = Progress(cfg.steps, start=self.step, enabled=self.show_progress and self.dist.is_main)
+        try:
+            while self.step < end:
+                m = self.train_step()
+                rows.append(m)
+                bar.update(self.step, m)
+                if cfg.save_every and self.step % cfg.save_every == 0 and self.step < cfg.steps:
+                    self.save_checkpoint()
+        finally:
+            bar.close()
+        if self.step >= cfg.steps:
+            self.save_checkpoint()
+            self.save_final_model()
+        if self.logger is not None:
+            self.logger.close()
+        return rows

@@ -1,0 +1,84 @@
+"""Config tree: YAML + presets + dotted overrides, validation messages, field docs."""
+import pytest
+
+from fairalign.train.config import Config, ConfigError, build_config, field_docs, parse_override
+from fairalign.train.presets import PRESETS, get_preset
+
+
+def test_defaults_and_overrides_parse_yaml_scalars():
+    cfg = build_config({}, ["algo.loss=fspo", "optim.lr=3e-5", "rollout.generations=8",
+                            "algo.dual_clip=3", "log.tensorboard=false", "task_reward=mod:fn"])
+    assert cfg.algo.loss == "fspo"
+    assert cfg.optim.lr == pytest.approx(3e-5)
+    assert cfg.rollout.generations == 8
+    assert cfg.algo.dual_clip == 3.0 and isinstance(cfg.algo.dual_clip, float)
+    assert cfg.log.tensorboard is False
+    assert cfg.task_reward == ["mod:fn"]
+
+
+def test_required_dotted_names_exist():
+    cfg = Config()
+    for key in ["algo.loss", "algo.agg", "algo.advantage", "algo.ppo_epochs", "algo.minibatches",
+                "algo.beta", "algo.kl", "rollout.prompts_per_step", "rollout.generations",
+                "rollout.max_new_tokens", "rollout.temperature", "rollout.top_p", "optim.lr",
+                "model", "task", "output_dir", "seed", "steps", "save_every", "precision", "lora.r"]:
+        obj = cfg
+        for part in key.split("."):
+            obj = getattr(obj, part)
+
+
+def test_every_field_has_a_doc_line():
+    docs = field_docs()
+    assert docs["algo.c_low"].startswith("fspo")
+    assert "optim.lr" in docs and "rollout.top_p" in docs and "lora.r" in docs
+    assert len(docs) >= 50
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("algo.los=fspo", "did you mean 'algo.loss'"),
+    ("algo.loss=trpo", "allowed: ppo, gspo, fspo, cispo"),
+    ("algo.advantage=foo", "allowed: grpo, dr_grpo, rloo"),
+    ("optim.lr=-1", "'optim.lr' must be > 0"),
+    ("optim.lr=abc", "'optim.lr' expects a number"),
+    ("rollout.generations=1", "must be >= 2 for the group estimator"),
+    ("algo.c_low=0", "'algo.c_low' must be > 0"),
+    ("algo.dual_clip=1", "'algo.dual_clip' must be > 1"),
+    ("rollout.max_new_tokens=0", "'rollout.max_new_tokens' must be > 0"),
+    ("rollout.top_p=1.5", "'rollout.top_p' must be in (0, 1]"),
+    ("steps=2.5", "'steps' expects an integer"),
+    ("precision=fp16", "allowed: fp32, bf16"),
+    ("nonsense", "is not KEY=VALUE"),
+])
+def test_bad_values_give_one_line_errors(override, fragment):
+    with pytest.raises(ConfigError) as e:
+        build_config({}, [override])
+    msg = str(e.value)
+    assert fragment in msg
+    assert "\n" not in msg
+
+
+def test_generations_one_is_fine_for_non_group_estimator():
+    cfg = build_config({}, ["algo.advantage=reinforce_pp_baseline", "rollout.generations=1"])
+    assert cfg.rollout.generations == 1
+
+
+def test_presets_resolve_and_unknown_preset_lists_names():
+    for name in PRESETS:
+        build_config(get_preset(name))
+    assert build_config(get_preset("dapo")).algo.clip_high == 0.28
+    assert build_config(get_preset("gspo")).algo.agg == "seq-mean-token-mean"
+    assert build_config(get_preset("pgrpo-fspo")).algo.advantage == "pgrpo"
+    with pytest.raises(ConfigError, match="known presets: .*pgrpo-fspo"):
+        get_preset("grpoo")
+
+
+def test_parse_override_values():
+    assert parse_override("a.b=1") == ("a.b", 1)
+    assert parse_override("a=null") == ("a", None)
+    assert parse_override("a=[1, 2]") == ("a", [1, 2])
+    assert parse_override("a=x=y") == ("a", "x=y")
+
+
+def test_nested_section_must_be_mapping():
+    with pytest.raises(ConfigError, match="section 'algo' must be a mapping"):
+        build_config({"algo": 3})
