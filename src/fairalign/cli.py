@@ -73,8 +73,9 @@ def cmd_train(ns, rest: list[str]) -> int:
     if ns.num_processes and ns.num_processes > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
         import subprocess
 
-        argv = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(ns.num_processes),
-                "--cpu" if not _has_cuda() else "--multi_gpu", "-m", "fairalign", "train", *rest]
+        # torchrun-style launch (what `accelerate launch --multi_gpu` runs underneath); works on CPU (gloo)
+        argv = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc_per_node", str(ns.num_processes), "-m", "fairalign", "train", *rest]
         if ns.resume:
             argv += ["--resume", ns.resume]
         return subprocess.call(argv)
@@ -97,12 +98,6 @@ def cmd_train(ns, rest: list[str]) -> int:
         print(f"done: {trainer.step} steps in {trainer.run_dir} "
               f"(last reward/mean {last.get('reward/mean', float('nan')):.3f})")
     return 0
-
-
-def _has_cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def cmd_demo(ns, rest: list[str]) -> int:

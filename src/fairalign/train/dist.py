@@ -1,11 +1,13 @@
 """Data-parallel glue. `Dist` is the one place the trainer talks to other processes.
 
-One process: every method is the identity. Several processes (started by `accelerate launch`,
-which sets up torch.distributed through accelerate's `PartialState`): prompts are sharded so a
+One process: every method is the identity. Several processes (started by `accelerate launch`
+or torchrun, which export RANK / WORLD_SIZE / MASTER_ADDR; the process group is gloo on CPU and
+NCCL on GPU): prompts are sharded so a
 prompt's generations stay on one rank, the loss uses global token/sequence counts so each rank's
 loss is its share of the full-batch loss, gradients are summed (all-reduce) once per minibatch —
-so one optimizer step equals the single-process step on the same global batch — P-GRPO statistics
-are merged exactly every step, and metrics are reduced. Only rank 0 writes files.
+so one optimizer step equals the single-process step on the same global batch — every rank folds
+the whole step's rewards into its P-GRPO statistics (identical state on every rank), and metrics
+are reduced. Only rank 0 writes files.
 """
 from __future__ import annotations
 
@@ -28,10 +30,11 @@ class Dist:
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world <= 1:
             return Dist()
-        from accelerate import PartialState
+        import torch.distributed as td
 
-        state = PartialState()  # initialises the process group from accelerate's launch environment
-        return Dist(rank=state.process_index, world=state.num_processes)
+        if not td.is_initialized():  # launched by `accelerate launch` / torchrun: env:// rendezvous
+            td.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+        return Dist(rank=td.get_rank(), world=td.get_world_size())
 
     # ------------------------------------------------------------------ data
     def shard(self, items: list) -> list:
@@ -94,37 +97,31 @@ class Dist:
 
     # ------------------------------------------------------------------ advantages needing the whole batch
     def pgrpo_advantages(self, normalizer, rewards, groups, index):
-        """Advantages from the pre-batch statistics (identical on every rank); then the statistics
-        of every rank's batch are merged in rank order, so all ranks hold identical state."""
+        """Advantages from the pre-batch statistics (identical on every rank); then every rank
+        folds the *whole* global batch (gathered in rank order, i.e. prompt order) into its
+        statistics, so all ranks hold the state a single process would hold, bit for bit."""
         if self.world == 1:
             return normalizer(rewards, groups, index)
-        from fairalign.algos import PreferenceGroupNormalizer
-
-        before = normalizer.state_dict()
-        adv = normalizer(rewards, groups, index)
-        delta = PreferenceGroupNormalizer(min_count=normalizer.min_count, eps=normalizer.eps)
-        delta(rewards, groups, index)
-        merged = PreferenceGroupNormalizer(min_count=normalizer.min_count, eps=normalizer.eps)
-        merged.load_state_dict(before)
-        for sd in self._all_gather_objects(delta.state_dict()):
-            other = PreferenceGroupNormalizer(min_count=normalizer.min_count, eps=normalizer.eps)
-            other.load_state_dict(sd)
-            merged.merge(other)
-        normalizer.load_state_dict(merged.state_dict())
+        adv = normalizer(rewards, groups, index, update=False)
+        parts = self._all_gather_objects((rewards.tolist(), list(groups)))
+        all_r = torch.tensor([x for p in parts for x in p[0]], dtype=rewards.dtype)
+        normalizer.update(all_r, [g for p in parts for g in p[1]])
         return adv
 
     def reinforce_pp_advantages(self, rewards, index):
+        """REINFORCE++ whitens over the whole batch: gather every rank's rewards (prompt ids made
+        globally unique), compute on the global batch, keep this rank's rows."""
         from fairalign.algos import compute_advantages
 
         if self.world == 1:
             return compute_advantages("reinforce_pp_baseline", rewards, index)
-        centred = compute_advantages("dr_grpo", rewards, index).double()
-        t = torch.stack([centred.sum(), (centred ** 2).sum(), torch.tensor(float(centred.numel()))])
-        torch.distributed.all_reduce(t)
-        n = t[2]
-        mean = t[0] / n
-        var = (t[1] - n * mean ** 2) / (n - 1).clamp_min(1)
-        return ((centred - mean) / (var.clamp_min(0).sqrt() + 1e-8)).float()
+        parts = self._all_gather_objects((rewards.tolist(), index.tolist()))
+        all_r = torch.tensor([x for p in parts for x in p[0]], dtype=rewards.dtype)
+        offset = 1 + max(max(p[1]) for p in parts)
+        all_i = torch.tensor([x + k * offset for k, p in enumerate(parts) for x in p[1]], dtype=torch.long)
+        adv = compute_advantages("reinforce_pp_baseline", all_r, all_i)
+        start = sum(len(p[0]) for p in parts[:self.rank])
+        return adv[start:start + rewards.numel()]
 
     # ------------------------------------------------------------------ gradients
     def backward(self, loss: torch.Tensor, model) -> None:

@@ -1,0 +1,113 @@
+"""Data parallelism on CPU (gloo, tiny model): one global batch split over 2 processes gives the
+same loss, gradients, updated parameters and P-GRPO state as 1 process with the same batch.
+
+Sampling is made identical with a replay engine: each (prompt, generation) gets fixed response
+tokens derived from a hash of the prompt, so the batch does not depend on how it is split."""
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+WORKER = textwrap.dedent('''
+    import hashlib, json, sys, torch
+    from fairalign.rollout import RolloutBatch
+    from fairalign.train.config import build_config
+    from fairalign.train.trainer import Trainer
+
+    out, mode = sys.argv[1], sys.argv[2]
+    cfg = build_config({"model": "tiny", "task": "personas", "steps": 2, "seed": 5,
+                        "output_dir": out + "/run-" + mode,
+                        "rollout": {"prompts_per_step": 4, "generations": 3, "max_new_tokens": 10},
+                        "algo": {"loss": "fspo", "advantage": "pgrpo", "pgrpo_min_count": 2,
+                                 "agg": sys.argv[3], "micro_batch_size": 2},
+                        "optim": {"lr": 1e-3, "grad_clip": 0.0},
+                        "log": {"tensorboard": False, "progress": False}})
+    tr = Trainer(cfg)
+    eng = tr.engine
+    V = tr.model.config.vocab_size
+
+    def replay(prompts, generations=1, groups=None, generator_seed=None, **kw):
+        ids, mask = eng.encode_prompts(prompts)
+        rows, masks = [], []
+        for p in prompts:
+            for j in range(generations):
+                h = int(hashlib.sha256(f"{p}|{j}".encode()).hexdigest(), 16)
+                n = 2 + h % 9                                        # response length 2..10
+                g = torch.Generator().manual_seed(h % (2**31))
+                toks = torch.randint(10, V, (10,), generator=g)
+                rows.append(toks)
+                masks.append(torch.arange(10) < n)
+        R = torch.stack(rows); M = torch.stack(masks)
+        n = len(prompts)
+        return RolloutBatch(prompt_ids=ids.repeat_interleave(generations, 0),
+                            prompt_mask=mask.repeat_interleave(generations, 0),
+                            response_ids=R, response_mask=M, lengths=M.sum(1),
+                            truncated=torch.zeros(len(R), dtype=torch.bool),
+                            prompts=[p for p in prompts for _ in range(generations)],
+                            completions=[f"reply {int(r.sum())} " * int(m.sum()) for r, m in zip(R, M)],
+                            index=torch.arange(n).repeat_interleave(generations),
+                            groups=[x for x in groups for _ in range(generations)])
+    eng.generate = replay
+    grads = []
+    real_step = tr.optimizer.step
+    def step_and_record(*a, **k):
+        grads.append({n: p.grad.clone() for n, p in tr.model.named_parameters() if p.grad is not None})
+        return real_step(*a, **k)
+    tr.optimizer.step = step_and_record
+    rows = tr.train()
+    if tr.dist.is_main or mode == "dp":
+        torch.save({"rows": [{k: v for k, v in r.items() if not k.startswith(("time/", "step_s", "tokens_per_s"))}
+                             for r in rows],
+                    "grads": grads, "params": {n: p.detach().clone() for n, p in tr.model.named_parameters()},
+                    "pgrpo": tr.normalizer.state_dict()},
+                   f"{out}/{mode}-rank{tr.dist.rank}.pt")
+''')
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-mean"])
+def test_two_processes_equal_one(tmp_path, agg):
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single = subprocess.run([sys.executable, str(script), str(tmp_path), "single", agg],
+                            capture_output=True, text=True, timeout=600, env=env)
+    assert single.returncode == 0, single.stderr[-3000:]
+    dp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                         "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+                         str(script), str(tmp_path), "dp", agg],
+                        capture_output=True, text=True, timeout=600, env=env)
+    assert dp.returncode == 0, dp.stderr[-3000:]
+    one = torch.load(tmp_path / "single-rank0.pt", weights_only=False)
+    r0 = torch.load(tmp_path / "dp-rank0.pt", weights_only=False)
+    r1 = torch.load(tmp_path / "dp-rank1.pt", weights_only=False)
+    # loss and every reduced metric
+    for a, b in zip(one["rows"], r0["rows"]):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
+        assert a["reward/mean"] == pytest.approx(b["reward/mean"], abs=1e-6)
+        assert a["clip_frac"] == pytest.approx(b["clip_frac"], abs=1e-6)
+        assert {k for k in a if k.startswith("reward/group/")} == {k for k in b if k.startswith("reward/group/")}
+    # gradients of every optimizer step (summed over ranks) and the updated parameters
+    assert len(one["grads"]) == len(r0["grads"]) == 2
+    for g1, g0, gr1 in zip(one["grads"], r0["grads"], r1["grads"]):
+        for name in g1:
+            torch.testing.assert_close(g0[name], g1[name], atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(gr1[name], g0[name], atol=0, rtol=0)   # ranks hold identical grads
+    for name, p in one["params"].items():
+        torch.testing.assert_close(r0["params"][name], p, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(r1["params"][name], r0["params"][name], atol=0, rtol=0)
+    # P-GRPO state: identical on both ranks and equal to the single process's
+    assert r0["pgrpo"] == r1["pgrpo"]
+    assert r0["pgrpo"]["groups"] == one["pgrpo"]["groups"]
+    for key in ("n", "mean", "m2"):
+        assert r0["pgrpo"][key] == pytest.approx(one["pgrpo"][key], abs=1e-9)
