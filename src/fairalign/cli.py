@@ -123,7 +123,7 @@ def cmd_eval(ns, rest: list[str]) -> int:
     import json
 
     from fairalign.train.config import ConfigError, build_config, load_yaml
-    from fairalign.envs import get_task
+    from fairalign.train.trainer import task_from_config
     from fairalign.models import load_policy
     from fairalign.train.evaluate import evaluate_policy
 
@@ -140,8 +140,7 @@ def cmd_eval(ns, rest: list[str]) -> int:
     else:
         cfg = build_config({}, overrides)
         model_path = target
-    task = get_task(cfg.task, seed=cfg.seed, reward_funcs=cfg.task_reward or None,
-                    reward_weights=cfg.task_reward_weights, group_column=cfg.group_column)
+    task = task_from_config(cfg)
     if cfg.lora.enabled and run_cfg.is_file():
         import peft
 

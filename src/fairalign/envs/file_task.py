@@ -92,6 +92,7 @@ def load_file_task(path, *, seed: int = 0, reward_funcs=None, reward_weights=Non
     has_split = any("split" in row for _, row in rows)
     explicit_group = group_column != "group"
     train, test = [], []
+    where_of: dict[int, str] = {}
     for where, row in rows:
         if "prompt" not in row:
             raise ValueError(f"{path}: {where}: missing the 'prompt' column (columns: {', '.join(sorted(row))})")
@@ -107,6 +108,7 @@ def load_file_task(path, *, seed: int = 0, reward_funcs=None, reward_weights=Non
         else:
             group = "all"
         ex["group"] = group
+        where_of[id(ex)] = where
         if has_split:
             split = ex.pop("split", None)
             if split not in SPLITS:
@@ -127,5 +129,6 @@ def load_file_task(path, *, seed: int = 0, reward_funcs=None, reward_weights=Non
     if not train:
         raise ValueError(f"task file {path!r} has no training rows")
     name = os.path.splitext(os.path.basename(path))[0]
+    sources = [f"{path}: {where_of[id(ex)]}" for ex in train]  # where each training row came from
     return Task(name=name, train_examples=train, test_examples=test, rewards=rewards,
-                description=f"examples from {path}", info={"path": os.path.abspath(path)})
+                description=f"examples from {path}", info={"path": os.path.abspath(path), "train_sources": sources})

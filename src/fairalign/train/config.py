@@ -96,6 +96,7 @@ class Config:
     task: str = "personas"                 # built-in task (personas | arithmetic | rlpa) or a .jsonl/.parquet file
     task_reward: list = field(default_factory=list)          # reward functions "module:function" for a file task
     task_reward_weights: Optional[list] = None              # weights for task_reward (None = all 1)
+    task_options: dict = field(default_factory=dict)         # options of a built-in task, e.g. task_options.n_train=256
     group_column: str = "group"            # dataset column holding the preference group
     output_dir: str = "runs/run"           # run directory (config, metrics, samples, checkpoints, plots)
     seed: int = 0                          # seed for data order, sampling and initialisation
@@ -104,6 +105,8 @@ class Config:
     keep_last: int = 2                     # checkpoints kept on disk
     precision: str = "fp32"                # fp32 | bf16 (autocast for forward passes)
     trust_remote_code: bool = False        # allow custom model code from the model folder (off unless you trust it)
+    max_prompt_tokens: int = 0             # longest prompt allowed in tokens (0 = model context − rollout.max_new_tokens)
+    on_long_prompt: str = "error"          # a prompt longer than that: error (name the first one) | skip (drop and count)
     on_reward_error: str = "raise"         # a reward function that fails or returns NaN: raise | zero (score 0, count it)
     max_skipped_updates: int = 3           # stop after this many consecutive non-finite losses/gradients
     algo: AlgoConfig = field(default_factory=AlgoConfig)
@@ -125,6 +128,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "optim.schedule": ("constant", "linear", "cosine"),
     "precision": ("fp32", "bf16"),
     "on_reward_error": ("raise", "zero"),
+    "on_long_prompt": ("error", "skip"),
 }
 
 GROUP_ESTIMATORS = ("grpo", "dr_grpo", "rloo", "pgrpo")
@@ -166,6 +170,8 @@ def _all_keys(cls=Config, prefix: str = "") -> list[str]:
         tp = typing.get_type_hints(cls)[f.name]
         if dataclasses.is_dataclass(tp):
             keys += _all_keys(tp, prefix + f.name + ".")
+        elif tp is dict:
+            keys.append(prefix + f.name + ".*")
         else:
             keys.append(prefix + f.name)
     return keys
@@ -227,6 +233,10 @@ def _apply(obj: Any, data: dict, prefix: str = "") -> None:
         tp = hints[k]
         if dataclasses.is_dataclass(tp):
             _apply(getattr(obj, k), v, key + ".")
+        elif tp is dict:
+            if not isinstance(v, dict):
+                raise ConfigError(f"config key '{key}' expects a mapping, got {v!r}")
+            setattr(obj, k, {**getattr(obj, k), **v})
         else:
             setattr(obj, k, _coerce(key, v, tp))
 
@@ -364,6 +374,7 @@ def validate(cfg: Config) -> None:
     _positive("eval.batch_size", cfg.eval.batch_size)
     _positive("log.samples_per_step", cfg.log.samples_per_step, allow_zero=True)
     _positive("max_skipped_updates", cfg.max_skipped_updates)
+    _positive("max_prompt_tokens", cfg.max_prompt_tokens, allow_zero=True)
     if cfg.task_reward_weights is not None and len(cfg.task_reward_weights) != len(cfg.task_reward):
         raise ConfigError(f"config key 'task_reward_weights' has {len(cfg.task_reward_weights)} values "
                           f"for {len(cfg.task_reward)} task_reward functions")

@@ -44,6 +44,13 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def task_from_config(cfg: Config):
+    """The task named by the config (built-in name or data file) with its rewards and options."""
+    return get_task(cfg.task, seed=cfg.seed, reward_funcs=cfg.task_reward or None,
+                    reward_weights=cfg.task_reward_weights, group_column=cfg.group_column,
+                    **cfg.task_options)
+
+
 def loss_hparams(cfg: Config) -> dict:
     """The chosen loss's hyperparameters: its defaults, overridden by the config where set."""
     a = cfg.algo
@@ -87,8 +94,7 @@ class Trainer:
         self.run_dir = Path(run_dir or cfg.output_dir)
         self.show_progress = cfg.log.progress if progress is None else progress
         seed_everything(cfg.seed)
-        self.task = get_task(cfg.task, seed=cfg.seed, reward_funcs=cfg.task_reward or None,
-                             reward_weights=cfg.task_reward_weights, group_column=cfg.group_column)
+        self.task = task_from_config(cfg)
         self.dtype_ctx = (lambda: torch.autocast("cpu" if not torch.cuda.is_available() else "cuda",
                                                  dtype=torch.bfloat16)) \
             if cfg.precision == "bf16" else contextlib.nullcontext
@@ -113,10 +119,14 @@ class Trainer:
         self.normalizer = (PreferenceGroupNormalizer(min_count=cfg.algo.pgrpo_min_count,
                                                      eps=cfg.algo.pgrpo_eps, decay=cfg.algo.pgrpo_decay)
                            if cfg.algo.advantage == "pgrpo" else None)
+        self.skipped_prompts = self._check_prompt_lengths()
         self.sampler = PromptSampler(len(self.task.train_examples), cfg.seed)
         self.hparams = loss_hparams(cfg)
         if start_ckpt is not None:
             self._restore(start_ckpt)
+        # data position and P-GRPO statistics after the last *completed* step (what a checkpoint saves)
+        self._data_state = self.sampler.state_dict()
+        self._norm_state = self.normalizer.state_dict() if self.normalizer is not None else None
         self.logger = None
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -173,6 +183,38 @@ class Trainer:
             return make_vllm_engine(self.model, self.tokenizer, r)
         return HFGenerationEngine(self.model, self.tokenizer, max_new_tokens=r.max_new_tokens,
                                   temperature=r.temperature, top_p=r.top_p, chat_template=r.chat_template)
+
+    def _check_prompt_lengths(self) -> int:
+        """Apply `on_long_prompt` to training prompts that leave no room for the response."""
+        cfg = self.cfg
+        limit = cfg.max_prompt_tokens
+        if limit <= 0:
+            context = getattr(getattr(self.model, "config", None), "max_position_embeddings", None) or 10**9
+            limit = context - cfg.rollout.max_new_tokens
+        if limit <= 0:
+            raise ConfigError(f"rollout.max_new_tokens ({cfg.rollout.max_new_tokens}) leaves no room for a prompt "
+                              f"in the model's context")
+        examples = self.task.train_examples
+        lengths = []
+        for s in range(0, len(examples), 256):
+            texts, templated = self.engine.render_prompts([ex["prompt"] for ex in examples[s:s + 256]])
+            ids = self.tokenizer(texts, add_special_tokens=not templated)["input_ids"]
+            lengths += [len(x) for x in ids]
+        too_long = [i for i, n in enumerate(lengths) if n > limit]
+        if not too_long:
+            return 0
+        if cfg.on_long_prompt == "error":
+            i = too_long[0]
+            sources = (self.task.info or {}).get("train_sources")
+            where = sources[i] if sources else f"task '{self.task.name}': training example {i}"
+            raise ValueError(f"{where}: prompt has {lengths[i]} tokens, more than the {limit} allowed "
+                             f"({len(too_long)} such prompts; set on_long_prompt=skip to drop them or raise "
+                             f"max_prompt_tokens)")
+        keep = set(range(len(examples))) - set(too_long)
+        self.task.train_examples = [ex for i, ex in enumerate(examples) if i in keep]
+        if not self.task.train_examples:
+            raise ValueError(f"every training prompt is longer than {limit} tokens")
+        return len(too_long)
 
     def _restore(self, path: Path) -> None:
         st = ckpt.load_training_state(path)
@@ -255,6 +297,8 @@ class Trainer:
         t_upd = time.perf_counter()
         # 6. metrics
         self.step = step
+        self._data_state = self.sampler.state_dict()
+        self._norm_state = self.normalizer.state_dict() if self.normalizer is not None else None
         m = {"step": step}
         lengths = batch.lengths.float()
         m.update(self.dist.mean_metrics({
@@ -266,6 +310,7 @@ class Trainer:
         }))
         m["response_length/max"] = self.dist.max_metric(lengths.max().item())
         m["reward/errors"] = self.dist.sum_metric(float(n_errors))
+        m["data/skipped_long_prompts"] = self.skipped_prompts
         for g, val in self.dist.group_means(batch.groups, rewards).items():
             m[f"reward/group/{g}"] = val
         m.update(upd)
@@ -372,8 +417,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints and the loop
     def trainer_state(self) -> dict:
-        return {"step": self.step, "data": self.sampler.state_dict(),
-                "normalizer": self.normalizer.state_dict() if self.normalizer is not None else None,
+        return {"step": self.step, "data": self._data_state,
+                "normalizer": self._norm_state,
                 "consecutive_skips": self.consecutive_skips}
 
     def save_checkpoint(self) -> Path | None:

@@ -1,0 +1,33 @@
+"""fairalign.algos: pure tensor math for RL alignment (torch only, no other fairalign imports).
+
+Policy losses (ppo, gspo, fspo, cispo), loss aggregation, advantage estimators (grpo, dr_grpo,
+rloo, reinforce_pp_baseline), the stateful P-GRPO normalizer and KL estimators. Tensors in,
+tensors and plain dicts out. Definitions: DESIGN.md §1.1-1.4 and docs/algorithms.md.
+"""
+
+from .advantages import (ADVANTAGE_ESTIMATORS, compute_advantages, dr_grpo, grpo, group_stats,
+                         reinforce_pp_baseline, rloo)
+from .aggregation import AGG_MODES, aggregate
+from .fspo import fspo_log_band
+from .kl import KL_ESTIMATORS, kl_penalty
+from .pgrpo import PreferenceGroupNormalizer
+from .policy_losses import DEFAULT_HPARAMS, POLICY_LOSSES, compute_policy_loss
+
+__all__ = [
+    "ADVANTAGE_ESTIMATORS",
+    "AGG_MODES",
+    "DEFAULT_HPARAMS",
+    "KL_ESTIMATORS",
+    "POLICY_LOSSES",
+    "PreferenceGroupNormalizer",
+    "aggregate",
+    "compute_advantages",
+    "compute_policy_loss",
+    "dr_grpo",
+    "fspo_log_band",
+    "grpo",
+    "group_stats",
+    "kl_penalty",
+    "reinforce_pp_baseline",
+    "rloo",
+]

@@ -1,0 +1,94 @@
+"""Load a policy (model + tokenizer) by name: the embedded default, the tiny test model, a folder, a hub name.
+
+Names: "smollm2-135m" (alias "smollm2-135m-instruct"): the embedded SmolLM2-135M-Instruct, converted
+once from its GGUF; "tiny" or "tiny-<seed>": the random test model; an existing local folder; else a
+hub name, loaded with `local_files_only=True` unless `allow_download=True`.
+The tokenizer comes back with `padding_side="left"` and a pad token (eos if it had none).
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+
+from fairalign.models.default import default_model_path
+from fairalign.models.tiny import tiny_model_path
+
+DEFAULT_MODEL_NAMES = ("smollm2-135m", "smollm2-135m-instruct")
+_DTYPES = {
+    "float32": torch.float32, "fp32": torch.float32,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float16": torch.float16, "fp16": torch.float16,
+}
+_TINY = re.compile(r"^tiny(?:-(\d+))?$")
+
+
+def parse_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    """A torch dtype from a dtype or one of the names float32/fp32, bfloat16/bf16, float16/fp16."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if isinstance(dtype, str) and dtype.lower() in _DTYPES:
+        return _DTYPES[dtype.lower()]
+    raise ValueError(f"dtype={dtype!r} is not supported; choose one of {sorted(_DTYPES)} or a torch.dtype")
+
+
+def resolve_model_path(name: str | Path) -> Path | str:
+    """Map a model name to a local folder (Path) or, for a hub name, return the name unchanged (str)."""
+    if isinstance(name, Path):
+        if not name.is_dir():
+            raise FileNotFoundError(f"model folder {name} does not exist")
+        return name
+    if not isinstance(name, str) or not name:
+        raise ValueError(
+            f"model name={name!r} is invalid; use one of {list(DEFAULT_MODEL_NAMES)}, 'tiny', "
+            "'tiny-<seed>', a local folder or a hub name"
+        )
+    if name.lower() in DEFAULT_MODEL_NAMES:
+        return default_model_path()
+    tiny = _TINY.match(name)
+    if tiny:
+        return tiny_model_path(int(tiny.group(1) or 0))
+    local = Path(name).expanduser()
+    if local.is_dir():
+        return local
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise FileNotFoundError(f"model folder {name} does not exist")
+    return name
+
+
+def load_policy(
+    name: str | Path,
+    *,
+    dtype: torch.dtype | str = torch.float32,
+    trust_remote_code: bool = False,
+    device: str | torch.device = "cpu",
+    allow_download: bool = False,
+):
+    """Load `(model, tokenizer)` for `name` (see module doc) on `device` in `dtype`.
+
+    Hub names are looked up in the local Hugging Face cache only, unless `allow_download=True`.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch_dtype = parse_dtype(dtype)
+    where = resolve_model_path(name)
+    local_only = isinstance(where, Path) or not allow_download
+    kwargs = dict(trust_remote_code=trust_remote_code, local_files_only=local_only)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(where), **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(str(where), dtype=torch_dtype, **kwargs)
+    except OSError as err:
+        if isinstance(where, str) and not allow_download:
+            raise OSError(
+                f"model {name!r} is neither a built-in name, a local folder, nor in the local hub "
+                f"cache; pass allow_download=True to fetch it ({err})"
+            ) from err
+        raise
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.to(device)
+    return model, tokenizer

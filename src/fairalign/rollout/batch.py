@@ -1,0 +1,79 @@
+"""`RolloutBatch`: the one structure that flows through a training step (docs/architecture.md).
+
+`B` = sampled responses (prompts × generations, generations of one prompt adjacent), `P` = padded
+prompt length (left padding), `R` = padded response length (right padding).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Any, Hashable, Sequence
+
+import torch
+
+_TENSOR_FIELDS = (
+    "prompt_ids", "prompt_mask", "response_ids", "response_mask", "lengths", "truncated", "index",
+    "old_logp", "rewards", "advantages",
+)
+_LIST_FIELDS = ("prompts", "completions", "groups")
+
+
+@dataclass
+class RolloutBatch:
+    """Sampled responses and everything the step computes about them."""
+
+    prompt_ids: torch.Tensor  # [B, P] long, left-padded prompt token ids
+    prompt_mask: torch.Tensor  # [B, P] bool, 1 on real prompt tokens
+    response_ids: torch.Tensor  # [B, R] long, right-padded response ids (EOS included when generated)
+    response_mask: torch.Tensor  # [B, R] bool, 1 up to and including the first EOS
+    lengths: torch.Tensor  # [B] long, response_mask.sum(1)
+    truncated: torch.Tensor  # [B] bool, hit max_new_tokens without EOS
+    prompts: list[Any]  # [B] the prompt as the task gave it (str or chat messages)
+    completions: list[str]  # [B] decoded response text (special tokens skipped)
+    index: torch.Tensor  # [B] long, prompt id within the step (shared by one prompt's generations)
+    groups: list[Hashable]  # [B] preference group per sample
+    old_logp: torch.Tensor | None = None  # [B, R] float, behaviour-policy token log-probs
+    rewards: torch.Tensor | None = None  # [B] float, total reward
+    advantages: torch.Tensor | None = None  # [B] float, sequence advantages
+
+    def __post_init__(self) -> None:
+        B, R = self.response_ids.shape
+        if self.prompt_ids.shape != self.prompt_mask.shape or self.prompt_ids.shape[0] != B:
+            raise ValueError(
+                f"prompt_ids {tuple(self.prompt_ids.shape)} / prompt_mask {tuple(self.prompt_mask.shape)} "
+                f"do not match B={B}"
+            )
+        if self.response_mask.shape != (B, R):
+            raise ValueError(f"response_mask {tuple(self.response_mask.shape)} != response_ids {(B, R)}")
+        for name in ("lengths", "truncated", "index", "rewards", "advantages"):
+            value = getattr(self, name)
+            if value is not None and tuple(value.shape) != (B,):
+                raise ValueError(f"{name} has shape {tuple(value.shape)}, expected ({B},)")
+        if self.old_logp is not None and tuple(self.old_logp.shape) != (B, R):
+            raise ValueError(f"old_logp has shape {tuple(self.old_logp.shape)}, expected {(B, R)}")
+        for name in _LIST_FIELDS:
+            if len(getattr(self, name)) != B:
+                raise ValueError(f"{name} has {len(getattr(self, name))} entries, expected {B}")
+
+    def __len__(self) -> int:
+        return self.response_ids.shape[0]
+
+    def to(self, device: str | torch.device) -> "RolloutBatch":
+        """A copy with every tensor on `device`."""
+        moved = {
+            f.name: getattr(self, f.name).to(device)
+            for f in fields(self)
+            if f.name in _TENSOR_FIELDS and getattr(self, f.name) is not None
+        }
+        return replace(self, **moved)
+
+    def select(self, rows: Sequence[int] | torch.Tensor) -> "RolloutBatch":
+        """A new batch with the given rows (e.g. a micro-batch), in that order; padding is kept."""
+        idx = torch.as_tensor(rows, dtype=torch.long)
+        picked: dict[str, Any] = {}
+        for name in _TENSOR_FIELDS:
+            value = getattr(self, name)
+            picked[name] = None if value is None else value[idx.to(value.device)]
+        for name in _LIST_FIELDS:
+            value = getattr(self, name)
+            picked[name] = [value[i] for i in idx.tolist()]
+        return RolloutBatch(**picked)

@@ -1,0 +1,286 @@
+"""The default rollout engine: batched sampling with a plain transformers model and its KV cache.
+
+Prompts are rendered (chat template or raw text), tokenized once, left-padded, pre-filled once, and
+their KV cache repeated G times (generations of one prompt adjacent). Decoding is our own loop over
+`model(...)` with the KV cache, `logits_to_keep=1`, explicit position ids (correct under left
+padding) and a `torch.Generator`, so a seed reproduces a batch exactly without touching the global
+RNG. A row stops at its first EOS; the rest of the row is padding. `truncated` marks rows with no
+EOS within `max_new_tokens`.
+Simplifications: finished rows stay in the batch until every row is done (no cache compaction);
+prompts longer than `max_prompt_length` keep their last tokens.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Hashable, Sequence
+
+import torch
+
+from fairalign.rollout.batch import RolloutBatch
+from fairalign.rollout.logprobs import gather_logprobs, supports_logits_to_keep
+
+CHAT_TEMPLATE_CHOICES = ("auto", "none")
+
+
+def decode_completions(tokenizer, response_ids: torch.Tensor, response_mask: torch.Tensor) -> list[str]:
+    """Decode each row's masked response tokens, skipping special tokens: [B, R] -> B strings."""
+    rows = [ids[mask.bool()].tolist() for ids, mask in zip(response_ids.cpu(), response_mask.cpu())]
+    return tokenizer.batch_decode(rows, skip_special_tokens=True)
+
+
+def _as_id_list(value: Any) -> list[int]:
+    if value is None:
+        return []
+    if isinstance(value, int):
+        return [value]
+    return [int(v) for v in value]
+
+
+def _is_chat(prompt: Any) -> bool:
+    return isinstance(prompt, (list, tuple)) and all(isinstance(m, dict) for m in prompt)
+
+
+def filter_logits(logits: torch.Tensor, top_p: float = 1.0, top_k: int = 0) -> torch.Tensor:
+    """Set logits outside the top-k and outside the top-p nucleus to -inf: [N, V] -> [N, V]."""
+    if top_k and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # [N, 1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)  # [N, V]
+        probs = torch.softmax(sorted_logits, dim=-1)
+        mass_before = probs.cumsum(-1) - probs  # [N, V]; the top token always stays
+        sorted_logits = sorted_logits.masked_fill(mass_before >= top_p, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    return logits
+
+
+class HFGenerationEngine:
+    """Sample G responses per prompt from a transformers causal LM (the policy itself, no copy)."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer,
+        max_new_tokens: int = 64,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        chat_template: str = "auto",
+        max_prompt_length: int | None = None,
+        eos_token_id: int | Sequence[int] | None = None,
+    ):
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1")
+        if temperature < 0:
+            raise ValueError(f"temperature={temperature} must be >= 0 (0 means greedy)")
+        if not 0.0 < top_p <= 1.0:
+            raise ValueError(f"top_p={top_p} must be in (0, 1]")
+        if top_k < 0:
+            raise ValueError(f"top_k={top_k} must be >= 0 (0 disables it)")
+        if chat_template not in CHAT_TEMPLATE_CHOICES and "{" not in chat_template:
+            raise ValueError(
+                f"chat_template={chat_template!r} is invalid; choose one of {list(CHAT_TEMPLATE_CHOICES)} "
+                "or pass a Jinja template string"
+            )
+        if max_prompt_length is not None and max_prompt_length < 1:
+            raise ValueError(f"max_prompt_length={max_prompt_length} must be >= 1 or None")
+        self.model, self.tokenizer = model, tokenizer
+        self.max_new_tokens, self.temperature, self.top_p, self.top_k = max_new_tokens, temperature, top_p, top_k
+        self.chat_template, self.max_prompt_length = chat_template, max_prompt_length
+        gen_cfg = getattr(model, "generation_config", None)
+        eos = _as_id_list(eos_token_id)
+        if not eos:
+            eos = _as_id_list(getattr(tokenizer, "eos_token_id", None))
+            eos += [i for i in _as_id_list(getattr(gen_cfg, "eos_token_id", None)) if i not in eos]
+        if not eos:
+            raise ValueError("eos_token_id is unknown: pass eos_token_id= or use a tokenizer with an eos token")
+        self.eos_token_ids = eos
+        pad = getattr(tokenizer, "pad_token_id", None)
+        if pad is None:
+            pad = getattr(gen_cfg, "pad_token_id", None)
+        self.pad_token_id = int(pad) if pad is not None else eos[0]
+        self.last_stats: dict[str, float] = {}
+
+    # ---- prompts -------------------------------------------------------------------------------
+    def _template(self) -> str | None:
+        """The Jinja template to apply, or None for raw text."""
+        if self.chat_template == "none":
+            return None
+        if self.chat_template == "auto":
+            return getattr(self.tokenizer, "chat_template", None) or None
+        return self.chat_template
+
+    def render_prompts(self, prompts: Sequence[Any]) -> tuple[list[str], bool]:
+        """Prompt texts, and whether a chat template produced them (then no extra special tokens)."""
+        template = self._template()
+        if template is None:
+            if any(_is_chat(p) for p in prompts):
+                raise ValueError(
+                    "chat-message prompts need a chat template: the tokenizer has none or "
+                    "chat_template='none'; pass chat_template=<jinja> or string prompts"
+                )
+            return [str(p) for p in prompts], False
+        texts = []
+        for p in prompts:
+            messages = list(p) if _is_chat(p) else [{"role": "user", "content": str(p)}]
+            texts.append(
+                self.tokenizer.apply_chat_template(
+                    messages, tokenize=False, add_generation_prompt=True, chat_template=template
+                )
+            )
+        return texts, True
+
+    def encode_prompts(self, prompts: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Render, tokenize and left-pad: ids [N, P] long, mask [N, P] bool."""
+        texts, templated = self.render_prompts(prompts)
+        rows = self.tokenizer(texts, add_special_tokens=not templated)["input_ids"]
+        if self.max_prompt_length is not None:
+            rows = [r[-self.max_prompt_length:] for r in rows]
+        if any(len(r) == 0 for r in rows):
+            raise ValueError("a prompt tokenized to zero tokens; every prompt needs at least one token")
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)  # [N, P]
+        mask = torch.zeros(len(rows), width, dtype=torch.bool)  # [N, P]
+        for i, r in enumerate(rows):
+            ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
+            mask[i, width - len(r):] = True
+        return ids, mask
+
+    # ---- sampling ------------------------------------------------------------------------------
+    def _next_token(self, logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Pick one token per row: logits [B, V] -> [B]."""
+        if self.temperature == 0:
+            return logits.argmax(-1)
+        logits = filter_logits(logits.float() / self.temperature, self.top_p, self.top_k)
+        probs = torch.softmax(logits, dim=-1)  # [B, V]
+        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        prompt_ids: torch.Tensor,
+        prompt_mask: torch.Tensor,
+        generator: torch.Generator,
+        generations: int = 1,
+        return_logprobs: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Decode `generations` responses from each of n distinct left-padded prompts [n, P].
+
+        The prompt is pre-filled once per distinct prompt and its KV cache repeated G times (when the
+        cache supports `batch_repeat_interleave`). Rows are B = n * G, one prompt's adjacent.
+        Returns response_ids [B, R], response_mask [B, R], truncated [B], and (if `return_logprobs`)
+        the sampled tokens' log-probs [B, R] under softmax(logits / temperature) (temperature 1 when
+        greedy), before top-p / top-k filtering, 0 where masked.
+        """
+        model = self.model
+        device = prompt_ids.device
+        n, P = prompt_ids.shape
+        B = n * generations
+        eos = torch.tensor(self.eos_token_ids, device=device)
+        keep = {"logits_to_keep": 1} if supports_logits_to_keep(model) else {}
+        position = (prompt_mask.long().cumsum(-1) - 1).clamp(min=0)  # [n, P]
+        out = model(
+            input_ids=prompt_ids, attention_mask=prompt_mask.long(), position_ids=position,
+            use_cache=True, **keep,
+        )
+        cache, last_logits = out.past_key_values, out.logits[:, -1:, :]  # last_logits [n, 1, V]
+        if generations > 1:
+            if hasattr(cache, "batch_repeat_interleave"):
+                cache.batch_repeat_interleave(generations)  # [n, ...] -> [B, ...], in place
+                last_logits = last_logits.repeat_interleave(generations, dim=0)  # [B, 1, V]
+            else:  # a cache we cannot repeat: pre-fill every row
+                rep = lambda t: t.repeat_interleave(generations, dim=0)  # noqa: E731
+                out = model(input_ids=rep(prompt_ids), attention_mask=rep(prompt_mask.long()),
+                            position_ids=rep(position), use_cache=True, **keep)
+                cache, last_logits = out.past_key_values, out.logits[:, -1:, :]
+            prompt_mask, position = (t.repeat_interleave(generations, dim=0) for t in (prompt_mask, position))
+        attn = torch.cat(
+            [prompt_mask.long(), torch.ones(B, self.max_new_tokens, dtype=torch.long, device=device)], dim=1
+        )  # [B, P + max_new]; grows by slicing
+        next_pos = position[:, -1:] + 1  # [B, 1]
+        done = torch.zeros(B, dtype=torch.bool, device=device)  # [B]
+        tokens, alive, logps = [], [], []
+        scale = self.temperature if self.temperature > 0 else 1.0
+        for step in range(self.max_new_tokens):
+            logits = last_logits[:, -1, :]  # [B, V]
+            token = self._next_token(logits, generator)  # [B]
+            token = token.masked_fill(done, self.pad_token_id)
+            tokens.append(token)
+            if return_logprobs:
+                logps.append(gather_logprobs(logits.float() / scale, token).masked_fill(done, 0.0))  # [B]
+            alive.append(~done)
+            done = done | torch.isin(token, eos)
+            if bool(done.all()) or step == self.max_new_tokens - 1:
+                break
+            out = model(
+                input_ids=token[:, None], attention_mask=attn[:, : P + step + 1], position_ids=next_pos,
+                past_key_values=cache, use_cache=True, **keep,
+            )
+            cache, last_logits = out.past_key_values, out.logits
+            next_pos = next_pos + 1
+        response_ids = torch.stack(tokens, dim=1)  # [B, R]
+        response_mask = torch.stack(alive, dim=1)  # [B, R]
+        sample_logp = torch.stack(logps, dim=1) if return_logprobs else None  # [B, R]
+        return response_ids, response_mask, ~done, sample_logp
+
+    def generate(
+        self,
+        prompts: Sequence[Any],
+        generations: int = 1,
+        index: Sequence[int] | torch.Tensor | None = None,
+        groups: Sequence[Hashable] | None = None,
+        generator_seed: int | None = None,
+        return_logprobs: bool = False,
+    ) -> RolloutBatch:
+        """Sample `generations` responses per prompt; B = len(prompts) * generations, one prompt's adjacent.
+
+        `index` / `groups` are per prompt (default: positions / None) and repeated per generation.
+        `generator_seed` makes sampling reproducible; without it a seed is drawn from torch's global RNG.
+        `return_logprobs` fills `old_logp` with the sampling log-probs (see `sample`); they agree with
+        `sequence_logprobs(..., temperature)` up to float error (KV-cached decode vs one forward).
+        """
+        n = len(prompts)
+        if n == 0:
+            raise ValueError("prompts is empty")
+        if generations < 1:
+            raise ValueError(f"generations={generations} must be >= 1")
+        if index is not None and len(index) != n:
+            raise ValueError(f"index has {len(index)} entries, expected one per prompt ({n})")
+        if groups is not None and len(groups) != n:
+            raise ValueError(f"groups has {len(groups)} entries, expected one per prompt ({n})")
+        device = next(self.model.parameters()).device
+        ids, mask = self.encode_prompts(prompts)  # [n, P]
+        ids, mask = ids.to(device), mask.to(device)
+        if generator_seed is None:
+            generator_seed = int(torch.randint(0, 2**62, (1,)).item())
+        generator = torch.Generator(device=device).manual_seed(int(generator_seed))
+        was_training = self.model.training
+        self.model.eval()
+        start = time.perf_counter()
+        try:
+            response_ids, response_mask, truncated, sample_logp = self.sample(
+                ids, mask, generator, generations, return_logprobs
+            )
+        finally:
+            self.model.train(was_training)
+        elapsed = time.perf_counter() - start
+        lengths = response_mask.sum(1)  # [B]
+        self.last_stats = {
+            "gen_time_s": elapsed,
+            "gen_tokens": float(lengths.sum()),
+            "gen_tokens_per_s": float(lengths.sum()) / max(elapsed, 1e-9),
+        }
+        index_t = torch.arange(n) if index is None else torch.as_tensor(index, dtype=torch.long)
+        return RolloutBatch(
+            prompt_ids=ids.repeat_interleave(generations, dim=0),  # [B, P]
+            prompt_mask=mask.repeat_interleave(generations, dim=0),  # [B, P]
+            response_ids=response_ids,
+            response_mask=response_mask,
+            lengths=lengths,
+            truncated=truncated,
+            prompts=[p for p in prompts for _ in range(generations)],
+            completions=decode_completions(self.tokenizer, response_ids, response_mask),
+            index=index_t.repeat_interleave(generations).to(device),
+            groups=[g for g in (groups if groups is not None else [None] * n) for _ in range(generations)],
+            old_logp=sample_logp,
+        )

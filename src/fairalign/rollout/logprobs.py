@@ -1,0 +1,124 @@
+"""Token log-probs (and entropy) of given responses under a model: the training / behaviour-policy pass.
+
+One forward over `concat(prompt, response[:, :-1])` with an attention mask and position ids that are
+correct for left-padded prompts; logits are computed only for the positions that predict response
+tokens (`logits_to_keep`), never over the prompt. Log-probs use `logit[token] − logsumexp(logits)`
+(no full log_softmax tensor). Logits are divided by the sampling temperature, as TRL does, so the
+log-probs are those of the distribution the tokens were sampled from.
+Simplifications: entropy is a detached metric (no gradient); columns that are padding in every row
+of a micro-batch are trimmed before the forward (results are unchanged).
+"""
+from __future__ import annotations
+
+import inspect
+
+import torch
+
+_KEEP_SUPPORT: dict[type, bool] = {}
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The module whose `forward` really runs (through DDP `.module` and PEFT `get_base_model`)."""
+    while True:
+        if hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
+            model = model.module
+        elif hasattr(model, "get_base_model"):
+            base = model.get_base_model()
+            if base is model:
+                return model
+            model = base
+        else:
+            return model
+
+
+def supports_logits_to_keep(model: torch.nn.Module) -> bool:
+    """Whether the (unwrapped) model's forward accepts `logits_to_keep`."""
+    inner = type(_unwrap(model))
+    if inner not in _KEEP_SUPPORT:
+        _KEEP_SUPPORT[inner] = "logits_to_keep" in inspect.signature(inner.forward).parameters
+    return _KEEP_SUPPORT[inner]
+
+
+def gather_logprobs(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits)[ids] via logsumexp: logits [..., V], ids [...] -> [...]."""
+    picked = logits.gather(-1, ids.unsqueeze(-1)).squeeze(-1)  # [...]
+    return picked - torch.logsumexp(logits, dim=-1)
+
+
+@torch.no_grad()
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of softmax(logits) over the last axis (detached): [..., V] -> [...]."""
+    lse = torch.logsumexp(logits, dim=-1, keepdim=True)  # [..., 1]
+    probs = torch.exp(logits - lse)  # [..., V]
+    return lse.squeeze(-1) - (probs * logits).sum(-1)
+
+
+def _response_logits(model, prompt_ids, prompt_mask, response_ids, n_keep: int) -> torch.Tensor:
+    """Logits at the positions that predict response_ids[:, :n_keep]: [b, n_keep, V]."""
+    resp_in = response_ids[:, : n_keep - 1]  # [b, n_keep-1]; the last response token predicts nothing
+    input_ids = torch.cat([prompt_ids, resp_in], dim=1)  # [b, T]
+    attn = torch.cat([prompt_mask.long(), torch.ones_like(resp_in)], dim=1)  # [b, T]
+    position_ids = (attn.cumsum(-1) - 1).clamp(min=0)  # [b, T]; left padding shifts nothing
+    kwargs = dict(input_ids=input_ids, attention_mask=attn, position_ids=position_ids, use_cache=False)
+    if supports_logits_to_keep(model):
+        logits = model(**kwargs, logits_to_keep=n_keep).logits  # [b, n_keep, V]
+    else:
+        logits = model(**kwargs).logits[:, -n_keep:]  # [b, n_keep, V]
+    return logits
+
+
+def sequence_logprobs(
+    model: torch.nn.Module,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    response_ids: torch.Tensor,
+    response_mask: torch.Tensor,
+    *,
+    with_entropy: bool = False,
+    temperature: float = 1.0,
+    micro_batch_size: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per-token log-probs `[B, R]` of `response_ids` given left-padded prompts, and entropies `[B, R]`.
+
+    Masked positions (response_mask == 0) are 0 in both. `entropy` is None unless `with_entropy`.
+    Gradients flow to `logp` when grad is enabled. `micro_batch_size` chunks the forward over rows.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature={temperature} must be > 0 for log-probs (use 1.0 for greedy rollouts)")
+    if micro_batch_size is not None and micro_batch_size < 1:
+        raise ValueError(f"micro_batch_size={micro_batch_size} must be >= 1 or None")
+    if prompt_ids.shape != prompt_mask.shape or response_ids.shape != response_mask.shape:
+        raise ValueError("prompt_ids/prompt_mask and response_ids/response_mask must have equal shapes")
+    B, R = response_ids.shape
+    if prompt_ids.shape[0] != B:
+        raise ValueError(f"prompt batch {prompt_ids.shape[0]} != response batch {B}")
+    prompt_mask, response_mask = prompt_mask.bool(), response_mask.bool()
+    if B and not prompt_mask[:, -1].all():
+        raise ValueError("prompt_mask must be left-padded: every row's last prompt column must be real")
+    device = next(model.parameters()).device
+    step = micro_batch_size or max(B, 1)
+    logps, ents = [], []
+    for lo in range(0, B, step):
+        rows = slice(lo, lo + step)
+        p_ids, p_mask = prompt_ids[rows].to(device), prompt_mask[rows].to(device)  # [b, P]
+        r_ids, r_mask = response_ids[rows].to(device), response_mask[rows].to(device)  # [b, R]
+        b = r_ids.shape[0]
+        logp = torch.zeros(b, R, device=device)  # [b, R]
+        ent = torch.zeros(b, R, device=device) if with_entropy else None
+        used = r_mask.any(0).nonzero()
+        if used.numel():
+            n_keep = int(used[-1]) + 1  # trailing all-padding response columns are skipped
+            first = int(p_mask.any(0).nonzero()[0])  # leading all-padding prompt columns are skipped
+            logits = _response_logits(model, p_ids[:, first:], p_mask[:, first:], r_ids, n_keep).float()
+            if temperature != 1.0:
+                logits = logits / temperature
+            token_logp = gather_logprobs(logits, r_ids[:, :n_keep]) * r_mask[:, :n_keep]  # [b, n_keep]
+            logp = torch.cat([token_logp, logp[:, n_keep:]], dim=1)  # [b, R]
+            if with_entropy:
+                ent[:, :n_keep] = entropy_from_logits(logits) * r_mask[:, :n_keep]
+        logps.append(logp)
+        if with_entropy:
+            ents.append(ent)
+    logp_all = torch.cat(logps) if logps else torch.zeros(0, R, device=device)
+    ent_all = (torch.cat(ents) if ents else torch.zeros(0, R, device=device)) if with_entropy else None
+    return logp_all, ent_all
