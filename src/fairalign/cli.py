@@ -141,6 +141,8 @@ def cmd_eval(ns, rest: list[str]) -> int:
         cfg = build_config({}, overrides)
         model_path = target
     task = task_from_config(cfg)
+    if task.info.get("dialogue"):
+        raise ConfigError("task 'rlpa' is evaluated with `fairalign eval-dialogue RUN_DIR_OR_MODEL`")
     if cfg.lora.enabled and run_cfg.is_file():
         import peft
 

@@ -1,5 +1,5 @@
 """Rollouts: the batch structure, the transformers generation engine, and the log-prob pass."""
-from fairalign.rollout.batch import RolloutBatch
+from fairalign.rollout.batch import RolloutBatch, concat_batches
 from fairalign.rollout.hf_engine import HFGenerationEngine, decode_completions, filter_logits
 from fairalign.rollout.logprobs import (
     entropy_from_logits,
@@ -11,6 +11,7 @@ from fairalign.rollout.logprobs import (
 __all__ = [
     "HFGenerationEngine",
     "RolloutBatch",
+    "concat_batches",
     "decode_completions",
     "entropy_from_logits",
     "filter_logits",

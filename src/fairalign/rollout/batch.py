@@ -77,3 +77,40 @@ class RolloutBatch:
             value = getattr(self, name)
             picked[name] = [value[i] for i in idx.tolist()]
         return RolloutBatch(**picked)
+
+
+def concat_batches(batches: Sequence[RolloutBatch], pad_token_id: int) -> RolloutBatch:
+    """One batch from several (e.g. the turns of a dialogue rollout): prompts re-padded on the left,
+    responses on the right; `index` values are offset so prompt groups stay distinct."""
+    if not batches:
+        raise ValueError("concat_batches needs at least one batch")
+    P = max(b.prompt_ids.shape[1] for b in batches)
+    R = max(b.response_ids.shape[1] for b in batches)
+
+    def left(t: torch.Tensor, width: int, value) -> torch.Tensor:
+        pad = torch.full((t.shape[0], width - t.shape[1]), value, dtype=t.dtype, device=t.device)
+        return torch.cat([pad, t], dim=1)
+
+    def right(t: torch.Tensor, width: int, value) -> torch.Tensor:
+        pad = torch.full((t.shape[0], width - t.shape[1]), value, dtype=t.dtype, device=t.device)
+        return torch.cat([t, pad], dim=1)
+
+    index, offset = [], 0
+    for b in batches:
+        index.append(b.index + offset)
+        offset += int(b.index.max()) + 1 if len(b) else 0
+    cat = torch.cat
+    return RolloutBatch(
+        prompt_ids=cat([left(b.prompt_ids, P, pad_token_id) for b in batches]),
+        prompt_mask=cat([left(b.prompt_mask, P, False) for b in batches]),
+        response_ids=cat([right(b.response_ids, R, pad_token_id) for b in batches]),
+        response_mask=cat([right(b.response_mask, R, False) for b in batches]),
+        lengths=cat([b.lengths for b in batches]),
+        truncated=cat([b.truncated for b in batches]),
+        prompts=[p for b in batches for p in b.prompts],
+        completions=[c for b in batches for c in b.completions],
+        index=cat(index),
+        groups=[g for b in batches for g in b.groups],
+        old_logp=None if any(b.old_logp is None for b in batches)
+        else cat([right(b.old_logp, R, 0.0) for b in batches]),
+    )

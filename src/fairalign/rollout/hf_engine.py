@@ -68,6 +68,7 @@ class HFGenerationEngine:
         chat_template: str = "auto",
         max_prompt_length: int | None = None,
         eos_token_id: int | Sequence[int] | None = None,
+        completion_prefix: str = "",
     ):
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1")
@@ -87,6 +88,9 @@ class HFGenerationEngine:
         self.model, self.tokenizer = model, tokenizer
         self.max_new_tokens, self.temperature, self.top_p, self.top_k = max_new_tokens, temperature, top_p, top_k
         self.chat_template, self.max_prompt_length = chat_template, max_prompt_length
+        # text appended after the rendered prompt (the start of the assistant's turn, e.g. "<profile>");
+        # it belongs to the prompt, so completions hold only what was sampled
+        self.completion_prefix = completion_prefix
         gen_cfg = getattr(model, "generation_config", None)
         eos = _as_id_list(eos_token_id)
         if not eos:
@@ -119,14 +123,14 @@ class HFGenerationEngine:
                     "chat-message prompts need a chat template: the tokenizer has none or "
                     "chat_template='none'; pass chat_template=<jinja> or string prompts"
                 )
-            return [str(p) for p in prompts], False
+            return [str(p) + self.completion_prefix for p in prompts], False
         texts = []
         for p in prompts:
             messages = list(p) if _is_chat(p) else [{"role": "user", "content": str(p)}]
             texts.append(
                 self.tokenizer.apply_chat_template(
                     messages, tokenize=False, add_generation_prompt=True, chat_template=template
-                )
+                ) + self.completion_prefix
             )
         return texts, True
 

@@ -26,7 +26,7 @@ from fairalign.algos import (DEFAULT_HPARAMS, PreferenceGroupNormalizer, aggrega
 from fairalign.diagnostics import clip_rate_metrics
 from fairalign.envs import compute_rewards, get_task
 from fairalign.models import load_policy
-from fairalign.rollout import HFGenerationEngine, sequence_logprobs
+from fairalign.rollout import HFGenerationEngine, concat_batches, sequence_logprobs
 from fairalign.train import checkpoint as ckpt
 from fairalign.train.config import Config, ConfigError, dump_yaml
 from fairalign.train.data import PromptSampler
@@ -121,6 +121,7 @@ class Trainer:
                            if cfg.algo.advantage == "pgrpo" else None)
         self.skipped_prompts = self._check_prompt_lengths()
         self.sampler = PromptSampler(len(self.task.train_examples), cfg.seed)
+        self.dialogue = self.task.info.get("dialogue")  # RLPA: options of the multi-turn rollout
         self.hparams = loss_hparams(cfg)
         if start_ckpt is not None:
             self._restore(start_ckpt)
@@ -182,7 +183,8 @@ class Trainer:
 
             return make_vllm_engine(self.model, self.tokenizer, r)
         return HFGenerationEngine(self.model, self.tokenizer, max_new_tokens=r.max_new_tokens,
-                                  temperature=r.temperature, top_p=r.top_p, chat_template=r.chat_template)
+                                  temperature=r.temperature, top_p=r.top_p, chat_template=r.chat_template,
+                                  completion_prefix=self.task.info.get("completion_prefix", ""))
 
     def _check_prompt_lengths(self) -> int:
         """Apply `on_long_prompt` to training prompts that leave no room for the response."""
@@ -257,24 +259,58 @@ class Trainer:
         with self.model.disable_adapter():  # LoRA: the base model is the reference
             return self._logprobs_no_grad(self.model, batch, micro)
 
+    def _rollout_dialogues(self, examples: list[dict], seed: int):
+        """RLPA: run whole dialogues for these profiles; every (history, candidate) of every turn is
+        one sample (its own prompt group of G candidates); the best candidate continues."""
+        from fairalign.envs.rlpa import DialogueBatch
+
+        G = self.cfg.rollout.generations
+        opts = self.dialogue
+        db = DialogueBatch([ex["profile"] for ex in examples], user=opts["user"], judge=opts["judge"],
+                           max_turns=opts["max_turns"], seed=seed, group_by=opts["group_by"],
+                           completion_prefix=self.engine.completion_prefix)
+        turns, totals, parts = [], [], {"profile": [], "response": [], "format": []}
+        t_gen = 0.0
+        while not db.done:
+            t0 = time.perf_counter()
+            with self.dtype_ctx():
+                b = self.engine.generate(db.policy_prompts(), generations=G, groups=db.groups(),
+                                         generator_seed=seed * 17 + db.turn)
+            t_gen += time.perf_counter() - t0
+            cands = [b.completions[i * G:(i + 1) * G] for i in range(len(b) // G)]
+            scores = db.score(cands)
+            flat = [sc for row in scores for sc in row]
+            totals += [sc["total"] for sc in flat]
+            parts["profile"] += [sc["profile"] for sc in flat]
+            parts["response"] += [sc["response"] for sc in flat]
+            parts["format"] += [float(sc["format_ok"]) for sc in flat]
+            db.advance([row[j] for row, j in zip(cands, db.best(scores))])
+            turns.append(b)
+        batch = concat_batches(turns, self.engine.pad_token_id)
+        self.last_dialogues = db
+        per_reward = {k: torch.tensor(v) for k, v in parts.items()}
+        return batch, torch.tensor(totals), per_reward, 0, t_gen
+
     def train_step(self) -> dict:
         cfg, r, a = self.cfg, self.cfg.rollout, self.cfg.algo
         t_start = time.perf_counter()
         step = self.step + 1
-        # 1. prompts and generation
-        ex_idx = self.sampler.take(r.prompts_per_step)
-        ex_idx = self.dist.shard(ex_idx)
+        # 1-2. prompts, generation and rewards (single-turn tasks, or whole dialogues for RLPA)
+        ex_idx = self.dist.shard(self.sampler.take(r.prompts_per_step))
         examples = [self.task.train_examples[i] for i in ex_idx]
-        prompts = [ex["prompt"] for ex in examples]
-        groups = [ex.get(cfg.group_column, "all") for ex in examples]
-        with self.dtype_ctx():
-            batch = self.engine.generate(prompts, generations=r.generations, groups=groups,
-                                         generator_seed=cfg.seed * 1_000_003 + step * 101 + self.dist.rank)
-        t_gen = time.perf_counter()
-        # 2. rewards
-        columns = self._columns(examples, r.generations)
-        totals, per_reward, n_errors = compute_rewards(self.task.rewards, batch.prompts, batch.completions,
-                                                       columns, on_error=cfg.on_reward_error)
+        seed = cfg.seed * 1_000_003 + step * 101 + self.dist.rank
+        if self.dialogue is not None:
+            batch, totals, per_reward, n_errors, gen_s = self._rollout_dialogues(examples, seed)
+        else:
+            prompts = [ex["prompt"] for ex in examples]
+            groups = [ex.get(cfg.group_column, "all") for ex in examples]
+            with self.dtype_ctx():
+                batch = self.engine.generate(prompts, generations=r.generations, groups=groups,
+                                             generator_seed=seed)
+            gen_s = time.perf_counter() - t_start
+            columns = self._columns(examples, r.generations)
+            totals, per_reward, n_errors = compute_rewards(self.task.rewards, batch.prompts, batch.completions,
+                                                           columns, on_error=cfg.on_reward_error)
         rewards = totals.float()  # [B]
         t_rew = time.perf_counter()
         # 3. advantages (whole prompt groups live on one rank; P-GRPO stats are merged across ranks)
@@ -321,7 +357,7 @@ class Trainer:
         m["lr"] = self.scheduler.get_last_lr()[0]
         step_s = time.perf_counter() - t_start
         n_tokens = self.dist.sum_metric(float(batch.lengths.sum().item()))
-        m.update({"time/generate_s": t_gen - t_start, "time/reward_s": t_rew - t_gen,
+        m.update({"time/generate_s": gen_s, "time/reward_s": t_rew - t_start - gen_s,
                   "time/logprob_s": t_lp - t_rew, "time/update_s": t_upd - t_lp,
                   "step_s": step_s, "tokens_per_s": n_tokens / step_s})
         if self.dist.is_main and self.logger is not None:
