@@ -27,6 +27,10 @@ class Dist:
 
     @staticmethod
     def from_env() -> "Dist":
+        for var, what in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")):
+            if os.environ.get(var, "").lower() in ("1", "true"):
+                raise ValueError(f"{what} sharding is not supported by fairalign yet: launch with a DDP config "
+                                 f"(configs/accelerate/multi_gpu_ddp.yaml) or torchrun")
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world <= 1:
             return Dist()
