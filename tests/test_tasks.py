@@ -331,6 +331,7 @@ def test_reward_overrides_and_group_column():
 
 def test_lazy_optional_task(monkeypatch, tmp_path):
     monkeypatch.setitem(envs_base._LAZY_TASKS, "rlpa", "fairalign_no_such_module_xyz")
+    monkeypatch.delitem(envs_base.TASKS, "rlpa", raising=False)  # registered once fairalign.envs.rlpa is imported
     with pytest.raises(ValueError, match="unknown task 'rlpa'"):
         get_task("rlpa")
     assert "rlpa" not in known_tasks()
@@ -377,3 +378,11 @@ def test_base_smollm2_gets_middling_reward_with_spread():
     totals, _, _ = compute_rewards(t.rewards, [e["prompt"] for e in exs for _ in range(2)], comps, cols)
     assert 0.25 < totals.mean().item() < 0.85
     assert totals.std().item() > 0.1
+
+
+def test_rlpa_task_is_built_in():
+    t = get_task("rlpa", n_train=10, n_test=3, max_turns=2)
+    assert t.info["dialogue"]["max_turns"] == 2 and len(t.train_examples) == 10 and len(t.test_examples) == 3
+    assert "rlpa" in known_tasks()
+    with pytest.raises(ValueError, match="task option 'user' must be 'rules' or 'openai'"):
+        get_task("rlpa", user="hf")

@@ -57,8 +57,8 @@ def loss_hparams(cfg: Config) -> dict:
     hp = dict(DEFAULT_HPARAMS[a.loss])
     for key in hp:
         value = getattr(a, key, None)
-        if value is not None or key == "dual_clip":
-            hp[key] = value if value is not None else hp[key]
+        if value is not None:
+            hp[key] = value
     if a.agg == "seq-mean-token-sum-norm":
         hp["horizon"] = a.horizon or cfg.rollout.max_new_tokens
     return hp
