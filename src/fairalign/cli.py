@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_USAGE
     try:
         return fn(ns, rest)
-    except (ConfigError, ValueError, FileNotFoundError) as e:
+    except (ConfigError, ValueError, OSError) as e:
         if os.environ.get("FAIRALIGN_DEBUG"):
             raise
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

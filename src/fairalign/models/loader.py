@@ -70,7 +70,9 @@ def load_policy(
     Hub names are looked up in the local Hugging Face cache only, unless `allow_download=True`.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # fairalign shows its own progress; keep stderr readable
     torch_dtype = parse_dtype(dtype)
     where = resolve_model_path(name)
     local_only = isinstance(where, Path) or not allow_download

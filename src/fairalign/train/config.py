@@ -105,6 +105,7 @@ class Config:
     keep_last: int = 2                     # checkpoints kept on disk
     precision: str = "fp32"                # fp32 | bf16 (autocast for forward passes)
     trust_remote_code: bool = False        # allow custom model code from the model folder (off unless you trust it)
+    allow_download: bool = False           # fetch a hub model that is not in the local Hugging Face cache
     max_prompt_tokens: int = 0             # longest prompt allowed in tokens (0 = model context − rollout.max_new_tokens)
     on_long_prompt: str = "error"          # a prompt longer than that: error (name the first one) | skip (drop and count)
     on_reward_error: str = "raise"         # a reward function that fails or returns NaN: raise | zero (score 0, count it)

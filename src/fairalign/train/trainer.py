@@ -141,7 +141,8 @@ class Trainer:
     # ------------------------------------------------------------------ setup
     def _load_model(self, start_ckpt: Path | None):
         cfg = self.cfg
-        model, tok = load_policy(cfg.model, trust_remote_code=cfg.trust_remote_code)
+        model, tok = load_policy(cfg.model, trust_remote_code=cfg.trust_remote_code,
+                                 allow_download=cfg.allow_download)
         if cfg.lora.enabled:
             try:
                 import peft
@@ -172,7 +173,8 @@ class Trainer:
     def _load_reference(self):
         if self.cfg.lora.enabled:
             return None  # the reference is the base model: the adapter is disabled for ref log-probs
-        ref, _ = load_policy(self.cfg.model, trust_remote_code=self.cfg.trust_remote_code)
+        ref, _ = load_policy(self.cfg.model, trust_remote_code=self.cfg.trust_remote_code,
+                             allow_download=self.cfg.allow_download)
         ref.eval().requires_grad_(False)
         return ref
 
