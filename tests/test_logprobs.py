@@ -81,7 +81,8 @@ def test_micro_batches_and_gradients_match(fresh_tiny_policy, batch):
 
 
 def test_logits_only_for_response_positions(tiny_policy, batch):
-    """lm_head sees exactly max(lengths) positions per row, never the prompt."""
+    """lm_head sees at most max(lengths) positions per row, never the prompt (rows that share a
+    prompt get their first response logit from one shared prompt pass)."""
     model, _ = tiny_policy
     seen = []
     hook = model.lm_head.register_forward_hook(lambda mod, inp, out: seen.append(tuple(inp[0].shape)))
@@ -90,7 +91,9 @@ def test_logits_only_for_response_positions(tiny_policy, batch):
             sequence_logprobs(model, *args(batch))
     finally:
         hook.remove()
-    assert seen == [(len(batch), int(batch.lengths.max()), model.config.hidden_size)]
+    n = int(batch.lengths.max())
+    assert all(rows <= len(batch) and pos <= n and h == model.config.hidden_size for rows, pos, h in seen)
+    assert sum(rows * pos for rows, pos, _ in seen) <= len(batch) * n
 
 
 class NoKeepWrapper(torch.nn.Module):
@@ -153,6 +156,30 @@ def test_entropy_hand_values():
 
 def test_position_ids_count_real_tokens_only(tiny_policy, batch):
     """RoPE hides a uniform position shift, so check the position ids handed to the model directly."""
+    from fairalign.rollout import logprobs as lp
+
+    model, _ = tiny_policy
+    seen = []
+    hook = model.model.register_forward_pre_hook(lambda mod, a, kw: seen.append(kw["position_ids"]), with_kwargs=True)
+    orig = lp._response_logits
+    lp._response_logits = lp._response_logits_full  # the one-forward-per-row path
+    try:
+        with torch.no_grad():
+            sequence_logprobs(model, *args(batch))
+    finally:
+        hook.remove()
+        lp._response_logits = orig
+    (pos,) = seen
+    n_pad = (~batch.prompt_mask).sum(1)  # [B]; the forward trims columns that are padding in every row
+    trimmed = int((~batch.prompt_mask).all(0).sum())
+    for i in range(len(batch)):
+        real = pos[i, int(n_pad[i]) - trimmed:]
+        assert real.tolist() == list(range(len(real)))
+
+
+def test_shared_prompt_prefix_position_ids(tiny_policy, batch):
+    """Shared-prompt path: the prompt pass counts real tokens from 0 and each row's response
+    positions continue right after its own prompt."""
     model, _ = tiny_policy
     seen = []
     hook = model.model.register_forward_pre_hook(lambda mod, a, kw: seen.append(kw["position_ids"]), with_kwargs=True)
@@ -161,9 +188,46 @@ def test_position_ids_count_real_tokens_only(tiny_policy, batch):
             sequence_logprobs(model, *args(batch))
     finally:
         hook.remove()
-    (pos,) = seen
-    n_pad = (~batch.prompt_mask).sum(1)  # [B]; the forward trims columns that are padding in every row
-    trimmed = int((~batch.prompt_mask).all(0).sum())
+    assert len(seen) == 2, "generations of one prompt must share one prompt pass"
+    pos_prompt, pos_resp = seen
+    for row in pos_prompt.tolist():   # left padding: zeros, then 0..k-1 over the k real tokens
+        k = row[-1] + 1
+        assert row[len(row) - k:] == list(range(k)) and all(v == 0 for v in row[:len(row) - k])
+    assert sorted({row[-1] + 1 for row in pos_prompt.tolist()}) == sorted(set(batch.prompt_mask.sum(1).tolist()))
+    n_real = batch.prompt_mask.sum(1)  # [B]
     for i in range(len(batch)):
-        real = pos[i, int(n_pad[i]) - trimmed:]
-        assert real.tolist() == list(range(len(real)))
+        assert pos_resp[i].tolist() == list(range(int(n_real[i]), int(n_real[i]) + pos_resp.shape[1]))
+
+
+def test_shared_prompt_prefix_matches_one_forward_per_row(tiny_policy):
+    """Rows sharing a prompt run the prompt once (KV cache gathered); log-probs and gradients equal
+    the one-forward-per-row computation."""
+    from fairalign.rollout import logprobs as lp
+
+    model, tok = tiny_policy
+    torch.manual_seed(0)
+    prompt = torch.randint(5, 200, (3, 7))
+    mask = torch.ones(3, 7, dtype=torch.bool)
+    mask[1, :3] = False                                              # one left-padded prompt
+    p_ids = prompt.repeat_interleave(2, 0)[[0, 3, 1, 2, 5, 4]]       # shared prompts, shuffled rows
+    p_mask = mask.repeat_interleave(2, 0)[[0, 3, 1, 2, 5, 4]]
+    r_ids = torch.randint(5, 200, (6, 5))
+    r_mask = torch.ones(6, 5, dtype=torch.bool)
+    r_mask[2, 3:] = False
+    out = {}
+    for name, fn in (("shared", lp._response_logits), ("full", lp._response_logits_full)):
+        model.zero_grad(set_to_none=True)
+        orig = lp._response_logits
+        lp._response_logits = fn
+        try:
+            logp, ent = lp.sequence_logprobs(model, p_ids, p_mask, r_ids, r_mask, with_entropy=True)
+        finally:
+            lp._response_logits = orig
+        logp.sum().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        out[name] = (logp.detach(), ent, grads)
+    model.zero_grad(set_to_none=True)
+    torch.testing.assert_close(out["shared"][0], out["full"][0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out["shared"][1], out["full"][1], atol=1e-4, rtol=1e-4)
+    for n in out["full"][2]:
+        torch.testing.assert_close(out["shared"][2][n], out["full"][2][n], atol=1e-5, rtol=1e-4)

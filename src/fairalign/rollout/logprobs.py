@@ -53,8 +53,8 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     return lse.squeeze(-1) - (probs * logits).sum(-1)
 
 
-def _response_logits(model, prompt_ids, prompt_mask, response_ids, n_keep: int) -> torch.Tensor:
-    """Logits at the positions that predict response_ids[:, :n_keep]: [b, n_keep, V]."""
+def _response_logits_full(model, prompt_ids, prompt_mask, response_ids, n_keep: int) -> torch.Tensor:
+    """Logits at the positions that predict response_ids[:, :n_keep]: [b, n_keep, V] (one forward per row)."""
     resp_in = response_ids[:, : n_keep - 1]  # [b, n_keep-1]; the last response token predicts nothing
     input_ids = torch.cat([prompt_ids, resp_in], dim=1)  # [b, T]
     attn = torch.cat([prompt_mask.long(), torch.ones_like(resp_in)], dim=1)  # [b, T]
@@ -65,6 +65,33 @@ def _response_logits(model, prompt_ids, prompt_mask, response_ids, n_keep: int) 
     else:
         logits = model(**kwargs).logits[:, -n_keep:]  # [b, n_keep, V]
     return logits
+
+
+def _response_logits(model, prompt_ids, prompt_mask, response_ids, n_keep: int) -> torch.Tensor:
+    """Same as `_response_logits_full`, but each *distinct* prompt row runs once: its KV cache is
+    gathered (differentiably) for the rows that share it, so the G generations of a prompt do not
+    recompute — or backpropagate through — the prompt G times."""
+    b, P = prompt_ids.shape
+    key = torch.cat([prompt_ids, prompt_mask.long()], dim=1)  # [b, 2P]
+    uniq, inverse = torch.unique(key, dim=0, return_inverse=True)  # [u, 2P], [b]
+    if uniq.shape[0] == b or not supports_logits_to_keep(model):
+        return _response_logits_full(model, prompt_ids, prompt_mask, response_ids, n_keep)
+    u_ids, u_mask = uniq[:, :P], uniq[:, P:]  # [u, P]
+    u_pos = (u_mask.cumsum(-1) - 1).clamp(min=0)  # [u, P]
+    out = model(input_ids=u_ids, attention_mask=u_mask, position_ids=u_pos, use_cache=True, logits_to_keep=1)
+    cache = out.past_key_values
+    if not hasattr(cache, "batch_select_indices"):
+        return _response_logits_full(model, prompt_ids, prompt_mask, response_ids, n_keep)
+    cache.batch_select_indices(inverse)  # [u, ...] -> [b, ...]
+    first = out.logits[inverse]  # [b, 1, V]: predicts response token 0
+    if n_keep == 1:
+        return first
+    r_in = response_ids[:, : n_keep - 1]  # [b, n_keep-1]
+    attn = torch.cat([prompt_mask.long(), torch.ones_like(r_in)], dim=1)  # [b, P + n_keep-1]
+    r_pos = u_pos[inverse, -1:] + 1 + torch.arange(n_keep - 1, device=r_in.device)  # [b, n_keep-1]
+    rest = model(input_ids=r_in, attention_mask=attn, position_ids=r_pos, past_key_values=cache,
+                 use_cache=True).logits  # [b, n_keep-1, V]
+    return torch.cat([first, rest], dim=1)  # [b, n_keep, V]
 
 
 def sequence_logprobs(
