@@ -20,12 +20,14 @@ DEMO_SETTINGS: dict = {
     "task": "personas",
     "output_dir": "runs/demo",
     "seed": 0,
-    "steps": 30,
+    "steps": 20,
     "save_every": 10,
     "precision": "fp32",
     "rollout": {"prompts_per_step": 8, "generations": 4, "max_new_tokens": 48, "temperature": 1.0},
     "optim": {"lr": 2e-5, "warmup_steps": 2},
-    "algo": {"pgrpo_min_count": 8},
+    # two optimizer steps per rollout batch: the second is off-policy, so FSPO's √L band is exercised
+    # and the clip-rate-by-length diagnostics are non-trivial
+    "algo": {"pgrpo_min_count": 8, "minibatches": 2},
     "eval": {"examples": 64, "temperature": 0.0, "batch_size": 32},
 }
 
