@@ -16,7 +16,7 @@ import re
 from decimal import Decimal, InvalidOperation
 
 from fairalign.envs.base import RewardSpec, Task, completion_text, register_reward, register_task
-from fairalign.envs.personas import allocate
+from fairalign.envs.personas import allocate, resolve_shares
 
 _NUMBER = re.compile(r"(?:(?<![\w)])-)?\d+(?:,\d{3})*(?:\.\d+)?")
 _FORMAT = re.compile(r"answer\s*[:=]\s*\$?\s*-?\d", re.IGNORECASE)
@@ -136,14 +136,7 @@ def make_arithmetic_task(*, seed: int = 0, n_train: int = 1000, n_test: int = 20
     """
     if n_train < 1 or n_test < 0:
         raise ValueError(f"n_train must be >= 1 and n_test >= 0, got {n_train} and {n_test}")
-    share = {t: 1.0 for t in TYPES}
-    if shares is not None:
-        bad = [k for k in shares if k not in share]
-        if bad:
-            raise ValueError(f"shares: unknown problem type {bad[0]!r}; valid: {', '.join(TYPES)}")
-        if any(not v >= 0 for v in shares.values()) or sum(shares.values()) <= 0:
-            raise ValueError(f"shares must be non-negative with a positive sum, got {shares}")
-        share = {t: float(shares.get(t, 0.0)) for t in TYPES}
+    share = resolve_shares({t: 1.0 for t in TYPES}, shares, "problem type")
     rng = random.Random(f"arithmetic-{seed}")
     sh = [share[t] for t in TYPES]
     train, test = [], []

@@ -180,6 +180,18 @@ def persona_reward(prompts, completions, persona, **kwargs) -> list[float]:
 
 
 # ----------------------------------------------------------------------------- dataset
+def resolve_shares(default: dict, shares: dict | None, what: str) -> dict:
+    """The sampling share of each kind: `default`, or the user's `shares` (unlisted kinds get 0)."""
+    if shares is None:
+        return default
+    bad = [k for k in shares if k not in default]
+    if bad:
+        raise ValueError(f"shares: unknown {what} {bad[0]!r}; valid: {', '.join(default)}")
+    if any(not v >= 0 for v in shares.values()) or sum(shares.values()) <= 0:
+        raise ValueError(f"shares must be non-negative with a positive sum, got {shares}")
+    return {k: float(shares.get(k, 0.0)) for k in default}
+
+
 def allocate(n: int, shares: list[float]) -> list[int]:
     """Split n into integer counts proportional to shares (largest remainder; ties go to the earlier)."""
     total = sum(shares)
@@ -226,14 +238,7 @@ def make_personas_task(*, seed: int = 0, n_train: int = 512, n_test: int = 128, 
         raise ValueError(f"test_topics must be in (0, 1), got {test_topics}")
     if n_train < 1 or n_test < 0:
         raise ValueError(f"n_train must be >= 1 and n_test >= 0, got {n_train} and {n_test}")
-    share = {p.id: p.share for p in PERSONAS}
-    if shares is not None:
-        bad = [k for k in shares if k not in share]
-        if bad:
-            raise ValueError(f"shares: unknown persona {bad[0]!r}; valid: {', '.join(share)}")
-        if any(not v >= 0 for v in shares.values()) or sum(shares.values()) <= 0:
-            raise ValueError(f"shares must be non-negative with a positive sum, got {shares}")
-        share = {k: float(shares.get(k, 0.0)) for k in share}
+    share = resolve_shares({p.id: p.share for p in PERSONAS}, shares, "persona")
     rng = random.Random(f"personas-{seed}")
     topics = list(TOPICS)
     rng.shuffle(topics)
