@@ -26,10 +26,11 @@ from fairalign.algos import (DEFAULT_HPARAMS, PreferenceGroupNormalizer, aggrega
 from fairalign.diagnostics import clip_rate_metrics
 from fairalign.envs import compute_rewards, get_task
 from fairalign.models import load_policy
-from fairalign.rollout import HFGenerationEngine, concat_batches, sequence_logprobs
+from fairalign.rollout import HFGenerationEngine, sequence_logprobs
 from fairalign.train import checkpoint as ckpt
 from fairalign.train.config import Config, ConfigError, dump_yaml
 from fairalign.train.data import PromptSampler
+from fairalign.train.dialogue_rollout import rollout_dialogues
 from fairalign.train.dist import Dist
 from fairalign.train.logging import Progress, RunLogger, truncate_after_step
 
@@ -261,38 +262,6 @@ class Trainer:
         with self.model.disable_adapter():  # LoRA: the base model is the reference
             return self._logprobs_no_grad(self.model, batch, micro)
 
-    def _rollout_dialogues(self, examples: list[dict], seed: int):
-        """RLPA: run whole dialogues for these profiles; every (history, candidate) of every turn is
-        one sample (its own prompt group of G candidates); the best candidate continues."""
-        from fairalign.envs.rlpa import DialogueBatch
-
-        G = self.cfg.rollout.generations
-        opts = self.dialogue
-        db = DialogueBatch([ex["profile"] for ex in examples], user=opts["user"], judge=opts["judge"],
-                           max_turns=opts["max_turns"], seed=seed, group_by=opts["group_by"],
-                           completion_prefix=self.engine.completion_prefix)
-        turns, totals, parts = [], [], {"profile": [], "response": [], "format": []}
-        t_gen = 0.0
-        while not db.done:
-            t0 = time.perf_counter()
-            with self.dtype_ctx():
-                b = self.engine.generate(db.policy_prompts(), generations=G, groups=db.groups(),
-                                         generator_seed=seed * 17 + db.turn)
-            t_gen += time.perf_counter() - t0
-            cands = [b.completions[i * G:(i + 1) * G] for i in range(len(b) // G)]
-            scores = db.score(cands)
-            flat = [sc for row in scores for sc in row]
-            totals += [sc["total"] for sc in flat]
-            parts["profile"] += [sc["profile"] for sc in flat]
-            parts["response"] += [sc["response"] for sc in flat]
-            parts["format"] += [float(sc["format_ok"]) for sc in flat]
-            db.advance([row[j] for row, j in zip(cands, db.best(scores))])
-            turns.append(b)
-        batch = concat_batches(turns, self.engine.pad_token_id)
-        self.last_dialogues = db
-        per_reward = {k: torch.tensor(v) for k, v in parts.items()}
-        return batch, torch.tensor(totals), per_reward, 0, t_gen
-
     def train_step(self) -> dict:
         cfg, r, a = self.cfg, self.cfg.rollout, self.cfg.algo
         t_start = time.perf_counter()
@@ -302,7 +271,7 @@ class Trainer:
         examples = [self.task.train_examples[i] for i in ex_idx]
         seed = cfg.seed * 1_000_003 + step * 101 + self.dist.rank
         if self.dialogue is not None:
-            batch, totals, per_reward, n_errors, gen_s = self._rollout_dialogues(examples, seed)
+            batch, totals, per_reward, n_errors, gen_s = rollout_dialogues(self, examples, seed)
         else:
             prompts = [ex["prompt"] for ex in examples]
             groups = [ex.get(cfg.group_column, "all") for ex in examples]
