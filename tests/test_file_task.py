@@ -89,7 +89,7 @@ def test_group_column(tmp_path, reward_file):
     (['{"prompt": 42}'], r"bad.jsonl: line 1: 'prompt' must be a string or a list of chat messages, got int"),
     (['{"prompt": []}'], r"bad.jsonl: line 1: 'prompt' is an empty list of messages"),
     (['{"prompt": [{"role": "robot", "content": "x"}]}'], r"bad.jsonl: line 1: 'prompt' message 0 must be"),
-    (['[1, 2]'], r"bad.jsonl: line 1: expected a JSON object, got list"),
+    (['[1, 2]'], r"bad.jsonl: line 1: must be a JSON object, got list"),
     (['{"prompt": "a", "split": "dev"}'], r"bad.jsonl: line 1: 'split' must be 'train' or 'test', got 'dev'"),
     (['{"prompt": "a", "group": [1]}'], r"bad.jsonl: line 1: group column 'group' must be a string or an integer"),
     ([""], r"has no rows"),

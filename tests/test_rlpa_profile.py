@@ -125,7 +125,7 @@ def test_jsonl_round_trip_and_line_numbered_errors(tmp_path):
         bad.write_text(text)
         with pytest.raises(ValueError) as e:
             load_profiles_jsonl(bad)
-        assert f"{bad}:{line}:" in str(e.value) and msg in str(e.value), name
+        assert f"{bad}: line {line}:" in str(e.value) and msg in str(e.value), name
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n\n")
     with pytest.raises(ValueError, match="no profiles"):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import json
 import inspect
 import math
 import os
@@ -70,6 +71,29 @@ class Task:
         for ex in self.train_examples if split == "train" else self.test_examples:
             counts[ex["group"]] = counts.get(ex["group"], 0) + 1
         return counts
+
+
+# ----------------------------------------------------------------------------- JSONL files
+def read_jsonl_objects(path, what: str = "file") -> list[tuple[int, dict]]:
+    """[(line number, object)] of a JSONL file (1-based, blank lines skipped). Every error is one
+    ValueError naming the file and the line."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"cannot read {what} {str(path)!r}: {e}") from e
+    rows = []
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: line {n}: invalid JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}: line {n}: must be a JSON object, got {type(row).__name__}")
+        rows.append((n, row))
+    return rows
 
 
 # ----------------------------------------------------------------------------- reward registry

@@ -14,7 +14,7 @@ import json
 import os
 import random
 
-from fairalign.envs.base import Task, make_reward_specs
+from fairalign.envs.base import Task, make_reward_specs, read_jsonl_objects
 
 ROLES = ("system", "user", "assistant", "tool")
 SPLITS = ("train", "test")
@@ -22,23 +22,7 @@ SPLITS = ("train", "test")
 
 def _read_jsonl(path: str) -> list[tuple[str, dict]]:
     """[(where, row)] with where = "line N" (1-based, blank lines skipped)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise ValueError(f"cannot read task file {path!r}: {e}") from e
-    rows = []
-    for n, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: line {n}: invalid JSON ({e.msg} at column {e.colno})") from None
-        if not isinstance(row, dict):
-            raise ValueError(f"{path}: line {n}: expected a JSON object, got {type(row).__name__}")
-        rows.append((f"line {n}", row))
-    return rows
+    return [(f"line {n}", row) for n, row in read_jsonl_objects(path, "task file")]
 
 
 def _read_parquet(path: str) -> list[tuple[str, dict]]:

@@ -190,23 +190,18 @@ def _coerce(slot: str, value: Any) -> Any:
 
 def load_profiles_jsonl(path: str | Path) -> list[Profile]:
     """Read one profile per line (blank lines skipped). Errors name the file and line number."""
+    from fairalign.envs.base import read_jsonl_objects
+
     path = Path(path)
     profiles: list[Profile] = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                data = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
-            try:
-                p = Profile.from_dict(data)
-            except ValueError as e:
-                raise ValueError(f"{path}:{lineno}: {e}") from None
-            if p.id is None:
-                p = _with_id(p, f"{path.stem}-{lineno}")
-            profiles.append(p)
+    for lineno, data in read_jsonl_objects(path, "profiles file"):
+        try:
+            p = Profile.from_dict(data)
+        except ValueError as e:
+            raise ValueError(f"{path}: line {lineno}: {e}") from None
+        if p.id is None:
+            p = _with_id(p, f"{path.stem}-{lineno}")
+        profiles.append(p)
     if not profiles:
         raise ValueError(f"{path}: no profiles found")
     return profiles
