@@ -43,7 +43,8 @@ def resolve_config(source: str | None, overrides: list[str]):
     return build_config(base, overrides)
 
 
-RESUMABLE_OVERRIDES = ("steps", "save_every", "keep_last", "log.")
+# checkpoints do not depend on the process count or strategy, so dist_strategy may change on resume
+RESUMABLE_OVERRIDES = ("steps", "save_every", "keep_last", "log.", "dist_strategy")
 
 
 def resume_config(run_dir: str, overrides: list[str]):
@@ -64,7 +65,7 @@ def resume_config(run_dir: str, overrides: list[str]):
             node_new, node_old = node_new[part], node_old[part]
         if node_new != node_old:
             raise ConfigError(f"--resume: '{key}' differs from the checkpoint's config ({node_old!r}); only "
-                              f"steps, save_every, keep_last and log.* may change on resume")
+                              f"steps, save_every, keep_last, dist_strategy and log.* may change on resume")
     cfg.output_dir = str(run_dir)
     return cfg
 
@@ -97,6 +98,7 @@ def cmd_train(ns, rest: list[str]) -> int:
         last = rows[-1] if rows else {}
         print(f"done: {trainer.step} steps in {trainer.run_dir} "
               f"(last reward/mean {last.get('reward/mean', float('nan')):.3f})")
+    trainer.dist.close()
     return 0
 
 
@@ -150,6 +152,9 @@ def cmd_eval(ns, rest: list[str]) -> int:
         model = peft.PeftModel.from_pretrained(base, model_path)
     else:
         model, tok = load_policy(model_path, trust_remote_code=cfg.trust_remote_code)
+    from fairalign.train.trainer import resolve_device
+
+    model.to(resolve_device(cfg.device))
     res = evaluate_policy(model, tok, task, cfg)
     print(json.dumps(res, indent=2))
     if run_cfg.is_file():

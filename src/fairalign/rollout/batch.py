@@ -12,7 +12,7 @@ import torch
 
 _TENSOR_FIELDS = (
     "prompt_ids", "prompt_mask", "response_ids", "response_mask", "lengths", "truncated", "index",
-    "old_logp", "rewards", "advantages",
+    "old_logp", "rewards", "advantages", "engine_logp",
 )
 _LIST_FIELDS = ("prompts", "completions", "groups")
 
@@ -34,6 +34,9 @@ class RolloutBatch:
     old_logp: torch.Tensor | None = None  # [B, R] float, behaviour-policy token log-probs
     rewards: torch.Tensor | None = None  # [B] float, total reward
     advantages: torch.Tensor | None = None  # [B] float, sequence advantages
+    # [B, R] float, the rollout engine's own log-prob of each sampled token (vLLM; 0 on padding); only
+    # a diagnostic of the train/inference mismatch, never the behaviour log-probs
+    engine_logp: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         B, R = self.response_ids.shape
@@ -48,8 +51,10 @@ class RolloutBatch:
             value = getattr(self, name)
             if value is not None and tuple(value.shape) != (B,):
                 raise ValueError(f"{name} has shape {tuple(value.shape)}, expected ({B},)")
-        if self.old_logp is not None and tuple(self.old_logp.shape) != (B, R):
-            raise ValueError(f"old_logp has shape {tuple(self.old_logp.shape)}, expected {(B, R)}")
+        for name in ("old_logp", "engine_logp"):
+            value = getattr(self, name)
+            if value is not None and tuple(value.shape) != (B, R):
+                raise ValueError(f"{name} has shape {tuple(value.shape)}, expected {(B, R)}")
         for name in _LIST_FIELDS:
             if len(getattr(self, name)) != B:
                 raise ValueError(f"{name} has {len(getattr(self, name))} entries, expected {B}")
@@ -113,4 +118,6 @@ def concat_batches(batches: Sequence[RolloutBatch], pad_token_id: int) -> Rollou
         groups=[g for b in batches for g in b.groups],
         old_logp=None if any(b.old_logp is None for b in batches)
         else cat([right(b.old_logp, R, 0.0) for b in batches]),
+        engine_logp=None if any(b.engine_logp is None for b in batches)
+        else cat([right(b.engine_logp, R, 0.0) for b in batches]),
     )

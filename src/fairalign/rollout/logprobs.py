@@ -7,6 +7,11 @@ tokens (`logits_to_keep`), never over the prompt. Log-probs use `logit[token] âˆ
 log-probs are those of the distribution the tokens were sampled from.
 Simplifications: entropy is a detached metric (no gradient); columns that are padding in every row
 of a micro-batch are trimmed before the forward (results are unchanged).
+Sharded models (FSDP2): every forward is a collective, so every process must make the same forward
+calls. `Dist.prepare_model` puts a hook on the model (`ALL_RANKS_ATTR`); `all_ranks(model, flag)`
+asks it whether *every* process's flag is true, and code whose number of forwards depends on its
+own data (the prompt-sharing path below, the decode loop's stop) decides with it. Without the hook
+(one process, DDP) it returns the local flag.
 """
 from __future__ import annotations
 
@@ -15,6 +20,13 @@ import inspect
 import torch
 
 _KEEP_SUPPORT: dict[type, bool] = {}
+ALL_RANKS_ATTR = "fairalign_all_ranks"  # model attribute: fn(bool) -> bool, True iff every rank's flag is
+
+
+def all_ranks(model: torch.nn.Module, flag: bool) -> bool:
+    """`flag` AND-ed over the processes that share `model` (just `flag` for an unsharded model)."""
+    hook = getattr(model, ALL_RANKS_ATTR, None)
+    return bool(flag) if hook is None else hook(bool(flag))
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -74,7 +86,8 @@ def _response_logits(model, prompt_ids, prompt_mask, response_ids, n_keep: int) 
     b, P = prompt_ids.shape
     key = torch.cat([prompt_ids, prompt_mask.long()], dim=1)  # [b, 2P]
     uniq, inverse = torch.unique(key, dim=0, return_inverse=True)  # [u, 2P], [b]
-    if uniq.shape[0] == b or not supports_logits_to_keep(model):
+    # sharded model: this path makes 2 forwards, the full one 1, so all ranks must take the same one
+    if not all_ranks(model, uniq.shape[0] < b and n_keep > 1 and supports_logits_to_keep(model)):
         return _response_logits_full(model, prompt_ids, prompt_mask, response_ids, n_keep)
     u_ids, u_mask = uniq[:, :P], uniq[:, P:]  # [u, P]
     u_pos = (u_mask.cumsum(-1) - 1).clamp(min=0)  # [u, P]
@@ -84,8 +97,6 @@ def _response_logits(model, prompt_ids, prompt_mask, response_ids, n_keep: int) 
         return _response_logits_full(model, prompt_ids, prompt_mask, response_ids, n_keep)
     cache.batch_select_indices(inverse)  # [u, ...] -> [b, ...]
     first = out.logits[inverse]  # [b, 1, V]: predicts response token 0
-    if n_keep == 1:
-        return first
     r_in = response_ids[:, : n_keep - 1]  # [b, n_keep-1]
     attn = torch.cat([prompt_mask.long(), torch.ones_like(r_in)], dim=1)  # [b, P + n_keep-1]
     r_pos = u_pos[inverse, -1:] + 1 + torch.arange(n_keep - 1, device=r_in.device)  # [b, n_keep-1]

@@ -5,6 +5,8 @@ Layout of `checkpoints/step-N/`: `model/` (HF folder or LoRA adapter, safetensor
 `optimizer.pt`, `scheduler.pt`, `rng.pt` (torch RNG), `trainer_state.json` (step, data position,
 P-GRPO normalizer, python/numpy RNG, skip counter), `config.yaml`, and `COMPLETE` written last.
 A folder without `COMPLETE` is never used. Every `torch.load` uses `weights_only=True`.
+The files do not depend on the process count or strategy: a sharded (FSDP2) run passes its gathered
+full model / optimizer state (`model_state`, `optimizer_state`), written in the 1-process format.
 """
 from __future__ import annotations
 
@@ -65,8 +67,10 @@ def set_rng_state(state: dict, torch_state: torch.Tensor | None) -> None:
 
 
 def save_checkpoint(run_dir: Path, step: int, *, model, optimizer, scheduler, trainer_state: dict,
-                    config_yaml: str, keep_last: int) -> Path:
-    """Write checkpoints/step-<step>/ atomically and prune old ones. Returns the final path."""
+                    config_yaml: str, keep_last: int, model_state: dict | None = None,
+                    optimizer_state: dict | None = None) -> Path:
+    """Write checkpoints/step-<step>/ atomically and prune old ones. Returns the final path.
+    `model_state` / `optimizer_state` (full state dicts) replace the model's and optimizer's own."""
     ckpt_root = Path(run_dir) / "checkpoints"
     ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / f"step-{step}"
@@ -74,8 +78,9 @@ def save_checkpoint(run_dir: Path, step: int, *, model, optimizer, scheduler, tr
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    model.save_pretrained(tmp / "model", safe_serialization=True)
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    extra = {} if model_state is None else {"state_dict": model_state}
+    model.save_pretrained(tmp / "model", safe_serialization=True, **extra)
+    torch.save(optimizer.state_dict() if optimizer_state is None else optimizer_state, tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     torch.save({"torch": torch.get_rng_state()}, tmp / "rng.pt")
     state = dict(trainer_state)

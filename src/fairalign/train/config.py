@@ -52,6 +52,8 @@ class RolloutConfig:
     temperature: float = 1.0               # sampling temperature (0 = greedy)
     top_p: float = 1.0                     # nucleus sampling threshold in (0, 1]
     chat_template: str = "auto"            # auto (use the tokenizer's chat template if it has one) | none (raw prompt text)
+    vllm_gpu_memory_utilization: float = 0.3  # engine=vllm: share of GPU memory vLLM may take (weights + KV cache), in (0, 1]
+    vllm_enforce_eager: bool = False       # engine=vllm: no CUDA graphs (faster start, slower decoding)
 
 
 @dataclass
@@ -71,6 +73,13 @@ class LoraConfig:
     alpha: int = 32                        # LoRA alpha (scale = alpha / r)
     dropout: float = 0.0                   # LoRA dropout
     target_modules: str = "all-linear"     # peft target modules (a peft string or comma-separated module names)
+
+
+@dataclass
+class SFTConfig:
+    steps: int = 0                         # supervised warm-up steps on the task's demonstrations before RL (0 = off; rlpa has oracle demonstrations)
+    batch_size: int = 8                    # demonstrations per warm-up step (global, over all processes)
+    lr: float = 5e-5                       # AdamW learning rate of the warm-up (its own optimizer, discarded after)
 
 
 @dataclass
@@ -104,6 +113,8 @@ class Config:
     save_every: int = 0                    # checkpoint every N steps (0 = only at the end)
     keep_last: int = 2                     # checkpoints kept on disk
     precision: str = "fp32"                # fp32 | bf16 (autocast for forward passes)
+    device: str = "auto"                   # where the policy lives: auto (the process's CUDA GPU when one is visible, else cpu) | cpu | cuda
+    dist_strategy: str = "auto"            # several processes: auto (fsdp2 under an accelerate FSDP v2 config, else ddp) | ddp (full replica per rank) | fsdp2 (weights, grads, optimizer state sharded)
     trust_remote_code: bool = False        # allow custom model code from the model folder (off unless you trust it)
     allow_download: bool = False           # fetch a hub model that is not in the local Hugging Face cache
     max_prompt_tokens: int = 0             # longest prompt allowed in tokens (0 = model context − rollout.max_new_tokens)
@@ -114,6 +125,7 @@ class Config:
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
@@ -128,6 +140,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "rollout.chat_template": ("auto", "none"),
     "optim.schedule": ("constant", "linear", "cosine"),
     "precision": ("fp32", "bf16"),
+    "device": ("auto", "cpu", "cuda"),
     "on_reward_error": ("raise", "zero"),
     "on_long_prompt": ("error", "skip"),
 }
@@ -145,7 +158,7 @@ def field_docs() -> dict[str, str]:
 
     docs: dict[str, str] = {}
     for cls, prefix in ((Config, ""), (AlgoConfig, "algo."), (RolloutConfig, "rollout."),
-                        (OptimConfig, "optim."), (LoraConfig, "lora."), (EvalConfig, "eval."),
+                        (OptimConfig, "optim."), (LoraConfig, "lora."), (SFTConfig, "sft."), (EvalConfig, "eval."),
                         (LogConfig, "log.")):
         for line in inspect.getsource(cls).splitlines():
             m = re.match(r"\s+(\w+):.*?#\s*(.+)$", line)
@@ -323,7 +336,11 @@ def validate(cfg: Config) -> None:
             obj = getattr(obj, part)
         _check_choice(key, obj)
     a, r, o = cfg.algo, cfg.rollout, cfg.optim
-    _positive("steps", cfg.steps)
+    _positive("sft.steps", cfg.sft.steps, allow_zero=True)
+    _positive("sft.batch_size", cfg.sft.batch_size)
+    _positive("sft.lr", cfg.sft.lr)
+    if not (cfg.steps == 0 and cfg.sft.steps > 0):  # steps=0 with a warm-up: a supervised-only run
+        _positive("steps", cfg.steps)
     _positive("save_every", cfg.save_every, allow_zero=True)
     _positive("keep_last", cfg.keep_last)
     _positive("optim.lr", o.lr)

@@ -115,10 +115,13 @@ class Progress:
     def update(self, step: int, metrics: dict) -> None:
         if self._bar is None:
             return
-        info = (f"reward {metrics.get('reward/mean', float('nan')):.3f}  "
-                f"len {metrics.get('response_length/mean', float('nan')):.0f}  "
-                f"clip {metrics.get('clip_frac', float('nan')):.3f}  "
-                f"{metrics.get('step_s', float('nan')):.1f}s/step")
+        if "sft/loss" in metrics:
+            info = f"loss {metrics['sft/loss']:.3f}  {metrics.get('sft/step_s', float('nan')):.1f}s/step"
+        else:
+            info = (f"reward {metrics.get('reward/mean', float('nan')):.3f}  "
+                    f"len {metrics.get('response_length/mean', float('nan')):.0f}  "
+                    f"clip {metrics.get('clip_frac', float('nan')):.3f}  "
+                    f"{metrics.get('step_s', float('nan')):.1f}s/step")
         self._bar.update(self._task, completed=step, info=info)
 
     def close(self) -> None:

@@ -1,7 +1,7 @@
 """Named presets: partial configs selected by name (`fairalign train fspo`), merged over defaults.
 
-Each preset is the published recipe's *loss-side* settings; rollout sizes and the model stay the
-defaults unless a preset says otherwise. Parts of a recipe that are not loss settings (DAPO's
+Each algorithm preset is the published recipe's *loss-side* settings; rollout sizes and the model
+stay the defaults. Task presets (`rlpa-smollm2-cpu`) are whole documented configs. Parts of a recipe that are not loss settings (DAPO's
 dynamic sampling and overlong shaping) are not included; docs/algorithms.md says so.
 """
 from __future__ import annotations
@@ -26,6 +26,17 @@ PRESETS: dict[str, dict] = {
     "pgrpo": {"algo": {"loss": "ppo", "advantage": "pgrpo", "agg": "token-mean"}},
     # P-GRPO advantages with the FSPO loss: fairalign's flagship combination.
     "pgrpo-fspo": {"algo": {"loss": "fspo", "advantage": "pgrpo", "agg": "token-mean", "drift": "none"}},
+    # RLPA on a laptop CPU with the embedded SmolLM2-135M: a 10-step supervised warm-up on oracle turns
+    # (the 135M model cannot follow the turn contract on its own), then GRPO on 4-turn dialogues.
+    # Measured in docs/rlpa.md ("Does it learn on a CPU?").
+    "rlpa-smollm2-cpu": {
+        "model": "smollm2-135m", "task": "rlpa", "output_dir": "runs/rlpa-smollm2-cpu", "steps": 12,
+        "task_options": {"max_turns": 4},
+        "algo": {"loss": "ppo", "advantage": "grpo", "agg": "token-mean"},
+        "rollout": {"prompts_per_step": 2, "generations": 4, "max_new_tokens": 80, "temperature": 0.8},
+        "optim": {"lr": 2e-5},
+        "sft": {"steps": 10, "batch_size": 8, "lr": 5e-5},
+    },
 }
 
 

@@ -45,6 +45,15 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def resolve_device(name: str) -> torch.device:
+    """`device` config value -> the torch device this process trains on (its own GPU under torchrun)."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("config key 'device' is 'cuda' but no CUDA GPU is visible (use device=auto or cpu)")
+    if name == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", torch.cuda.current_device())
+
+
 def task_from_config(cfg: Config):
     """The task named by the config (built-in name or data file) with its rewards and options."""
     return get_task(cfg.task, seed=cfg.seed, reward_funcs=cfg.task_reward or None,
@@ -91,16 +100,17 @@ class Trainer:
     def __init__(self, cfg: Config, *, run_dir: str | Path | None = None, resume: bool = False,
                  dist: Dist | None = None, progress: bool | None = None):
         self.cfg = cfg
-        self.dist = dist or Dist.from_env()
+        self.dist = dist or Dist.from_env(cfg.dist_strategy)
         self.run_dir = Path(run_dir or cfg.output_dir)
         self.show_progress = cfg.log.progress if progress is None else progress
         seed_everything(cfg.seed)
         self.task = task_from_config(cfg)
-        self.dtype_ctx = (lambda: torch.autocast("cpu" if not torch.cuda.is_available() else "cuda",
-                                                 dtype=torch.bfloat16)) \
+        self.device = resolve_device(cfg.device)
+        self.dtype_ctx = (lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)) \
             if cfg.precision == "bf16" else contextlib.nullcontext
         self.step = 0
         self.consecutive_skips = 0
+        self.sft_done = cfg.sft.steps == 0  # the supervised warm-up (sft.*) runs once, before step 1
         start_ckpt = None
         if resume:
             ckpts = ckpt.list_checkpoints(self.run_dir)
@@ -108,7 +118,9 @@ class Trainer:
                 raise ConfigError(f"--resume: no complete checkpoint under '{self.run_dir / 'checkpoints'}'")
             self.step, start_ckpt = ckpts[-1]
         self.model, self.tokenizer = self._load_model(start_ckpt)
+        self.model.to(self.device)
         self.model.eval()
+        self.model = self.dist.prepare_model(self.model)  # FSDP2: sharded in place (before the optimizer)
         self.ref_model = self._load_reference() if cfg.algo.beta > 0 else None
         self.engine = self._make_engine()
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -176,15 +188,17 @@ class Trainer:
             return None  # the reference is the base model: the adapter is disabled for ref log-probs
         ref, _ = load_policy(self.cfg.model, trust_remote_code=self.cfg.trust_remote_code,
                              allow_download=self.cfg.allow_download)
-        ref.eval().requires_grad_(False)
-        return ref
+        ref.eval().requires_grad_(False).to(self.device)
+        return self.dist.prepare_model(ref)  # FSDP2: the reference is sharded too
 
     def _make_engine(self):
         r = self.cfg.rollout
         if r.engine == "vllm":
             from fairalign.rollout.vllm_engine import make_vllm_engine
 
-            return make_vllm_engine(self.model, self.tokenizer, r)
+            return make_vllm_engine(self.model, self.tokenizer, r, precision=self.cfg.precision, seed=self.cfg.seed,
+                                    trust_remote_code=self.cfg.trust_remote_code, world_size=self.dist.world,
+                                    completion_prefix=self.task.info.get("completion_prefix", ""))
         return HFGenerationEngine(self.model, self.tokenizer, max_new_tokens=r.max_new_tokens,
                                   temperature=r.temperature, top_p=r.top_p, chat_template=r.chat_template,
                                   completion_prefix=self.task.info.get("completion_prefix", ""))
@@ -223,7 +237,7 @@ class Trainer:
 
     def _restore(self, path: Path) -> None:
         st = ckpt.load_training_state(path)
-        self.optimizer.load_state_dict(st["optimizer"])
+        self.dist.load_optimizer_state(self.model, self.optimizer, st["optimizer"])
         self.scheduler.load_state_dict(st["scheduler"])
         ts = st["trainer_state"]
         self.sampler.load_state_dict(ts["data"])
@@ -232,6 +246,7 @@ class Trainer:
                 raise ConfigError("--resume: the checkpoint has no P-GRPO state but algo.advantage=pgrpo")
             self.normalizer.load_state_dict(ts["normalizer"])
         self.consecutive_skips = ts.get("consecutive_skips", 0)
+        self.sft_done = ts.get("sft_done", True)
         ckpt.set_rng_state(ts["rng"], st["torch_rng"])
 
     # ------------------------------------------------------------------ one step
@@ -266,6 +281,9 @@ class Trainer:
         cfg, r, a = self.cfg, self.cfg.rollout, self.cfg.algo
         t_start = time.perf_counter()
         step = self.step + 1
+        if hasattr(self.engine, "sync_weights"):  # vLLM serves a copy: push the weights the updates produced
+            self.engine.sync_weights(self.model)
+        t_sync = time.perf_counter()
         # 1-2. prompts, generation and rewards (single-turn tasks, or whole dialogues for RLPA)
         ex_idx = self.dist.shard(self.sampler.take(r.prompts_per_step))
         examples = [self.task.train_examples[i] for i in ex_idx]
@@ -278,11 +296,11 @@ class Trainer:
             with self.dtype_ctx():
                 batch = self.engine.generate(prompts, generations=r.generations, groups=groups,
                                              generator_seed=seed)
-            gen_s = time.perf_counter() - t_start
+            gen_s = time.perf_counter() - t_sync
             columns = self._columns(examples, r.generations)
             totals, per_reward, n_errors = compute_rewards(self.task.rewards, batch.prompts, batch.completions,
                                                            columns, on_error=cfg.on_reward_error)
-        rewards = totals.float()  # [B]
+        rewards = totals.float().to(batch.response_ids.device)  # [B], on the policy's device
         t_rew = time.perf_counter()
         # 3. advantages (whole prompt groups live on one rank; P-GRPO stats are merged across ranks)
         if self.normalizer is not None:
@@ -328,7 +346,9 @@ class Trainer:
         m["lr"] = self.scheduler.get_last_lr()[0]
         step_s = time.perf_counter() - t_start
         n_tokens = self.dist.sum_metric(float(batch.lengths.sum().item()))
-        m.update({"time/generate_s": gen_s, "time/reward_s": t_rew - t_start - gen_s,
+        if hasattr(self.engine, "sync_weights"):
+            m["time/weight_sync_s"] = t_sync - t_start
+        m.update({"time/generate_s": gen_s, "time/reward_s": t_rew - t_sync - gen_s,
                   "time/logprob_s": t_lp - t_rew, "time/update_s": t_upd - t_lp,
                   "step_s": step_s, "tokens_per_s": n_tokens / step_s})
         if self.dist.is_main and self.logger is not None:
@@ -345,7 +365,8 @@ class Trainer:
         B = batch.response_ids.shape[0]
         gen = torch.Generator().manual_seed(cfg.seed * 7919 + self.step)
         params = [p for p in self.model.parameters() if p.requires_grad]
-        acc = {"loss": 0.0, "clip_frac": 0.0, "approx_kl": 0.0, "entropy": 0.0, "kl": 0.0, "tok": 0.0}
+        acc = {"loss": 0.0, "clip_frac": 0.0, "approx_kl": 0.0, "entropy": 0.0, "kl": 0.0, "tok": 0.0,
+               "mm_sum": 0.0, "mm_max": 0.0, "mm_tok": 0.0}
         clip_lengths, clip_flags, clip_adv = [], [], []
         grad_norms, skipped = [], 0
         for _epoch in range(a.ppo_epochs):
@@ -356,13 +377,19 @@ class Trainer:
                 mb_seqs = self.dist.sum_metric(float(len(mb)))
                 self.optimizer.zero_grad(set_to_none=True)
                 mb_loss = 0.0
-                for mic in torch.split(mb, micro):
+                mics = torch.split(mb, micro)
+                for k_mic, mic in enumerate(mics):
                     p_ids, p_mask, r_ids, r_mask, rlen = _trim(batch, mic)
                     with self.dtype_ctx():
                         logp, ent = sequence_logprobs(self.model, p_ids, p_mask, r_ids, r_mask,
                                                       with_entropy=True, temperature=self._logp_temperature())
                     logp = logp.float()
                     old = logp.detach() if old_logp is None else old_logp[mic, :rlen]
+                    if batch.engine_logp is not None and _epoch == 0:  # |engine − training-model| log-probs
+                        gap = (batch.engine_logp[mic, :rlen].to(old.device) - old).abs()[r_mask.bool()]
+                        acc["mm_sum"] += float(gap.sum())
+                        acc["mm_tok"] += gap.numel()
+                        acc["mm_max"] = max(acc["mm_max"], float(gap.max()) if gap.numel() else 0.0)
                     loss, stats = compute_policy_loss(a.loss, logp, old, adv[mic], r_mask, agg=a.agg,
                                                       global_tokens=mb_tokens, global_seqs=mb_seqs,
                                                       **self.hparams)
@@ -372,7 +399,7 @@ class Trainer:
                                             global_tokens=mb_tokens, global_seqs=mb_seqs)
                         loss = loss + a.beta * kl_term
                         acc["kl"] += float((kl.detach() * r_mask).sum())
-                    self.dist.backward(loss, self.model)
+                    self.dist.backward(loss, self.model, sync=k_mic == len(mics) - 1)  # FSDP2: reduce once
                     mb_loss += float(loss.detach())
                     ntok = float(r_mask.sum())
                     acc["tok"] += ntok
@@ -390,7 +417,8 @@ class Trainer:
                         clip_lengths.append(lens[:, None].expand_as(rm)[rm])
                         clip_flags.append(clipped[rm])
                         clip_adv.append(adv[mic][:, None].expand_as(rm)[rm])
-                acc["loss"] += self.dist.sum_metric(mb_loss)
+                mb_loss = self.dist.sum_metric(mb_loss)  # global: every rank makes the same skip decision
+                acc["loss"] += mb_loss
                 self.dist.sync_gradients(self.model)
                 gn = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf"))
                 if not (math.isfinite(mb_loss) and torch.isfinite(gn)):
@@ -416,7 +444,11 @@ class Trainer:
         out = {**self.dist.mean_metrics({k: v for k, v in out.items() if k not in ("loss", "skipped_updates")}),
                "loss": out["loss"], "skipped_updates": self.dist.sum_metric(float(skipped))}
         if ref_logp is not None:
-            out["kl"] = acc["kl"] / tok
+            out["kl"] = self.dist.sum_metric(acc["kl"]) / max(self.dist.sum_metric(acc["tok"]), 1.0)  # global token mean
+        if batch.engine_logp is not None:
+            out["rollout/logprob_mismatch"] = (self.dist.sum_metric(acc["mm_sum"])
+                                               / max(self.dist.sum_metric(acc["mm_tok"]), 1.0))
+            out["rollout/logprob_mismatch_max"] = self.dist.max_metric(acc["mm_max"])
         lengths, flags, advs = (torch.cat(clip_lengths), torch.cat(clip_flags), torch.cat(clip_adv))
         lengths, flags, advs = self.dist.gather_clip_stats(lengths, flags, advs)
         out.update(clip_rate_metrics(lengths, flags, advs, edges=cfg.log.length_bins))
@@ -426,22 +458,27 @@ class Trainer:
     def trainer_state(self) -> dict:
         return {"step": self.step, "data": self._data_state,
                 "normalizer": self._norm_state,
-                "consecutive_skips": self.consecutive_skips}
+                "consecutive_skips": self.consecutive_skips, "sft_done": self.sft_done}
 
     def save_checkpoint(self) -> Path | None:
+        # FSDP2: gather the full model and optimizer state (collectives: every rank; None under DDP)
+        model_state = self.dist.full_model_state(self.model)
+        optim_state = self.dist.full_optimizer_state(self.model, self.optimizer)
         if not self.dist.is_main:
             self.dist.barrier()
             return None
         model = self.dist.unwrap(self.model)
         path = ckpt.save_checkpoint(self.run_dir, self.step, model=model, optimizer=self.optimizer,
                                     scheduler=self.scheduler, trainer_state=self.trainer_state(),
-                                    config_yaml=dump_yaml(self.cfg), keep_last=self.cfg.keep_last)
+                                    config_yaml=dump_yaml(self.cfg), keep_last=self.cfg.keep_last,
+                                    model_state=model_state, optimizer_state=optim_state)
         if not self.cfg.lora.enabled:
             self.tokenizer.save_pretrained(path / "model")
         self.dist.barrier()
         return path
 
     def save_final_model(self) -> Path | None:
+        state = self.dist.full_model_state(self.model)  # FSDP2: gathered on every rank; None under DDP
         if not self.dist.is_main:
             return None
         final = self.run_dir / "final"
@@ -449,7 +486,8 @@ class Trainer:
         import shutil
 
         shutil.rmtree(tmp, ignore_errors=True)
-        self.dist.unwrap(self.model).save_pretrained(tmp, safe_serialization=True)
+        self.dist.unwrap(self.model).save_pretrained(tmp, safe_serialization=True,
+                                                     **({} if state is None else {"state_dict": state}))
         self.tokenizer.save_pretrained(tmp)
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
@@ -460,6 +498,13 @@ class Trainer:
         cfg = self.cfg
         rows = []
         end = cfg.steps if stop_after is None else min(cfg.steps, self.step + stop_after)
+        if not self.sft_done:
+            from fairalign.train.sft import run_sft_warmup
+
+            run_sft_warmup(self)
+            self.sft_done = True
+            if cfg.steps > 0:
+                self.save_checkpoint()  # step 0: a resumed run does not repeat the warm-up
         bar = Progress(cfg.steps, start=self.step, enabled=self.show_progress and self.dist.is_main)
         try:
             while self.step < end:

@@ -97,7 +97,9 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("--user/--judge openai needs --openai-base-url and --openai-model")
         remote = {"backend": "openai", "base_url": args.openai_base_url, "model": args.openai_model,
                   "api_key_env": args.api_key_env}
-    model, tok = load_policy(model_name)
+    import torch
+
+    model, tok = load_policy(model_name, device="cuda" if torch.cuda.is_available() else "cpu")
     res = evaluate_dialogues(model, tok, profiles=args.profiles, max_turns=args.max_turns,
                              generations=args.generations, temperature=args.temperature,
                              max_new_tokens=args.max_new_tokens,
