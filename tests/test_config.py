@@ -82,3 +82,16 @@ def test_parse_override_values():
 def test_nested_section_must_be_mapping():
     with pytest.raises(ConfigError, match="section 'algo' must be a mapping"):
         build_config({"algo": 3})
+
+
+def test_device_resolution_without_a_gpu(monkeypatch):
+    import torch
+
+    from fairalign.train.trainer import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu") and resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(ConfigError, match="'device' is 'cuda' but no CUDA GPU"):
+        resolve_device("cuda")
+    with pytest.raises(ConfigError, match="device"):
+        build_config({"device": "tpu"})

@@ -1,7 +1,8 @@
 """FSDP2 sharded data parallelism on CPU (gloo, tiny model, 2 processes).
 
 - `resolve_strategy`: how `dist_strategy` and accelerate's FSDP_* variables select a strategy, and the
-  one-line errors for FSDP1, DeepSpeed and unsupported FSDP options.
+  one-line errors for FSDP1, a DeepSpeed launcher with dist_strategy=fsdp2 and unsupported FSDP options
+  (DeepSpeed itself: test_deepspeed.py).
 - Collectives: a sharded model makes the same forward calls on every rank even when the ranks' data
   would make them differ (the decode loop's stop, the prompt-sharing log-prob path); results equal an
   unsharded copy of the model, and the summed gradients equal the unsharded sum.
@@ -69,7 +70,7 @@ def test_strategy_from_config_and_accelerate_env():
 @pytest.mark.parametrize("configured,env,needle", [
     ("auto", {"ACCELERATE_USE_FSDP": "true"}, "FSDP version 1 (FSDP_VERSION) is not supported"),
     ("auto", {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "1"}, "use FSDP2"),
-    ("auto", {"ACCELERATE_USE_DEEPSPEED": "true"}, "DeepSpeed is not supported"),
+    ("fsdp2", {"ACCELERATE_USE_DEEPSPEED": "true"}, "selects DeepSpeed (ACCELERATE_USE_DEEPSPEED)"),
     ("ddp", {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"}, "'dist_strategy' is 'ddp'"),
     ("auto", {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "FSDP_OFFLOAD_PARAMS": "true"},
      "FSDP_OFFLOAD_PARAMS=true"),

@@ -270,3 +270,23 @@ def test_prompts_are_prefilled_once_not_per_generation(tiny_policy):
         hook.remove()
     assert rows[0] == (3, batch.prompt_ids.shape[1])  # pre-fill: one row per distinct prompt
     assert rows[1:] == [(12, 1), (12, 1)]  # decode steps: every generation
+
+
+def test_sample_categorical_matches_probabilities_and_never_draws_zero_mass():
+    from fairalign.rollout.hf_engine import sample_categorical
+
+    probs = torch.tensor([0.0, 0.1, 0.0, 0.6, 0.3, 0.0])
+    n = 40_000
+    draws = sample_categorical(probs.expand(n, -1).contiguous(), torch.Generator().manual_seed(0))
+    freq = torch.bincount(draws, minlength=6).float() / n
+    assert freq[probs == 0].sum() == 0
+    sigma = (probs * (1 - probs) / n).sqrt()
+    assert ((freq - probs).abs() <= 5 * sigma + 1e-9).all(), freq
+
+
+def test_sample_categorical_rounding_at_the_top_picks_the_last_positive_token(monkeypatch):
+    from fairalign.rollout import hf_engine
+
+    probs = torch.tensor([[0.3, 0.7, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]])
+    monkeypatch.setattr(hf_engine.torch, "rand", lambda *a, **k: torch.ones(2, 1))  # u == total
+    assert hf_engine.sample_categorical(probs, torch.Generator()).tolist() == [1, 2]

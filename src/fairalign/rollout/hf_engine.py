@@ -36,6 +36,23 @@ def filter_logits(logits: torch.Tensor, top_p: float = 1.0, top_k: int = 0) -> t
     return logits
 
 
+def sample_categorical(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One draw per row of `probs` [B, V] (rows sum to ~1, zeros allowed) -> token ids [B].
+
+    Inverse-CDF sampling: one uniform per row, located in the row's cumulative sum. Exact (a token
+    with probability 0 is never drawn: its cumulative sum equals its predecessor's) and, on CPU,
+    several times cheaper than `torch.multinomial` at vocabulary size 49k (benchmarks/sampling.py).
+    """
+    cdf = probs.cumsum(-1)  # [B, V]
+    u = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device, dtype=cdf.dtype) * cdf[:, -1:]
+    idx = torch.searchsorted(cdf, u, right=True).squeeze(-1)  # first token whose cdf exceeds u
+    over = idx >= probs.shape[1]  # u < total almost surely; rounding can put it past the end
+    if bool(over.any()):  # then take the row's last token with probability > 0
+        last = probs.shape[1] - 1 - (probs[over] > 0).flip(-1).int().argmax(-1)
+        idx = idx.masked_scatter(over, last)
+    return idx
+
+
 class HFGenerationEngine(GenerationEngineBase):
     """Sample G responses per prompt from a transformers causal LM (the policy itself, no copy).
 
@@ -69,7 +86,7 @@ class HFGenerationEngine(GenerationEngineBase):
             return logits.argmax(-1)
         logits = filter_logits(logits.float() / self.temperature, self.top_p, self.top_k)
         probs = torch.softmax(logits, dim=-1)  # [B, V]
-        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        return sample_categorical(probs, generator)
 
     @torch.no_grad()
     def sample(

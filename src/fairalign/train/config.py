@@ -114,7 +114,7 @@ class Config:
     keep_last: int = 2                     # checkpoints kept on disk
     precision: str = "fp32"                # fp32 | bf16 (autocast for forward passes)
     device: str = "auto"                   # where the policy lives: auto (the process's CUDA GPU when one is visible, else cpu) | cpu | cuda
-    dist_strategy: str = "auto"            # several processes: auto (fsdp2 under an accelerate FSDP v2 config, else ddp) | ddp (full replica per rank) | fsdp2 (weights, grads, optimizer state sharded)
+    dist_strategy: str = "auto"            # several processes: auto (fsdp2 / deepspeed under an accelerate FSDP v2 / DeepSpeed config, else ddp) | ddp (full replica per rank) | fsdp2 (weights, grads, optimizer state sharded) | deepspeed (ZeRO-2/3, stage from ACCELERATE_DEEPSPEED_ZERO_STAGE, default 2)
     trust_remote_code: bool = False        # allow custom model code from the model folder (off unless you trust it)
     allow_download: bool = False           # fetch a hub model that is not in the local Hugging Face cache
     max_prompt_tokens: int = 0             # longest prompt allowed in tokens (0 = model context − rollout.max_new_tokens)

@@ -16,7 +16,14 @@ global loss) and happens inside backward, on the last micro-batch only. Forward 
 collectives: `prepare_model` puts `all_true` on the model so data-dependent forward counts are
 agreed across ranks (see rollout/logprobs.py `all_ranks`), and checkpoints gather full state dicts
 (the same files as a 1-process run, so any process count can resume them).
-Not supported, with a one-line error: FSDP1, DeepSpeed, LoRA with FSDP2.
+`deepspeed` (ZeRO stage 2 or 3, `ACCELERATE_DEEPSPEED_ZERO_STAGE`, default 2; an accelerate DeepSpeed
+config selects it): `prepare_optimizer` hands the model and the trainer's AdamW to `deepspeed.initialize`
+and returns a facade whose `step` / `zero_grad` go through the engine; training forwards run through the
+engine (`for_training`), backward scales each loss by the world size (DeepSpeed averages over ranks;
+fairalign's losses are already shares of the global loss, so this makes the reduction a SUM) and marks
+the minibatch's last micro-batch as the accumulation boundary; clipping is DeepSpeed's own on the global
+norm. deepspeed_zero.py holds the DeepSpeed-specific code.
+Not supported, with a one-line error: FSDP1, LoRA with FSDP2 or DeepSpeed, DeepSpeed offload / config files.
 """
 from __future__ import annotations
 
@@ -26,7 +33,7 @@ import torch
 
 from fairalign.rollout.logprobs import ALL_RANKS_ATTR
 
-STRATEGIES = ("auto", "ddp", "fsdp2")
+STRATEGIES = ("auto", "ddp", "fsdp2", "deepspeed")
 
 
 def _true(value: str | None) -> bool:
@@ -34,17 +41,22 @@ def _true(value: str | None) -> bool:
 
 
 def resolve_strategy(configured: str = "auto", env=None) -> tuple[str, dict]:
-    """The strategy to use and its FSDP2 options, from `dist_strategy` and the launcher's env vars
-    (`accelerate launch` exports ACCELERATE_USE_FSDP, FSDP_VERSION and FSDP_* from its config)."""
+    """The strategy to use and its options (FSDP2's, or DeepSpeed's `zero_stage`), from `dist_strategy`
+    and the launcher's env vars (`accelerate launch` exports ACCELERATE_USE_FSDP, FSDP_VERSION and FSDP_*,
+    or ACCELERATE_USE_DEEPSPEED and ACCELERATE_DEEPSPEED_*, from its config)."""
     env = os.environ if env is None else env
     if configured not in STRATEGIES:
         raise ValueError(f"config key 'dist_strategy' has unknown value '{configured}'; allowed: "
                          f"{', '.join(STRATEGIES)}")
-    if _true(env.get("ACCELERATE_USE_DEEPSPEED")):
-        raise ValueError("DeepSpeed is not supported by fairalign: use FSDP2 (configs/accelerate/fsdp2.yaml) "
-                         "or DDP (configs/accelerate/multi_gpu_ddp.yaml, torchrun)")
     options: dict = {}
     launcher = None
+    if _true(env.get("ACCELERATE_USE_DEEPSPEED")) and _true(env.get("ACCELERATE_USE_FSDP")):
+        raise ValueError("ACCELERATE_USE_DEEPSPEED and ACCELERATE_USE_FSDP are both set: pick one accelerate config")
+    if _true(env.get("ACCELERATE_USE_DEEPSPEED")) or configured == "deepspeed":
+        from fairalign.train.deepspeed_zero import deepspeed_options
+
+        options = deepspeed_options(env)
+        launcher = "deepspeed" if _true(env.get("ACCELERATE_USE_DEEPSPEED")) else None
     if _true(env.get("ACCELERATE_USE_FSDP")):
         version = env.get("FSDP_VERSION", "1").strip()
         if version != "2":
@@ -69,8 +81,9 @@ def resolve_strategy(configured: str = "auto", env=None) -> tuple[str, dict]:
     if configured == "auto":
         return launcher or "ddp", options
     if launcher is not None and configured != launcher:
+        flag = "DeepSpeed (ACCELERATE_USE_DEEPSPEED)" if launcher == "deepspeed" else "FSDP2 (ACCELERATE_USE_FSDP)"
         raise ValueError(f"config key 'dist_strategy' is '{configured}' but the launcher's accelerate config "
-                         f"selects FSDP2 (ACCELERATE_USE_FSDP): set dist_strategy=fsdp2 or auto")
+                         f"selects {flag}: set dist_strategy={launcher} or auto")
     return configured, options
 
 
@@ -80,7 +93,9 @@ class Dist:
         self.world = world
         self.strategy = strategy
         self.fsdp = strategy == "fsdp2" and world > 1  # one process: nothing to shard
-        self.fsdp_options = dict(fsdp_options or {})
+        self.deepspeed = strategy == "deepspeed" and world > 1
+        self.fsdp_options = dict(fsdp_options or {})  # resolve_strategy's options (DeepSpeed: zero_stage)
+        self.zero = None  # DeepSpeed: the ZeroOptimizer that prepare_optimizer returned
 
     @property
     def is_main(self) -> bool:
@@ -92,6 +107,10 @@ class Dist:
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world <= 1:
             return Dist(strategy=strategy)
+        if strategy == "deepspeed":
+            from fairalign.train.deepspeed_zero import import_deepspeed
+
+            import_deepspeed()  # fail before the process group exists
         import torch.distributed as td
 
         if not td.is_initialized():  # launched by `accelerate launch` / torchrun: env:// rendezvous
@@ -106,8 +125,11 @@ class Dist:
         """DDP: the model itself. FSDP2: shard each decoder layer, then the root, in place; the
         gradient reduction becomes a SUM; the model gets the `all_true` hook. Call before building
         the optimizer (its parameters become sharded DTensors)."""
+        if self.deepspeed and hasattr(model, "peft_config"):
+            raise ValueError("lora.enabled=true is not supported with DeepSpeed (dist_strategy=deepspeed): use DDP "
+                             "(dist_strategy=ddp) for LoRA runs")
         if not self.fsdp:
-            return model
+            return model  # DeepSpeed: prepare_optimizer hands the model over (the reference stays a replica)
         if hasattr(model, "peft_config"):
             raise ValueError("lora.enabled=true is not supported with FSDP2 (dist_strategy=fsdp2): use DDP "
                              "(dist_strategy=ddp) for LoRA runs")
@@ -125,6 +147,25 @@ class Dist:
                 module.set_force_sum_reduction_for_comms(True)  # a plain SUM collective (gloo has no PREMUL_SUM)
         setattr(model, ALL_RANKS_ATTR, self.all_true)
         return model
+
+    def prepare_optimizer(self, model, optimizer):
+        """DeepSpeed: `deepspeed.initialize` on the model and its AdamW; returns the ZeroOptimizer that
+        the trainer then uses as its optimizer (build the LR scheduler on the AdamW first: DeepSpeed
+        keeps its param-group dicts). ZeRO-3 gives the model the `all_true` hook. Otherwise: `optimizer`."""
+        if not self.deepspeed:
+            return optimizer
+        from fairalign.train.deepspeed_zero import initialize
+
+        stage = int(self.fsdp_options.get("zero_stage", 2))
+        self.zero = initialize(model, optimizer, stage, self.world)
+        if stage == 3:
+            setattr(model, ALL_RANKS_ATTR, self.all_true)
+        return self.zero
+
+    def for_training(self, model):
+        """What the training forward (the one followed by `backward`) calls: DeepSpeed's engine, else
+        the model."""
+        return self.zero.engine if self.zero is not None else model
 
     def _layers(self, model) -> list:
         """The modules sharded one by one: FSDP_TRANSFORMER_CLS_TO_WRAP, else the model's
@@ -154,6 +195,8 @@ class Dist:
     def full_model_state(self, model) -> dict | None:
         """FSDP2: the full state dict on rank 0 ({} elsewhere; a collective, call on every rank).
         DDP: None (the model's own state dict is already full)."""
+        if self.zero is not None:
+            return self.zero.full_model_state(model)
         if not self.fsdp:
             return None
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
@@ -168,6 +211,8 @@ class Dist:
         """FSDP2: the full optimizer state on rank 0 in `optimizer.state_dict()`'s own format (state
         keyed by parameter position), so checkpoints do not depend on the strategy ({} elsewhere; a
         collective). DDP: None."""
+        if self.zero is not None:
+            return self.zero.full_optimizer_state()
         if not self.fsdp:
             return None
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
@@ -182,6 +227,9 @@ class Dist:
 
     def load_optimizer_state(self, model, optimizer, state: dict) -> None:
         """Load a full `optimizer.state_dict()`-format state (every rank passes the same one)."""
+        if self.zero is not None:
+            self.zero.load_full_optimizer_state(state)
+            return
         if not self.fsdp:
             optimizer.load_state_dict(state)
             return
@@ -291,15 +339,19 @@ class Dist:
     # ------------------------------------------------------------------ gradients
     def backward(self, loss: torch.Tensor, model, sync: bool = True) -> None:
         """FSDP2: `sync=False` (a micro-batch that is not the minibatch's last) keeps the gradients
-        unsharded and local; the last one reduce-scatters the accumulated sum."""
+        unsharded and local; the last one reduce-scatters the accumulated sum. DeepSpeed: through the
+        engine, `sync` marks the accumulation boundary."""
+        if self.zero is not None:
+            self.zero.backward(loss, sync)
+            return
         if self.fsdp:
             model.set_requires_gradient_sync(sync)
         loss.backward()
 
     def sync_gradients(self, model) -> None:
         """Sum gradients over ranks: each rank's loss is already its share of the global loss.
-        (FSDP2 already summed them in backward.)"""
-        if self.world == 1 or self.fsdp:
+        (FSDP2 and DeepSpeed already summed them in backward.)"""
+        if self.world == 1 or self.fsdp or self.zero is not None:
             return
         grads = [p.grad for p in model.parameters() if p.requires_grad and p.grad is not None]
         if not grads:
@@ -311,6 +363,13 @@ class Dist:
             n = g.numel()
             g.copy_(flat[offset:offset + n].view_as(g))
             offset += n
+
+    def clip_grad_norm(self, params, max_norm: float) -> torch.Tensor:
+        """The global gradient norm, clipping to `max_norm` (inf: no clipping). DeepSpeed: the norm
+        now, the clipping inside the next optimizer step (the same formula)."""
+        if self.zero is not None:
+            return self.zero.grad_norm(max_norm)
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
 
     def unwrap(self, model):
         return model

@@ -51,6 +51,9 @@ def run_sft_warmup(trainer) -> list[dict]:
     """Run cfg.sft.steps supervised steps on `trainer.model`; returns one metric dict per step."""
     cfg, dist, engine = trainer.cfg, trainer.dist, trainer.engine
     s = cfg.sft
+    if dist.zero is not None:  # DeepSpeed owns the weights and the one optimizer it was given
+        raise ValueError("sft.steps > 0 is not supported with dist_strategy=deepspeed: run the warm-up with "
+                         "ddp or fsdp2 and resume with dist_strategy=deepspeed, or set sft.steps=0")
     demos = demonstrations(trainer.task, s.steps * s.batch_size, cfg.seed)
     if len(demos) < s.batch_size:
         raise ValueError(f"sft.batch_size={s.batch_size} exceeds the {len(demos)} demonstrations available")

@@ -129,6 +129,7 @@ class Trainer:
         total_updates = cfg.steps * cfg.algo.ppo_epochs * cfg.algo.minibatches
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, _lr_lambda(cfg.optim.schedule, cfg.optim.warmup_steps, total_updates))
+        self.optimizer = self.dist.prepare_optimizer(self.model, self.optimizer)  # DeepSpeed: ZeRO engine
         self.normalizer = (PreferenceGroupNormalizer(min_count=cfg.algo.pgrpo_min_count,
                                                      eps=cfg.algo.pgrpo_eps, decay=cfg.algo.pgrpo_decay)
                            if cfg.algo.advantage == "pgrpo" else None)
@@ -381,7 +382,7 @@ class Trainer:
                 for k_mic, mic in enumerate(mics):
                     p_ids, p_mask, r_ids, r_mask, rlen = _trim(batch, mic)
                     with self.dtype_ctx():
-                        logp, ent = sequence_logprobs(self.model, p_ids, p_mask, r_ids, r_mask,
+                        logp, ent = sequence_logprobs(self.dist.for_training(self.model), p_ids, p_mask, r_ids, r_mask,
                                                       with_entropy=True, temperature=self._logp_temperature())
                     logp = logp.float()
                     old = logp.detach() if old_logp is None else old_logp[mic, :rlen]
@@ -420,7 +421,7 @@ class Trainer:
                 mb_loss = self.dist.sum_metric(mb_loss)  # global: every rank makes the same skip decision
                 acc["loss"] += mb_loss
                 self.dist.sync_gradients(self.model)
-                gn = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf"))
+                gn = self.dist.clip_grad_norm(params, cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf"))
                 if not (math.isfinite(mb_loss) and torch.isfinite(gn)):
                     skipped += 1
                     self.consecutive_skips += 1
@@ -436,13 +437,11 @@ class Trainer:
                 self.optimizer.step()
                 self.scheduler.step()
         n_updates = a.ppo_epochs * a.minibatches
-        tok = max(acc["tok"], 1.0)
-        out = {"loss": acc["loss"] / n_updates, "clip_frac": acc["clip_frac"] / tok,
-               "approx_kl": acc["approx_kl"] / tok, "entropy": acc["entropy"] / tok,
+        tok = max(self.dist.sum_metric(acc["tok"]), 1.0)  # token means over all ranks' tokens
+        out = {"loss": acc["loss"] / n_updates,
+               **{k: self.dist.sum_metric(acc[k]) / tok for k in ("clip_frac", "approx_kl", "entropy")},
                "grad_norm": float(np.mean(grad_norms)) if grad_norms else float("nan"),
-               "skipped_updates": skipped}
-        out = {**self.dist.mean_metrics({k: v for k, v in out.items() if k not in ("loss", "skipped_updates")}),
-               "loss": out["loss"], "skipped_updates": self.dist.sum_metric(float(skipped))}
+               "skipped_updates": self.dist.sum_metric(float(skipped))}
         if ref_logp is not None:
             out["kl"] = self.dist.sum_metric(acc["kl"]) / max(self.dist.sum_metric(acc["tok"]), 1.0)  # global token mean
         if batch.engine_logp is not None:
