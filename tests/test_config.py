@@ -95,3 +95,19 @@ def test_device_resolution_without_a_gpu(monkeypatch):
         resolve_device("cuda")
     with pytest.raises(ConfigError, match="device"):
         build_config({"device": "tpu"})
+
+
+def test_threads_key_sets_torch_threads(tmp_path):
+    import torch
+
+    from fairalign.train.trainer import Trainer
+
+    with pytest.raises(ConfigError, match="'threads'"):
+        build_config({"threads": -1})
+    before = torch.get_num_threads()
+    try:
+        Trainer(build_config({"model": "tiny", "threads": 2, "output_dir": str(tmp_path / "r"),
+                              "log": {"tensorboard": False, "progress": False}}))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -146,6 +146,9 @@ def test_gather_and_entropy_match_log_softmax(values, data):
     logsm = torch.log_softmax(logits, -1)
     assert torch.allclose(gather_logprobs(logits, ids), logsm[ids])
     assert torch.allclose(entropy_from_logits(logits), -(logsm.exp() * logsm).sum())
+    lse = torch.logsumexp(logits, -1)
+    assert torch.allclose(gather_logprobs(logits, ids, lse), logsm[ids])
+    assert torch.allclose(entropy_from_logits(logits, lse), -(logsm.exp() * logsm).sum())
 
 
 def test_entropy_hand_values():

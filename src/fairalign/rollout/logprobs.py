@@ -51,18 +51,20 @@ def supports_logits_to_keep(model: torch.nn.Module) -> bool:
     return _KEEP_SUPPORT[inner]
 
 
-def gather_logprobs(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """log softmax(logits)[ids] via logsumexp: logits [..., V], ids [...] -> [...]."""
+def gather_logprobs(logits: torch.Tensor, ids: torch.Tensor, lse: torch.Tensor | None = None) -> torch.Tensor:
+    """log softmax(logits)[ids] via logsumexp: logits [..., V], ids [...] -> [...].
+    `lse` [...]: logsumexp(logits, -1) when the caller already has it."""
     picked = logits.gather(-1, ids.unsqueeze(-1)).squeeze(-1)  # [...]
-    return picked - torch.logsumexp(logits, dim=-1)
+    return picked - (torch.logsumexp(logits, dim=-1) if lse is None else lse)
 
 
 @torch.no_grad()
-def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy of softmax(logits) over the last axis (detached): [..., V] -> [...]."""
-    lse = torch.logsumexp(logits, dim=-1, keepdim=True)  # [..., 1]
-    probs = torch.exp(logits - lse)  # [..., V]
-    return lse.squeeze(-1) - (probs * logits).sum(-1)
+def entropy_from_logits(logits: torch.Tensor, lse: torch.Tensor | None = None) -> torch.Tensor:
+    """Entropy of softmax(logits) over the last axis (detached): [..., V] -> [...].
+    `lse` [...]: logsumexp(logits, -1) when the caller already has it."""
+    lse = torch.logsumexp(logits, dim=-1) if lse is None else lse.detach()  # [...]
+    probs = torch.exp(logits - lse.unsqueeze(-1))  # [..., V]
+    return lse - (probs * logits).sum(-1)
 
 
 def _response_logits_full(model, prompt_ids, prompt_mask, response_ids, n_keep: int) -> torch.Tensor:
@@ -150,10 +152,11 @@ def sequence_logprobs(
             logits = _response_logits(model, p_ids[:, first:], p_mask[:, first:], r_ids, n_keep).float()
             if temperature != 1.0:
                 logits = logits / temperature
-            token_logp = gather_logprobs(logits, r_ids[:, :n_keep]) * r_mask[:, :n_keep]  # [b, n_keep]
+            lse = torch.logsumexp(logits, dim=-1)  # [b, n_keep], shared by log-probs and entropy
+            token_logp = gather_logprobs(logits, r_ids[:, :n_keep], lse) * r_mask[:, :n_keep]  # [b, n_keep]
             logp = torch.cat([token_logp, logp[:, n_keep:]], dim=1)  # [b, R]
             if with_entropy:
-                ent[:, :n_keep] = entropy_from_logits(logits) * r_mask[:, :n_keep]
+                ent[:, :n_keep] = entropy_from_logits(logits, lse) * r_mask[:, :n_keep]
         logps.append(logp)
         if with_entropy:
             ents.append(ent)

@@ -114,6 +114,7 @@ class Config:
     keep_last: int = 2                     # checkpoints kept on disk
     precision: str = "fp32"                # fp32 | bf16 (autocast for forward passes)
     device: str = "auto"                   # where the policy lives: auto (the process's CUDA GPU when one is visible, else cpu) | cpu | cuda
+    threads: int = 0                       # torch CPU threads per process (0 = torch's default, all cores; 1 is fastest on a shared/busy machine)
     dist_strategy: str = "auto"            # several processes: auto (fsdp2 / deepspeed under an accelerate FSDP v2 / DeepSpeed config, else ddp) | ddp (full replica per rank) | fsdp2 (weights, grads, optimizer state sharded) | deepspeed (ZeRO-2/3, stage from ACCELERATE_DEEPSPEED_ZERO_STAGE, default 2)
     trust_remote_code: bool = False        # allow custom model code from the model folder (off unless you trust it)
     allow_download: bool = False           # fetch a hub model that is not in the local Hugging Face cache
@@ -336,6 +337,7 @@ def validate(cfg: Config) -> None:
             obj = getattr(obj, part)
         _check_choice(key, obj)
     a, r, o = cfg.algo, cfg.rollout, cfg.optim
+    _positive("threads", cfg.threads, allow_zero=True)
     _positive("sft.steps", cfg.sft.steps, allow_zero=True)
     _positive("sft.batch_size", cfg.sft.batch_size)
     _positive("sft.lr", cfg.sft.lr)

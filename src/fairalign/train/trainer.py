@@ -105,6 +105,8 @@ class Trainer:
         self.show_progress = cfg.log.progress if progress is None else progress
         seed_everything(cfg.seed)
         self.task = task_from_config(cfg)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
         self.device = resolve_device(cfg.device)
         self.dtype_ctx = (lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)) \
             if cfg.precision == "bf16" else contextlib.nullcontext
