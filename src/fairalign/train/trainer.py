@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import random
 import time
 from pathlib import Path
@@ -107,6 +108,11 @@ class Trainer:
         self.task = task_from_config(cfg)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
+        if not torch.cuda.is_available():
+            # transformers' save_pretrained imports deepspeed when it is installed; on a CPU-only machine its
+            # accelerator auto-detection then prints a WARNING. Naming the CPU accelerator (what it would
+            # detect anyway) keeps run output clean.
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")
         self.device = resolve_device(cfg.device)
         self.dtype_ctx = (lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)) \
             if cfg.precision == "bf16" else contextlib.nullcontext
