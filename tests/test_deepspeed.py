@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import load_file
 
 from fairalign.train.dist import Dist, resolve_strategy
+from replay_support import assert_loaded_equals_checkpoint, write_worker
 from test_fsdp import _launch
 
 DS_ENV = {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3",
@@ -93,8 +94,8 @@ def test_one_process_is_plain_and_missing_package_is_one_line(monkeypatch):
 # ---------------------------------------------------------------------------------------- training
 
 WORKER = textwrap.dedent('''
-    import copy, hashlib, os, sys, torch
-    from fairalign.rollout import RolloutBatch
+    import copy, os, sys, torch
+    from replay_support import replay_engine
     from fairalign.train.config import build_config
     from fairalign.train.trainer import Trainer
 
@@ -117,25 +118,7 @@ WORKER = textwrap.dedent('''
         from deepspeed.utils import safe_get_full_fp32_param
         return {n: safe_get_full_fp32_param(p).detach().clone() for n, p in tr.model.named_parameters()}
 
-    def replay(prompts, generations=1, groups=None, generator_seed=None, **kw):
-        ids, mask = eng.encode_prompts(prompts)
-        rows, masks = [], []
-        for p in prompts:
-            for j in range(generations):
-                h = int(hashlib.sha256(f"{p}|{j}".encode()).hexdigest(), 16)
-                g = torch.Generator().manual_seed(h % (2**31))
-                rows.append(torch.randint(10, V, (10,), generator=g))
-                masks.append(torch.arange(10) < 2 + h % 9)                  # response length 2..10
-        R, M = torch.stack(rows), torch.stack(masks)
-        return RolloutBatch(prompt_ids=ids.repeat_interleave(generations, 0),
-                            prompt_mask=mask.repeat_interleave(generations, 0),
-                            response_ids=R, response_mask=M, lengths=M.sum(1),
-                            truncated=torch.zeros(len(R), dtype=torch.bool),
-                            prompts=[p for p in prompts for _ in range(generations)],
-                            completions=[f"reply {int(r.sum())} " * int(m.sum()) for r, m in zip(R, M)],
-                            index=torch.arange(len(prompts)).repeat_interleave(generations),
-                            groups=[x for x in groups for _ in range(generations)])
-    eng.generate = replay
+    eng.generate = replay_engine(eng, V)
     res = {"zero": zero is not None, "world": tr.dist.world,
            "stage": None if zero is None else tr.dist.fsdp_options["zero_stage"]}
     if zero is not None and res["stage"] == 3:   # really partitioned: this rank holds a slice of the weights
@@ -195,7 +178,7 @@ def two_step_runs(tmp_path_factory, tiny_model_dir):  # tiny_model_dir: built be
     pytest.importorskip("deepspeed")
     tmp = tmp_path_factory.mktemp("deepspeed")
     script = tmp / "worker.py"
-    script.write_text(WORKER)
+    write_worker(script, WORKER)
     _launch_ds(script, [tmp, "single", tmp / "run-single", 2, 0], 1, tmp, 2)
     for stage in (2, 3):
         _launch_ds(script, [tmp, f"zero{stage}", tmp / f"run-zero{stage}", 2, 0], 2, tmp, stage)
@@ -253,22 +236,6 @@ def test_deepspeed_two_processes_equal_one(two_step_runs, stage):
             torch.testing.assert_close(ob["state"][i][k], oa["state"][i][k], atol=1e-6, rtol=1e-4)
 
 
-def _assert_loaded_equals_checkpoint(res, ckpt):
-    loaded = res["loaded"]
-    ts = json.loads((ckpt / "trainer_state.json").read_text())
-    assert loaded["step"] == ts["step"] == 2
-    assert loaded["data"] == ts["data"]
-    assert loaded["pgrpo"] == ts["normalizer"]
-    weights = load_file(str(ckpt / "model" / "model.safetensors"))
-    for name, value in weights.items():
-        assert torch.equal(loaded["params"][name], value), name
-    saved = torch.load(ckpt / "optimizer.pt", weights_only=True)
-    assert loaded["optim"]["param_groups"] == saved["param_groups"]
-    for i, st in saved["state"].items():
-        for k, v in st.items():
-            assert torch.equal(loaded["optim"]["state"][i][k], v), (i, k)
-
-
 def test_checkpoint_resumes_with_another_process_count(two_step_runs, tmp_path):
     tmp = two_step_runs
     script = tmp / "worker.py"
@@ -277,8 +244,8 @@ def test_checkpoint_resumes_with_another_process_count(two_step_runs, tmp_path):
         _launch_ds(script, [tmp_path, dst, tmp_path / dst, 3, 1], nproc, tmp_path, stage)
     a, b = _load(tmp_path, "zero3-then-1-rank0"), _load(tmp_path, "single-then-zero2-rank0")
     assert (a["world"], a["zero"], b["world"], b["zero"], b["stage"]) == (1, False, 2, True, 2)
-    _assert_loaded_equals_checkpoint(a, tmp / "run-zero3" / "checkpoints" / "step-2")
-    _assert_loaded_equals_checkpoint(b, tmp / "run-single" / "checkpoints" / "step-2")
+    assert_loaded_equals_checkpoint(a, tmp / "run-zero3" / "checkpoints" / "step-2")
+    assert_loaded_equals_checkpoint(b, tmp / "run-single" / "checkpoints" / "step-2")
     for name in ("zero3-then-1", "single-then-zero2"):
         run = tmp_path / name
         steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]

@@ -12,10 +12,11 @@ import textwrap
 
 import pytest
 import torch
+from replay_support import write_worker
 
 WORKER = textwrap.dedent('''
-    import hashlib, json, sys, torch
-    from fairalign.rollout import RolloutBatch
+    import json, sys, torch
+    from replay_support import replay_engine
     from fairalign.train.config import build_config
     from fairalign.train.trainer import Trainer
 
@@ -31,28 +32,7 @@ WORKER = textwrap.dedent('''
     eng = tr.engine
     V = tr.model.config.vocab_size
 
-    def replay(prompts, generations=1, groups=None, generator_seed=None, **kw):
-        ids, mask = eng.encode_prompts(prompts)
-        rows, masks = [], []
-        for p in prompts:
-            for j in range(generations):
-                h = int(hashlib.sha256(f"{p}|{j}".encode()).hexdigest(), 16)
-                n = 2 + h % 9                                        # response length 2..10
-                g = torch.Generator().manual_seed(h % (2**31))
-                toks = torch.randint(10, V, (10,), generator=g)
-                rows.append(toks)
-                masks.append(torch.arange(10) < n)
-        R = torch.stack(rows); M = torch.stack(masks)
-        n = len(prompts)
-        return RolloutBatch(prompt_ids=ids.repeat_interleave(generations, 0),
-                            prompt_mask=mask.repeat_interleave(generations, 0),
-                            response_ids=R, response_mask=M, lengths=M.sum(1),
-                            truncated=torch.zeros(len(R), dtype=torch.bool),
-                            prompts=[p for p in prompts for _ in range(generations)],
-                            completions=[f"reply {int(r.sum())} " * int(m.sum()) for r, m in zip(R, M)],
-                            index=torch.arange(n).repeat_interleave(generations),
-                            groups=[x for x in groups for _ in range(generations)])
-    eng.generate = replay
+    eng.generate = replay_engine(eng, V)
     grads = []
     real_step = tr.optimizer.step
     def step_and_record(*a, **k):
@@ -78,7 +58,7 @@ def _free_port() -> int:
 @pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-mean"])
 def test_two_processes_equal_one(tmp_path, agg):
     script = tmp_path / "worker.py"
-    script.write_text(WORKER)
+    write_worker(script, WORKER)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     single = subprocess.run([sys.executable, str(script), str(tmp_path), "single", agg],
                             capture_output=True, text=True, timeout=600, env=env)

@@ -26,6 +26,7 @@ import torch
 from safetensors.torch import load_file
 
 from fairalign.train.dist import resolve_strategy
+from replay_support import assert_loaded_equals_checkpoint, write_worker
 from test_distributed import _free_port
 
 TIMEOUT = 150  # a collective mismatch hangs: kill the whole process group instead
@@ -178,8 +179,8 @@ def test_sharded_model_keeps_ranks_in_step(tmp_path, tiny_model_dir):
 # ---------------------------------------------------------------------------------------- training
 
 WORKER = textwrap.dedent('''
-    import copy, hashlib, json, os, sys, torch
-    from fairalign.rollout import RolloutBatch
+    import copy, json, os, sys, torch
+    from replay_support import replay_engine
     from fairalign.train.config import build_config
     from fairalign.train.trainer import Trainer
 
@@ -196,25 +197,7 @@ WORKER = textwrap.dedent('''
     V = tr.model.config.vocab_size
     full = lambda t: t.full_tensor() if hasattr(t, "full_tensor") else t   # DTensor shard -> whole tensor
 
-    def replay(prompts, generations=1, groups=None, generator_seed=None, **kw):
-        ids, mask = eng.encode_prompts(prompts)
-        rows, masks = [], []
-        for p in prompts:
-            for j in range(generations):
-                h = int(hashlib.sha256(f"{p}|{j}".encode()).hexdigest(), 16)
-                g = torch.Generator().manual_seed(h % (2**31))
-                rows.append(torch.randint(10, V, (10,), generator=g))
-                masks.append(torch.arange(10) < 2 + h % 9)                  # response length 2..10
-        R, M = torch.stack(rows), torch.stack(masks)
-        return RolloutBatch(prompt_ids=ids.repeat_interleave(generations, 0),
-                            prompt_mask=mask.repeat_interleave(generations, 0),
-                            response_ids=R, response_mask=M, lengths=M.sum(1),
-                            truncated=torch.zeros(len(R), dtype=torch.bool),
-                            prompts=[p for p in prompts for _ in range(generations)],
-                            completions=[f"reply {int(r.sum())} " * int(m.sum()) for r, m in zip(R, M)],
-                            index=torch.arange(len(prompts)).repeat_interleave(generations),
-                            groups=[x for x in groups for _ in range(generations)])
-    eng.generate = replay
+    eng.generate = replay_engine(eng, V)
     res = {"fsdp": tr.dist.fsdp, "world": tr.dist.world}
     if resume:   # the state the resumed run starts from (gathered: collectives on every rank)
         optim = tr.dist.full_optimizer_state(tr.model, tr.optimizer)        # None in 1 process
@@ -243,7 +226,7 @@ def two_step_runs(tmp_path_factory, tiny_model_dir):  # tiny_model_dir: built be
     """1 process and 2 FSDP2 processes, 2 steps each on the same replayed global batches."""
     tmp = tmp_path_factory.mktemp("fsdp")
     script = tmp / "worker.py"
-    script.write_text(WORKER)
+    write_worker(script, WORKER)
     _launch(script, [tmp, "single", tmp / "run-single", 2, 0], 1, tmp)
     _launch(script, [tmp, "fsdp", tmp / "run-fsdp", 2, 0], 2, tmp)
     return tmp
@@ -291,22 +274,6 @@ def test_fsdp2_two_processes_equal_one(two_step_runs):
             torch.testing.assert_close(ob["state"][i][k], oa["state"][i][k], atol=1e-6, rtol=1e-4)
 
 
-def _assert_loaded_equals_checkpoint(res, ckpt):
-    loaded = res["loaded"]
-    ts = json.loads((ckpt / "trainer_state.json").read_text())
-    assert loaded["step"] == ts["step"] == 2
-    assert loaded["data"] == ts["data"]
-    assert loaded["pgrpo"] == ts["normalizer"]
-    weights = load_file(str(ckpt / "model" / "model.safetensors"))
-    for name, value in weights.items():
-        assert torch.equal(loaded["params"][name], value), name
-    saved = torch.load(ckpt / "optimizer.pt", weights_only=True)
-    assert loaded["optim"]["param_groups"] == saved["param_groups"]
-    for i, st in saved["state"].items():
-        for k, v in st.items():
-            assert torch.equal(loaded["optim"]["state"][i][k], v), (i, k)
-
-
 def test_checkpoint_resumes_with_another_process_count(two_step_runs, tmp_path):
     tmp = two_step_runs
     script = tmp / "worker.py"
@@ -315,8 +282,8 @@ def test_checkpoint_resumes_with_another_process_count(two_step_runs, tmp_path):
         _launch(script, [tmp_path, dst, tmp_path / dst, 3, 1], nproc, tmp_path)
     a, b = _load(tmp_path, "fsdp-then-1-rank0"), _load(tmp_path, "single-then-fsdp-rank0")
     assert (a["world"], a["fsdp"], b["world"], b["fsdp"]) == (1, False, 2, True)
-    _assert_loaded_equals_checkpoint(a, tmp / "run-fsdp" / "checkpoints" / "step-2")
-    _assert_loaded_equals_checkpoint(b, tmp / "run-single" / "checkpoints" / "step-2")
+    assert_loaded_equals_checkpoint(a, tmp / "run-fsdp" / "checkpoints" / "step-2")
+    assert_loaded_equals_checkpoint(b, tmp / "run-single" / "checkpoints" / "step-2")
     for name in ("fsdp-then-1", "single-then-fsdp"):
         run = tmp_path / name
         steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]

@@ -1,0 +1,64 @@
+"""Shared by the data-parallel tests (DDP, FSDP2, DeepSpeed): a replay "engine" that makes sampling
+identical for any process count, a writer for worker scripts that can import this module, and the
+check that a resumed trainer holds exactly what its checkpoint saved."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+
+TESTS_DIR = Path(__file__).resolve().parent
+
+
+def write_worker(path: Path, source: str) -> Path:
+    """Write a worker script whose first line puts this tests folder on sys.path."""
+    path.write_text(f"import sys; sys.path.insert(0, {str(TESTS_DIR)!r})\n" + source)
+    return path
+
+
+def replay_engine(engine, vocab_size: int):
+    """A drop-in for `engine.generate`: each (prompt, j) gets responses of 2..10 tokens derived from a
+    hash of the prompt text, so every rank and process count sees the same samples."""
+    from fairalign.rollout import RolloutBatch
+
+    def generate(prompts, generations=1, groups=None, generator_seed=None, **kw):
+        ids, mask = engine.encode_prompts(prompts)
+        rows, masks = [], []
+        for p in prompts:
+            for j in range(generations):
+                h = int(hashlib.sha256(f"{p}|{j}".encode()).hexdigest(), 16)
+                g = torch.Generator().manual_seed(h % (2**31))
+                rows.append(torch.randint(10, vocab_size, (10,), generator=g))
+                masks.append(torch.arange(10) < 2 + h % 9)  # response length 2..10
+        R, M = torch.stack(rows), torch.stack(masks)
+        return RolloutBatch(prompt_ids=ids.repeat_interleave(generations, 0),
+                            prompt_mask=mask.repeat_interleave(generations, 0),
+                            response_ids=R, response_mask=M, lengths=M.sum(1),
+                            truncated=torch.zeros(len(R), dtype=torch.bool),
+                            prompts=[p for p in prompts for _ in range(generations)],
+                            completions=[f"reply {int(r.sum())} " * int(m.sum()) for r, m in zip(R, M)],
+                            index=torch.arange(len(prompts)).repeat_interleave(generations),
+                            groups=[x for x in groups for _ in range(generations)])
+    return generate
+
+
+def assert_loaded_equals_checkpoint(res: dict, ckpt: Path) -> None:
+    """`res["loaded"]` (step, data position, P-GRPO state, parameters, optimizer state right after
+    resuming) equals what checkpoint folder `ckpt` (step 2) holds."""
+    from safetensors.torch import load_file
+
+    loaded = res["loaded"]
+    ts = json.loads((ckpt / "trainer_state.json").read_text())
+    assert loaded["step"] == ts["step"] == 2
+    assert loaded["data"] == ts["data"]
+    assert loaded["pgrpo"] == ts["normalizer"]
+    weights = load_file(str(ckpt / "model" / "model.safetensors"))
+    for name, value in weights.items():
+        assert torch.equal(loaded["params"][name], value), name
+    saved = torch.load(ckpt / "optimizer.pt", weights_only=True)
+    assert loaded["optim"]["param_groups"] == saved["param_groups"]
+    for i, st in saved["state"].items():
+        for k, v in st.items():
+            assert torch.equal(loaded["optim"]["state"][i][k], v), (i, k)
