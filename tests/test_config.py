@@ -87,7 +87,7 @@ def test_nested_section_must_be_mapping():
 def test_device_resolution_without_a_gpu(monkeypatch):
     import torch
 
-    from fairalign.train.trainer import resolve_device
+    from fairalign.train.setup import resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert resolve_device("auto") == torch.device("cpu") and resolve_device("cpu") == torch.device("cpu")

@@ -125,7 +125,7 @@ def cmd_eval(ns, rest: list[str]) -> int:
     import json
 
     from fairalign.train.config import ConfigError, build_config, load_yaml
-    from fairalign.train.trainer import task_from_config
+    from fairalign.train.setup import task_from_config
     from fairalign.models import load_policy
     from fairalign.train.evaluate import evaluate_policy
 
@@ -152,7 +152,7 @@ def cmd_eval(ns, rest: list[str]) -> int:
         model = peft.PeftModel.from_pretrained(base, model_path)
     else:
         model, tok = load_policy(model_path, trust_remote_code=cfg.trust_remote_code)
-    from fairalign.train.trainer import resolve_device
+    from fairalign.train.setup import resolve_device
 
     model.to(resolve_device(cfg.device))
     res = evaluate_policy(model, tok, task, cfg)

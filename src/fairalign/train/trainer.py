@@ -15,17 +15,16 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import random
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from fairalign.algos import (DEFAULT_HPARAMS, PreferenceGroupNormalizer, aggregate,
-                             compute_advantages, compute_policy_loss, kl_penalty)
+from fairalign.algos import (PreferenceGroupNormalizer, aggregate, compute_advantages,
+                             compute_policy_loss, kl_penalty)
 from fairalign.diagnostics import clip_rate_metrics
-from fairalign.envs import compute_rewards, get_task
+from fairalign.envs import compute_rewards
 from fairalign.models import load_policy
 from fairalign.rollout import HFGenerationEngine, sequence_logprobs
 from fairalign.train import checkpoint as ckpt
@@ -34,67 +33,12 @@ from fairalign.train.data import PromptSampler
 from fairalign.train.dialogue_rollout import rollout_dialogues
 from fairalign.train.dist import Dist
 from fairalign.train.logging import Progress, RunLogger, truncate_after_step
+from fairalign.train.setup import (loss_hparams, lr_lambda, resolve_device, seed_everything, task_from_config,
+                                   trim_padding)
 
 
 class TrainingError(RuntimeError):
     """The run cannot continue (e.g. repeated non-finite updates); a checkpoint was written."""
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def resolve_device(name: str) -> torch.device:
-    """`device` config value -> the torch device this process trains on (its own GPU under torchrun)."""
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("config key 'device' is 'cuda' but no CUDA GPU is visible (use device=auto or cpu)")
-    if name == "cpu" or not torch.cuda.is_available():
-        return torch.device("cpu")
-    return torch.device("cuda", torch.cuda.current_device())
-
-
-def task_from_config(cfg: Config):
-    """The task named by the config (built-in name or data file) with its rewards and options."""
-    return get_task(cfg.task, seed=cfg.seed, reward_funcs=cfg.task_reward or None,
-                    reward_weights=cfg.task_reward_weights, group_column=cfg.group_column,
-                    **cfg.task_options)
-
-
-def loss_hparams(cfg: Config) -> dict:
-    """The chosen loss's hyperparameters: its defaults, overridden by the config where set."""
-    a = cfg.algo
-    hp = dict(DEFAULT_HPARAMS[a.loss])
-    for key in hp:
-        value = getattr(a, key, None)
-        if value is not None:
-            hp[key] = value
-    if a.agg == "seq-mean-token-sum-norm":
-        hp["horizon"] = a.horizon or cfg.rollout.max_new_tokens
-    return hp
-
-
-def _lr_lambda(schedule: str, warmup: int, total: int):
-    def f(i: int) -> float:
-        if warmup and i < warmup:
-            return (i + 1) / warmup
-        if schedule == "constant":
-            return 1.0
-        progress = min(1.0, (i - warmup) / max(1, total - warmup))
-        if schedule == "linear":
-            return 1.0 - progress
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-    return f
-
-
-def _trim(batch, idx: torch.Tensor):
-    """Sub-batch tensors with padding columns removed (prompt: left, response: right)."""
-    pm = batch.prompt_mask[idx]
-    first = int(pm.any(0).float().argmax()) if pm.any() else 0
-    rlen = max(1, int(batch.lengths[idx].max()))
-    return (batch.prompt_ids[idx, first:], pm[:, first:], batch.response_ids[idx, :rlen],
-            batch.response_mask[idx, :rlen], rlen)
 
 
 class Trainer:
@@ -136,7 +80,7 @@ class Trainer:
                                            weight_decay=cfg.optim.weight_decay)
         total_updates = cfg.steps * cfg.algo.ppo_epochs * cfg.algo.minibatches
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, _lr_lambda(cfg.optim.schedule, cfg.optim.warmup_steps, total_updates))
+            self.optimizer, lr_lambda(cfg.optim.schedule, cfg.optim.warmup_steps, total_updates))
         self.optimizer = self.dist.prepare_optimizer(self.model, self.optimizer)  # DeepSpeed: ZeRO engine
         self.normalizer = (PreferenceGroupNormalizer(min_count=cfg.algo.pgrpo_min_count,
                                                      eps=cfg.algo.pgrpo_eps, decay=cfg.algo.pgrpo_decay)
@@ -273,7 +217,7 @@ class Trainer:
         B = batch.response_ids.shape[0]
         for s in range(0, B, micro):
             idx = torch.arange(s, min(B, s + micro))
-            p_ids, p_mask, r_ids, r_mask, rlen = _trim(batch, idx)
+            p_ids, p_mask, r_ids, r_mask, rlen = trim_padding(batch, idx)
             with self.dtype_ctx():
                 lp, _ = sequence_logprobs(model, p_ids, p_mask, r_ids, r_mask, with_entropy=False,
                                           temperature=self._logp_temperature())
@@ -388,7 +332,7 @@ class Trainer:
                 mb_loss = 0.0
                 mics = torch.split(mb, micro)
                 for k_mic, mic in enumerate(mics):
-                    p_ids, p_mask, r_ids, r_mask, rlen = _trim(batch, mic)
+                    p_ids, p_mask, r_ids, r_mask, rlen = trim_padding(batch, mic)
                     with self.dtype_ctx():
                         logp, ent = sequence_logprobs(self.dist.for_training(self.model), p_ids, p_mask, r_ids, r_mask,
                                                       with_entropy=True, temperature=self._logp_temperature())

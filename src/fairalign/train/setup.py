@@ -1,0 +1,71 @@
+"""Pieces the trainer is built from: seeding, device choice, the task and loss hyperparameters a
+config names, the learning-rate schedule, and trimming padding off a sub-batch."""
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+import torch
+
+from fairalign.algos import DEFAULT_HPARAMS
+from fairalign.envs import get_task
+from fairalign.train.config import Config, ConfigError
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    """`device` config value -> the torch device this process trains on (its own GPU under torchrun)."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("config key 'device' is 'cuda' but no CUDA GPU is visible (use device=auto or cpu)")
+    if name == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", torch.cuda.current_device())
+
+
+def task_from_config(cfg: Config):
+    """The task named by the config (built-in name or data file) with its rewards and options."""
+    return get_task(cfg.task, seed=cfg.seed, reward_funcs=cfg.task_reward or None,
+                    reward_weights=cfg.task_reward_weights, group_column=cfg.group_column,
+                    **cfg.task_options)
+
+
+def loss_hparams(cfg: Config) -> dict:
+    """The chosen loss's hyperparameters: its defaults, overridden by the config where set."""
+    a = cfg.algo
+    hp = dict(DEFAULT_HPARAMS[a.loss])
+    for key in hp:
+        value = getattr(a, key, None)
+        if value is not None:
+            hp[key] = value
+    if a.agg == "seq-mean-token-sum-norm":
+        hp["horizon"] = a.horizon or cfg.rollout.max_new_tokens
+    return hp
+
+
+def lr_lambda(schedule: str, warmup: int, total: int):
+    """Learning-rate multiplier per optimizer step: linear warmup, then constant / linear / cosine decay."""
+    def f(i: int) -> float:
+        if warmup and i < warmup:
+            return (i + 1) / warmup
+        if schedule == "constant":
+            return 1.0
+        progress = min(1.0, (i - warmup) / max(1, total - warmup))
+        if schedule == "linear":
+            return 1.0 - progress
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    return f
+
+
+def trim_padding(batch, idx: torch.Tensor):
+    """Sub-batch tensors with padding columns removed (prompt: left, response: right)."""
+    pm = batch.prompt_mask[idx]
+    first = int(pm.any(0).float().argmax()) if pm.any() else 0
+    rlen = max(1, int(batch.lengths[idx].max()))
+    return (batch.prompt_ids[idx, first:], pm[:, first:], batch.response_ids[idx, :rlen],
+            batch.response_mask[idx, :rlen], rlen)
