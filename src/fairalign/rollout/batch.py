@@ -5,14 +5,14 @@ prompt length (left padding), `R` = padded response length (right padding).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Hashable, Sequence
 
 import torch
 
 _TENSOR_FIELDS = (
     "prompt_ids", "prompt_mask", "response_ids", "response_mask", "lengths", "truncated", "index",
-    "old_logp", "rewards", "advantages", "engine_logp",
+    "old_logp", "ref_logp", "rewards", "advantages", "engine_logp",
 )
 _LIST_FIELDS = ("prompts", "completions", "groups")
 
@@ -32,11 +32,16 @@ class RolloutBatch:
     index: torch.Tensor  # [B] long, prompt id within the step (shared by one prompt's generations)
     groups: list[Hashable]  # [B] preference group per sample
     old_logp: torch.Tensor | None = None  # [B, R] float, behaviour-policy token log-probs
-    rewards: torch.Tensor | None = None  # [B] float, total reward
-    advantages: torch.Tensor | None = None  # [B] float, sequence advantages
+    ref_logp: torch.Tensor | None = None  # [B, R] float, reference-model token log-probs (beta > 0)
+    rewards: torch.Tensor | None = None  # [B] float, total reward (filled by the task's rollout)
+    advantages: torch.Tensor | None = None  # [B] float, sequence advantages (filled by the estimator)
     # [B, R] float, the rollout engine's own log-prob of each sampled token (vLLM; 0 on padding); only
     # a diagnostic of the train/inference mismatch, never the behaviour log-probs
     engine_logp: torch.Tensor | None = None
+    # reward function name -> [B] float, its unweighted score (filled by the task's rollout)
+    reward_parts: dict = field(default_factory=dict)
+    reward_errors: int = 0  # reward calls that failed and were scored 0 (on_reward_error=zero)
+    generate_s: float = 0.0  # seconds the rollout spent in the engine's generate calls
 
     def __post_init__(self) -> None:
         B, R = self.response_ids.shape
@@ -51,7 +56,7 @@ class RolloutBatch:
             value = getattr(self, name)
             if value is not None and tuple(value.shape) != (B,):
                 raise ValueError(f"{name} has shape {tuple(value.shape)}, expected ({B},)")
-        for name in ("old_logp", "engine_logp"):
+        for name in ("old_logp", "ref_logp", "engine_logp"):
             value = getattr(self, name)
             if value is not None and tuple(value.shape) != (B, R):
                 raise ValueError(f"{name} has shape {tuple(value.shape)}, expected {(B, R)}")
@@ -69,7 +74,7 @@ class RolloutBatch:
             for f in fields(self)
             if f.name in _TENSOR_FIELDS and getattr(self, f.name) is not None
         }
-        return replace(self, **moved)
+        return replace(self, **moved, reward_parts={k: v.to(device) for k, v in self.reward_parts.items()})
 
     def select(self, rows: Sequence[int] | torch.Tensor) -> "RolloutBatch":
         """A new batch with the given rows (e.g. a micro-batch), in that order; padding is kept."""
@@ -81,7 +86,8 @@ class RolloutBatch:
         for name in _LIST_FIELDS:
             value = getattr(self, name)
             picked[name] = [value[i] for i in idx.tolist()]
-        return RolloutBatch(**picked)
+        picked["reward_parts"] = {k: v[idx.to(v.device)] for k, v in self.reward_parts.items()}
+        return RolloutBatch(**picked, reward_errors=self.reward_errors, generate_s=self.generate_s)
 
 
 def concat_batches(batches: Sequence[RolloutBatch], pad_token_id: int) -> RolloutBatch:
@@ -120,4 +126,9 @@ def concat_batches(batches: Sequence[RolloutBatch], pad_token_id: int) -> Rollou
         else cat([right(b.old_logp, R, 0.0) for b in batches]),
         engine_logp=None if any(b.engine_logp is None for b in batches)
         else cat([right(b.engine_logp, R, 0.0) for b in batches]),
+        rewards=None if any(b.rewards is None for b in batches) else cat([b.rewards for b in batches]),
+        reward_parts={k: cat([b.reward_parts[k] for b in batches]) for k in batches[0].reward_parts
+                      if all(k in b.reward_parts for b in batches)},
+        reward_errors=sum(b.reward_errors for b in batches),
+        generate_s=sum(b.generate_s for b in batches),
     )
