@@ -5,6 +5,14 @@ A sample is "clipped" when its policy loss sits on the flat (zero-gradient) side
 (DESIGN §1.1: `(A > 0 and S > hi) or (A < 0 and S < lo)`); the caller decides that and passes a
 bool per sample. Here we only bin by length and count.
 
+One unit for every loss: the *sequence*. A sequence-level loss (GSPO, FSPO) clips a sequence or not;
+a token-level loss (PPO, CISPO) clips some of its tokens, and the sequence counts as clipped by the
+share of its tokens that were (a float in [0, 1]; fairalign's rule). So `clipped` may be bool or
+float weights in [0, 1], and per-bin "clipped counts" are sums of those weights.
+For reporting, pool the per-bin counts (`clip_count/len/<bin>`, `clip_clipped/len/<bin>`, logged
+every step) over steps and compute the LRE from the pooled counts (`lre_from_pooled_counts`): the
+max form over ~10 sequences per bin per step is dominated by noise.
+
 Bins are half-open, `[edges[k], edges[k+1])`. fairalign's choices for edge cases:
 - default edges are powers of two from the largest power of two <= the shortest length up to the
   smallest power of two > the longest one (so every sample falls in a bin); a bin `[0, 1)` is
@@ -26,7 +34,7 @@ EdgesLike = Sequence[int] | torch.Tensor | None
 
 
 def _check_inputs(lengths: torch.Tensor, clipped: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Validate and return (lengths as int64 [N], clipped as bool [N])."""
+    """Validate and return (lengths as int64 [N], clipped as float64 weights in [0, 1] [N])."""
     if not isinstance(lengths, torch.Tensor) or lengths.dim() != 1:
         raise ValueError("lengths must be a 1-D tensor of response lengths, shape [N]")
     if lengths.dtype.is_floating_point or lengths.dtype == torch.bool or lengths.is_complex():
@@ -37,7 +45,10 @@ def _check_inputs(lengths: torch.Tensor, clipped: torch.Tensor) -> tuple[torch.T
         )
     if lengths.numel() and int(lengths.min()) < 0:
         raise ValueError("lengths must be >= 0")
-    return lengths.detach().to(torch.int64).cpu(), clipped.detach().bool().cpu()
+    weights = clipped.detach().cpu().double()
+    if clipped.dtype.is_floating_point and weights.numel() and not bool(((weights >= 0) & (weights <= 1)).all()):
+        raise ValueError("clipped weights must lie in [0, 1] (a share of clipped tokens) or be bool")
+    return lengths.detach().to(torch.int64).cpu(), weights
 
 
 def default_edges(lengths: torch.Tensor) -> list[int]:
@@ -144,6 +155,8 @@ def clip_rate_metrics(
         rates = n_clip / counts.clamp(min=1)  # [K]
         for k in torch.nonzero(counts > 0).flatten().tolist():
             out[f"clip_rate/len/{e[k]}-{e[k + 1]}"] = float(rates[k])
+            out[f"clip_count/len/{e[k]}-{e[k + 1]}"] = float(counts[k])  # for pooling over steps
+            out[f"clip_clipped/len/{e[k]}-{e[k + 1]}"] = float(n_clip[k])
         out["lre"] = _lre_from_counts(counts, n_clip)
     else:
         out["lre"] = 0.0
@@ -151,3 +164,12 @@ def clip_rate_metrics(
         n_side = int(side.sum())
         out[key] = float(clipped[side].sum()) / n_side if n_side else 0.0
     return out
+
+
+def lre_from_pooled_counts(counts: dict[str, float], clipped: dict[str, float]) -> float:
+    """LRE from per-bin counts pooled over steps: {bin label: sequences}, {bin label: clipped weight}
+    (labels as in the metric keys, e.g. "8-16")."""
+    labels = sorted(counts, key=lambda b: int(b.split("-")[0]))
+    c = torch.tensor([float(counts[b]) for b in labels], dtype=torch.float64)
+    k = torch.tensor([float(clipped.get(b, 0.0)) for b in labels], dtype=torch.float64)
+    return _lre_from_counts(c, k)

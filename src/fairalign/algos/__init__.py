@@ -1,8 +1,10 @@
 """fairalign.algos: pure tensor math for RL alignment (torch only, no other fairalign imports).
 
 Policy losses (ppo, gspo, fspo, cispo), loss aggregation, advantage estimators (grpo, dr_grpo,
-rloo, reinforce_pp_baseline), the stateful P-GRPO normalizer and KL estimators. Tensors in,
+rloo, reinforce_pp_baseline, pgrpo), the stateful P-GRPO normalizer and KL estimators. Tensors in,
 tensors and plain dicts out. Definitions: DESIGN.md §1.1-1.4 and docs/algorithms.md.
+Losses and estimators are registered by name with their hyperparameters (registry.py); the
+estimator protocol (estimators.py) is how a trainer calls any of them.
 """
 
 from .advantages import (ADVANTAGE_ESTIMATORS, compute_advantages, dr_grpo, grpo, group_stats,
@@ -11,10 +13,22 @@ from .aggregation import AGG_MODES, aggregate
 from .fspo import fspo_log_band
 from .kl import KL_ESTIMATORS, kl_penalty
 from .pgrpo import PreferenceGroupNormalizer
-from .policy_losses import DEFAULT_HPARAMS, POLICY_LOSSES, compute_policy_loss
+from .policy_losses import DEFAULT_HPARAMS, POLICY_LOSSES, compute_policy_loss, loss_batch_stats
+from .registry import (BATCH_STATISTICS, ESTIMATOR_REGISTRY, POLICY_LOSS_REGISTRY, register_estimator,
+                       register_policy_loss)
+from .estimators import LOCAL, AdvantageEstimator, build_estimator
 
 __all__ = [
     "ADVANTAGE_ESTIMATORS",
+    "AdvantageEstimator",
+    "BATCH_STATISTICS",
+    "ESTIMATOR_REGISTRY",
+    "LOCAL",
+    "POLICY_LOSS_REGISTRY",
+    "build_estimator",
+    "loss_batch_stats",
+    "register_estimator",
+    "register_policy_loss",
     "AGG_MODES",
     "DEFAULT_HPARAMS",
     "KL_ESTIMATORS",

@@ -9,7 +9,9 @@
     clipped_i  = (A_i > 0 and S_i > hi_i) or (A_i < 0 and S_i < lo_i)
 
 `fspo_log_band` is the one definition of the band (the loss and the length-fairness simulation
-both use it). With drift="kl", μ is the mean over the local batch (not all-reduced across ranks).
+both use it). With drift="kl", μ is the token-mean log ratio of the whole minibatch being optimized:
+a trainer that splits it (micro-batches, ranks) passes the global value as `mu`; without one, μ is
+the mean over the tensors given.
 """
 
 from __future__ import annotations
@@ -42,13 +44,15 @@ def fspo_log_band(lengths: torch.Tensor, mu: Any, c_low: float, c_high: float):
 
 
 def fspo_loss(logp: torch.Tensor, ell: torch.Tensor, adv: torch.Tensor, m: torch.Tensor,
-              *, c_low: float, c_high: float, drift: str, dual_clip: float | None):
+              *, c_low: float, c_high: float, drift: str, dual_clip: float | None, mu: Any = None):
     """FSPO per-token loss [B, T] on sanitized inputs (see `prepare_loss_inputs`):
     logp [B,T] with grad, ell = logp − old_logp [B,T] detached (0 on padding)."""
     lengths = m.sum(dim=1)  # [B]
     S = ell.sum(dim=1)  # [B]
-    if drift == "kl":
-        mu = ell.sum() / lengths.sum().clamp(min=1)  # 0-dim, detached
+    if drift == "kl" and mu is not None:
+        mu = torch.as_tensor(mu, dtype=ell.dtype, device=ell.device).detach()  # the minibatch's μ
+    elif drift == "kl":
+        mu = ell.sum() / lengths.sum().clamp(min=1)  # 0-dim, detached: these inputs are the batch
     else:
         mu = torch.zeros((), dtype=ell.dtype, device=ell.device)
     lo, hi = fspo_log_band(lengths.to(ell.dtype), mu, c_low, c_high)  # [B], [B]

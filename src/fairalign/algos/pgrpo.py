@@ -5,6 +5,11 @@ For a sample of preference group p with reward r (DESIGN §1.3):
 using the statistics from BEFORE the current batch; then the batch is added to the statistics.
 Cold start: while n_p < min_count the sample gets plain GRPO (its prompt group's mean and sample
 std, eps added to the std; a group of one: mean 0, std 1).
+Zero-variance guard (fairalign's choice): a group whose history has std_p <= min_std (default 1e-3;
+e.g. a 0/1 reward that has always been 0) also gets the GRPO fallback, never (r − mean)/eps (which
+is 1e6 for the first success after eight failures). A floored std would still give 1/min_std, so
+the fallback is to the prompt group's statistics. `last_history_frac` is the share of the last
+batch normalized by group history (logged as `pgrpo/history_frac`).
 
 State per group: Welford (n, mean, M2) in float64 on the CPU, grown as new groups appear. A
 batch is folded in with Chan et al.'s parallel update, which is also how `merge` combines two
@@ -42,10 +47,13 @@ def _plain_key(key: Any) -> Hashable:
 class PreferenceGroupNormalizer:
     """Stateful P-GRPO advantage normalizer; call it like `norm(rewards, groups, index)`."""
 
-    def __init__(self, min_count: int = 8, eps: float = 1e-6, decay: float | None = None):
+    def __init__(self, min_count: int = 8, eps: float = 1e-6, decay: float | None = None,
+                 min_std: float = 1e-3):
         if isinstance(min_count, bool) or not isinstance(min_count, int) or min_count < 1:
             raise ValueError(f"min_count must be an int >= 1, got {min_count!r}")
         check_number(eps, "eps", low=0.0, low_open=True)
+        check_number(min_std, "min_std", low=0.0)
+        self.min_std = float(min_std)
         check_number(decay, "decay", low=0.0, low_open=True, allow_none=True)
         if decay is not None and decay > 1:
             raise ValueError(f"decay must be None or in (0, 1], got {decay!r}")
@@ -57,7 +65,7 @@ class PreferenceGroupNormalizer:
         self._n = torch.zeros(0, dtype=torch.float64)  # [G]
         self._mean = torch.zeros(0, dtype=torch.float64)  # [G]
         self._m2 = torch.zeros(0, dtype=torch.float64)  # [G]
-        self.last_pgrpo_frac = 0.0  # fraction of the last batch normalized by group statistics
+        self.last_history_frac = 0.0  # fraction of the last batch normalized by group history
 
     # ----------------------------------------------------------------- encoding
     @property
@@ -141,9 +149,9 @@ class PreferenceGroupNormalizer:
         adv_pref = (r - mean_s) / (std_s + self.eps)  # [N]
         _, g_mean, g_std = group_stats(rewards, index)  # GRPO fallback statistics, [N]
         adv_grpo = (r - g_mean) / (g_std + self.eps)
-        use = n_s >= self.min_count  # [N]
+        use = (n_s >= self.min_count) & (std_s > self.min_std)  # [N]: enough history, and not degenerate
         adv = torch.where(use, adv_pref, adv_grpo)
-        self.last_pgrpo_frac = float(use.double().mean()) if use.numel() else 0.0
+        self.last_history_frac = float(use.double().mean()) if use.numel() else 0.0
         if update:
             self._update_encoded(r.detach().cpu(), keys, inv)
         return adv.to(rewards.dtype)
@@ -202,7 +210,11 @@ class PreferenceGroupNormalizer:
         self._slot = {k: i for i, k in enumerate(keys)}
         self._n, self._mean, self._m2 = (c.clone() for c in cols)
 
+    @property
+    def last_pgrpo_frac(self) -> float:  # the name before `last_history_frac`
+        return self.last_history_frac
+
     def __repr__(self) -> str:
         return (f"PreferenceGroupNormalizer(min_count={self.min_count}, eps={self.eps}, "
-                f"decay={self.decay}, groups={self.group_count})")
+                f"decay={self.decay}, min_std={self.min_std}, groups={self.group_count})")
 

@@ -1,9 +1,11 @@
 """Policy losses (DESIGN §1.1): ppo, gspo, fspo, cispo, their registry and `compute_policy_loss`.
 
-Every registered loss has one signature:
+Every loss is registered with `@register_policy_loss(name, **defaults)` (registry.py) and has one
+signature:
     fn(logp [B,T], old_logp [B,T], advantages [B] | [B,T], mask [B,T], **hparams)
         -> (loss_mat [B,T] (0 on padding), stats dict)
-and `compute_policy_loss` adds hyperparameter defaults/checks and the aggregation.
+and `compute_policy_loss` adds hyperparameter defaults/checks, the minibatch statistics the loss
+declares (`batch_stats`) and the aggregation.
 
   ppo    r = exp(ℓ) per token, band [1−clip_low, 1+clip_high], optional dual clip (GRPO/DAPO)
   gspo   r = exp(mean_t ℓ) per sequence, token gradient via sg(s_i)+logp−sg(logp) (GSPO-token)
@@ -26,14 +28,8 @@ from ._validate import (LOG_RATIO_MAX, as_bool_mask, check_dual_clip, check_hpar
                         check_number, prepare_loss_inputs)
 from .aggregation import aggregate_masked, check_agg_args
 from .fspo import fspo_loss
+from .registry import POLICY_LOSS_REGISTRY, register_policy_loss
 
-DEFAULT_HPARAMS: dict[str, dict[str, Any]] = {
-    "ppo": {"clip_low": 0.2, "clip_high": 0.2, "dual_clip": None},  # DAPO preset: clip_high 0.28
-    "gspo": {"clip_low": 3e-4, "clip_high": 4e-4, "dual_clip": None},
-    "fspo": {"c_low": 0.02, "c_high": 0.03, "drift": "none", "dual_clip": None},
-    # clip_low None = no lower truncation (MiniMax-M1); clip_high 3.0 = weights capped at 4.
-    "cispo": {"clip_low": None, "clip_high": 3.0, "dual_clip": None},
-}
 FSPO_DRIFTS = ("none", "kl")
 
 
@@ -83,6 +79,7 @@ def _finish(loss, m):
     return torch.where(m, loss, torch.zeros((), dtype=loss.dtype, device=loss.device))
 
 
+@register_policy_loss("ppo", clip_low=0.2, clip_high=0.2, dual_clip=None)  # DAPO preset: clip_high 0.28
 def ppo(logp, old_logp, advantages, mask, *, clip_low=0.2, clip_high=0.2, dual_clip=None):
     """PPO/GRPO token-level clipped loss. Returns (loss_mat [B,T], stats)."""
     _check_clip(clip_low, clip_high, dual_clip)
@@ -92,6 +89,7 @@ def ppo(logp, old_logp, advantages, mask, *, clip_low=0.2, clip_high=0.2, dual_c
     return _finish(loss, m), _stats(m, ell, up, low, dual, seq_level=False)
 
 
+@register_policy_loss("gspo", clip_low=3e-4, clip_high=4e-4, dual_clip=None)
 def gspo(logp, old_logp, advantages, mask, *, clip_low=3e-4, clip_high=4e-4, dual_clip=None):
     """GSPO sequence-level loss, s_i = exp(mean_t ℓ), GSPO-token gradient form."""
     _check_clip(clip_low, clip_high, dual_clip)
@@ -105,9 +103,14 @@ def gspo(logp, old_logp, advantages, mask, *, clip_low=3e-4, clip_high=4e-4, dua
     return _finish(loss, m), stats
 
 
+@register_policy_loss("fspo", c_low=0.02, c_high=0.03, drift="none", dual_clip=None,
+                      batch_stats=lambda hp: ("mean_log_ratio",) if hp["drift"] == "kl" else ())
 def fspo(logp, old_logp, advantages, mask, *, c_low=0.02, c_high=0.03, drift="none",
-         dual_clip=None):
-    """FSPO sequence-level loss with the √L log band (see fspo.py)."""
+         dual_clip=None, mean_log_ratio=None):
+    """FSPO sequence-level loss with the √L log band (see fspo.py).
+
+    drift="kl" centres the band on `mean_log_ratio`, the token-mean log ratio of the whole minibatch
+    being optimized (a trainer passes it for every micro-batch); None = the mean over these inputs."""
     check_number(c_low, "c_low", low=0.0, low_open=True)
     check_number(c_high, "c_high", low=0.0, low_open=True)
     if drift not in FSPO_DRIFTS:
@@ -115,11 +118,13 @@ def fspo(logp, old_logp, advantages, mask, *, c_low=0.02, c_high=0.03, drift="no
     check_dual_clip(dual_clip)
     logp, _, ell, adv, m = prepare_loss_inputs(logp, old_logp, advantages, mask)
     loss, up, low, dual, extra = fspo_loss(logp, ell, adv, m, c_low=c_low, c_high=c_high,
-                                           drift=drift, dual_clip=dual_clip)
+                                           drift=drift, dual_clip=dual_clip, mu=mean_log_ratio)
     stats = _stats(m, ell, up, low, dual, seq_level=True, extra=extra)
     return _finish(loss, m), stats
 
 
+# clip_low None = no lower truncation (MiniMax-M1); clip_high 3.0 = weights capped at 4.
+@register_policy_loss("cispo", clip_low=None, clip_high=3.0, dual_clip=None)
 def cispo(logp, old_logp, advantages, mask, *, clip_low=None, clip_high=3.0, dual_clip=None):
     """CISPO: loss = −sg(w)·A·logp with w = clamp(r, 1−clip_low, 1+clip_high) per token.
 
@@ -142,19 +147,35 @@ def cispo(logp, old_logp, advantages, mask, *, clip_low=None, clip_high=3.0, dua
     return loss, stats
 
 
-POLICY_LOSSES: dict[str, Callable] = {"ppo": ppo, "gspo": gspo, "fspo": fspo, "cispo": cispo}
+# the built-ins, as plain dicts (the registry itself is POLICY_LOSS_REGISTRY)
+POLICY_LOSSES: dict[str, Callable] = {n: s.fn for n, s in POLICY_LOSS_REGISTRY.items()}
+DEFAULT_HPARAMS: dict[str, dict[str, Any]] = {n: dict(s.hparams) for n, s in POLICY_LOSS_REGISTRY.items()}
+
+
+def loss_batch_stats(name: str, **hparams) -> tuple[str, ...]:
+    """Names of the whole-minibatch statistics (registry.BATCH_STATISTICS) loss `name` needs with
+    these hyperparameters (defaults filled in)."""
+    check_name(name, POLICY_LOSS_REGISTRY, "policy loss")
+    spec = POLICY_LOSS_REGISTRY[name]
+    return tuple(spec.batch_stats(check_hparams(name, hparams, spec.hparams)))
 
 
 def compute_policy_loss(name: str, logp: torch.Tensor, old_logp: torch.Tensor,
                         advantages: torch.Tensor, mask: torch.Tensor, agg: str = "token-mean",
                         *, horizon: float | None = None, global_tokens: Any = None,
-                        global_seqs: Any = None, **hparams):
+                        global_seqs: Any = None, batch_stats: dict | None = None, **hparams):
     """Scalar policy loss (to minimize) and a stats dict; see the module docstring and
-    docs/algorithms.md. `horizon`, `global_tokens`, `global_seqs` go to `aggregate`."""
-    check_name(name, POLICY_LOSSES, "policy loss")
+    docs/algorithms.md. `horizon`, `global_tokens`, `global_seqs` go to `aggregate`;
+    `batch_stats` holds whole-minibatch statistics the loss declared (e.g. FSPO drift="kl":
+    {"mean_log_ratio": μ}); a missing one is computed over these inputs alone."""
+    check_name(name, POLICY_LOSS_REGISTRY, "policy loss")
     check_agg_args(agg, horizon, global_tokens, global_seqs)
-    hp = check_hparams(name, hparams, DEFAULT_HPARAMS[name])
-    loss_mat, stats = POLICY_LOSSES[name](logp, old_logp, advantages, mask, **hp)
+    spec = POLICY_LOSS_REGISTRY[name]
+    hp = check_hparams(name, hparams, spec.hparams)
+    for key in spec.batch_stats(hp):
+        if batch_stats and batch_stats.get(key) is not None:
+            hp[key] = batch_stats[key]
+    loss_mat, stats = spec.fn(logp, old_logp, advantages, mask, **hp)
     loss = aggregate_masked(loss_mat, as_bool_mask(mask), agg, horizon=horizon,
                             global_tokens=global_tokens, global_seqs=global_seqs)
     return loss, stats

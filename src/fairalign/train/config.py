@@ -16,6 +16,9 @@ from typing import Any, Optional, Union
 
 import yaml
 
+from fairalign.algos import AGG_MODES, ESTIMATOR_REGISTRY, KL_ESTIMATORS, POLICY_LOSS_REGISTRY
+from fairalign.algos.policy_losses import FSPO_DRIFTS
+
 
 class ConfigError(ValueError):
     """A bad key, value or name in the configuration (the CLI prints it as one line, exit code 2)."""
@@ -23,24 +26,26 @@ class ConfigError(ValueError):
 
 @dataclass
 class AlgoConfig:
-    loss: str = "ppo"                      # policy loss: ppo | gspo | fspo | cispo
+    loss: str = "ppo"                      # policy loss: {losses} | module:function | file.py:function
     agg: str = "token-mean"                # loss aggregation: token-mean | seq-mean-token-mean | seq-mean-token-sum | seq-mean-token-sum-norm
-    advantage: str = "grpo"                # advantage estimator: grpo | dr_grpo | rloo | reinforce_pp_baseline | pgrpo
-    clip_low: Optional[float] = None      # ppo/gspo: lower clip ε (None = the loss's default: ppo 0.2, gspo 3e-4)
-    clip_high: Optional[float] = None     # ppo/gspo/cispo: upper clip ε (None = the loss's default)
+    advantage: str = "grpo"                # advantage estimator: {estimators} | module:function | file.py:function
+    clip_low: Optional[float] = None      # lower clip ε (None = the loss's default)
+    clip_high: Optional[float] = None     # upper clip ε (None = the loss's default)
     dual_clip: Optional[float] = None     # dual-clip constant c > 1 applied where A < 0 (None = off)
-    c_low: float = 0.02                    # fspo: lower band coefficient (log band μL − c_low·√L)
-    c_high: float = 0.03                   # fspo: upper band coefficient (log band μL + c_high·√L)
-    drift: str = "none"                    # fspo: band centre μ: none (μ=0) | kl (batch mean token log ratio)
+    c_low: Optional[float] = None         # lower band coefficient (log band μL − c_low·√L; None = the loss's default)
+    c_high: Optional[float] = None        # upper band coefficient (log band μL + c_high·√L; None = the loss's default)
+    drift: Optional[str] = None           # band centre μ: none (μ=0) | kl (token-mean log ratio of the whole minibatch); None = the loss's default
+    loss_args: dict = field(default_factory=dict)  # extra keyword arguments of the loss (a user loss's own hyperparameters, loss_args.NAME=VALUE)
     horizon: Optional[int] = None         # seq-mean-token-sum-norm: constant divisor (None = rollout.max_new_tokens)
-    beta: float = 0.0                      # KL-to-reference coefficient (0 = no reference model is loaded)
+    beta: float = 0.0                      # KL-to-reference coefficient (0 = no reference model is loaded); the reference is the policy RL starts from
     kl: str = "k3"                         # KL estimator: k1 | k2 | k3
     ppo_epochs: int = 1                    # passes over each rollout batch
-    minibatches: int = 1                   # optimizer steps per pass (the batch is split into this many parts)
-    micro_batch_size: int = 0              # sequences per forward/backward (gradient accumulation); 0 = whole minibatch
-    pgrpo_min_count: int = 8               # pgrpo: samples a preference group needs before its running stats are used
-    pgrpo_eps: float = 1e-6                # pgrpo: added to the group std
-    pgrpo_decay: Optional[float] = None   # pgrpo: forgetting factor in (0, 1] for non-stationary rewards (None = cumulative)
+    minibatches: int = 2                   # optimizer steps per pass (the batch is split into this many parts); >= 2 updates per batch make the ratio leave 1
+    micro_batch_size: int = 0              # sequences per forward/backward (gradient accumulation); 0 = whole minibatch; never changes the algorithm
+    pgrpo_min_count: Optional[int] = None  # samples a preference group needs before its running stats are used (None = the estimator's default)
+    pgrpo_eps: Optional[float] = None     # added to the group std (None = the estimator's default)
+    pgrpo_decay: Optional[float] = None   # forgetting factor in (0, 1] for non-stationary rewards (None = cumulative)
+    pgrpo_min_std: Optional[float] = None  # a group history with std <= this falls back to GRPO statistics (None = the estimator's default)
 
 
 @dataclass
@@ -131,12 +136,13 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
 
 
+# allowed values; the method names come from the registries in fairalign.algos (plus module:function)
 CHOICES: dict[str, tuple[str, ...]] = {
-    "algo.loss": ("ppo", "gspo", "fspo", "cispo"),
-    "algo.agg": ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"),
-    "algo.advantage": ("grpo", "dr_grpo", "rloo", "reinforce_pp_baseline", "pgrpo"),
-    "algo.drift": ("none", "kl"),
-    "algo.kl": ("k1", "k2", "k3"),
+    "algo.loss": tuple(POLICY_LOSS_REGISTRY),
+    "algo.agg": tuple(AGG_MODES),
+    "algo.advantage": tuple(ESTIMATOR_REGISTRY),
+    "algo.drift": tuple(FSPO_DRIFTS),
+    "algo.kl": tuple(KL_ESTIMATORS),
     "rollout.engine": ("hf", "vllm"),
     "rollout.chat_template": ("auto", "none"),
     "optim.schedule": ("constant", "linear", "cosine"),
@@ -146,7 +152,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "on_long_prompt": ("error", "skip"),
 }
 
-GROUP_ESTIMATORS = ("grpo", "dr_grpo", "rloo", "pgrpo")
+# estimators that normalize within a prompt group (P-GRPO falls back to it): they need >= 2 generations
+GROUP_ESTIMATORS = tuple(n for n, s in ESTIMATOR_REGISTRY.items() if s.scope in ("prompt_group", "preference_history"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -165,6 +172,22 @@ def field_docs() -> dict[str, str]:
             m = re.match(r"\s+(\w+):.*?#\s*(.+)$", line)
             if m:
                 docs[prefix + m.group(1)] = m.group(2).strip()
+    return _registry_docs(docs)
+
+
+def _registry_docs(docs: dict[str, str]) -> dict[str, str]:
+    """Fill in what the method registries know: the method names, and which method each
+    hyperparameter key belongs to with its default."""
+    from fairalign.train.methods import estimator_keys, loss_keys
+
+    docs["algo.loss"] = docs["algo.loss"].replace("{losses}", " | ".join(POLICY_LOSS_REGISTRY))
+    docs["algo.advantage"] = docs["algo.advantage"].replace("{estimators}", " | ".join(ESTIMATOR_REGISTRY))
+    for key, owners in loss_keys().items():
+        defaults = ", ".join(f"{n} {POLICY_LOSS_REGISTRY[n].hparams[key]!r}" for n in owners)
+        docs[f"algo.{key}"] += f" [loss: {defaults}]"
+    for key, (name, hp) in estimator_keys().items():
+        if f"algo.{key}" in docs:
+            docs[f"algo.{key}"] += f" [advantage: {name} {ESTIMATOR_REGISTRY[name].hparams[hp]!r}]"
     return docs
 
 
@@ -320,6 +343,8 @@ def dump_yaml(cfg: Config) -> str:
 
 def _check_choice(key: str, value: str) -> None:
     allowed = CHOICES[key]
+    if value is None or (key in ("algo.loss", "algo.advantage") and ":" in str(value)):
+        return  # None: the method's default; module:function: checked by train/methods.py
     if value not in allowed:
         raise ConfigError(f"config key '{key}' has unknown value '{value}'; allowed: {', '.join(allowed)}")
 
@@ -360,8 +385,9 @@ def validate(cfg: Config) -> None:
     if a.advantage in GROUP_ESTIMATORS and r.generations < 2:
         raise ConfigError(f"config key 'rollout.generations' must be >= 2 for the group estimator "
                           f"'{a.advantage}', got {r.generations}")
-    _positive("algo.c_low", a.c_low)
-    _positive("algo.c_high", a.c_high)
+    for key in ("c_low", "c_high"):
+        if getattr(a, key) is not None:
+            _positive(f"algo.{key}", getattr(a, key))
     for key in ("clip_low", "clip_high"):
         v = getattr(a, key)
         if v is not None:
@@ -380,10 +406,9 @@ def validate(cfg: Config) -> None:
     if a.minibatches > batch:
         raise ConfigError(f"config key 'algo.minibatches' ({a.minibatches}) exceeds the batch size "
                           f"prompts_per_step*generations = {batch}")
-    _positive("algo.pgrpo_min_count", a.pgrpo_min_count, allow_zero=True)
-    _positive("algo.pgrpo_eps", a.pgrpo_eps)
-    if a.pgrpo_decay is not None and not 0 < a.pgrpo_decay <= 1:
-        raise ConfigError(f"config key 'algo.pgrpo_decay' must be in (0, 1] (or null), got {a.pgrpo_decay}")
+    from fairalign.train.methods import check_methods
+
+    check_methods(a)  # method names, hyperparameters that belong to them, estimator values
     _positive("lora.r", cfg.lora.r)
     _positive("lora.alpha", cfg.lora.alpha)
     if not 0 <= cfg.lora.dropout < 1:

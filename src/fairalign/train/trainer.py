@@ -1,14 +1,20 @@
-"""The training loop, readable top to bottom: sample prompts -> generate G responses each ->
-score -> advantages -> (behaviour log-probs) -> ppo_epochs x minibatches of updates -> metrics ->
-checkpoint.
+"""The trainer: a recipe over four stages that fill one `RolloutBatch` per step (docs/architecture.md).
+
+    1. rollout      batch = task.rollout(engine, examples, G, seed)      responses + rewards (task-owned)
+    2. advantages   batch.advantages = estimator(rewards, index, groups, dist)   (registered, may hold state)
+    3. log-probs    batch.old_logp / batch.ref_logp                      (behaviour once, before any update)
+    4. updates      ppo_epochs x minibatches optimizer steps of the registered policy loss
+No line here names a loss, an estimator or a task: they come from train/methods.py and the task.
 
 Simplifications, on purpose:
-- The policy stays in eval mode (dropout off) for generation *and* updates, so with one epoch and
-  one minibatch the behaviour log-probs are exactly the first forward's detached log-probs and no
-  extra forward pass is spent on them.
+- The policy stays in eval mode (dropout off) for generation *and* updates, so the behaviour
+  log-probs equal the first update's own forward; with a single update per batch no extra forward
+  pass is spent on them.
 - Log-probs use the sampling temperature (logits / T), like the sampler that produced the tokens.
-- FSPO's `drift="kl"` centre is the mean over the micro-batch being processed (the whole batch when
-  micro_batch_size = 0).
+- A loss's whole-minibatch statistics (FSPO drift="kl": the token-mean log ratio) cost one extra
+  no-grad forward over the minibatch, except on the exactly on-policy first update (where ℓ ≡ 0).
+- A non-finite forward, loss or gradient skips that optimizer step on every rank; after
+  `max_skipped_updates` in a row a checkpoint is written and the run stops (TrainingError, exit 1).
 """
 from __future__ import annotations
 
@@ -18,23 +24,20 @@ import os
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from fairalign.algos import (PreferenceGroupNormalizer, aggregate, compute_advantages,
-                             compute_policy_loss, kl_penalty)
-from fairalign.diagnostics import clip_rate_metrics
-from fairalign.envs import compute_rewards
+from fairalign.algos import BATCH_STATISTICS, aggregate, kl_penalty
 from fairalign.models import load_policy
 from fairalign.rollout import HFGenerationEngine, sequence_logprobs
 from fairalign.train import checkpoint as ckpt
 from fairalign.train.config import Config, ConfigError, dump_yaml
 from fairalign.train.data import PromptSampler
-from fairalign.train.dialogue_rollout import rollout_dialogues
 from fairalign.train.dist import Dist
 from fairalign.train.logging import Progress, RunLogger, truncate_after_step
-from fairalign.train.setup import (loss_hparams, lr_lambda, resolve_device, seed_everything, task_from_config,
-                                   trim_padding)
+from fairalign.train.methods import resolve_estimator, resolve_policy_loss
+from fairalign.train.reference import REFERENCE_DIR, load_reference, save_reference
+from fairalign.train.setup import lr_lambda, resolve_device, seed_everything, task_from_config, trim_padding
+from fairalign.train.update_stats import UpdateStats
 
 
 class TrainingError(RuntimeError):
@@ -73,7 +76,7 @@ class Trainer:
         self.model.to(self.device)
         self.model.eval()
         self.model = self.dist.prepare_model(self.model)  # FSDP2: sharded in place (before the optimizer)
-        self.ref_model = self._load_reference() if cfg.algo.beta > 0 else None
+        self.ref_model = None  # built once the policy RL starts from exists (after any warm-up): _setup_reference
         self.engine = self._make_engine()
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
@@ -82,18 +85,15 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lr_lambda(cfg.optim.schedule, cfg.optim.warmup_steps, total_updates))
         self.optimizer = self.dist.prepare_optimizer(self.model, self.optimizer)  # DeepSpeed: ZeRO engine
-        self.normalizer = (PreferenceGroupNormalizer(min_count=cfg.algo.pgrpo_min_count,
-                                                     eps=cfg.algo.pgrpo_eps, decay=cfg.algo.pgrpo_decay)
-                           if cfg.algo.advantage == "pgrpo" else None)
+        self.loss = resolve_policy_loss(cfg)            # stage 4: the registered (or user) policy loss
+        self.estimator = resolve_estimator(cfg)         # stage 2: the registered (or user) estimator
         self.skipped_prompts = self._check_prompt_lengths()
         self.sampler = PromptSampler(len(self.task.train_examples), cfg.seed)
-        self.dialogue = self.task.info.get("dialogue")  # RLPA: options of the multi-turn rollout
-        self.hparams = loss_hparams(cfg)
         if start_ckpt is not None:
             self._restore(start_ckpt)
-        # data position and P-GRPO statistics after the last *completed* step (what a checkpoint saves)
+        # data position and estimator state after the last *completed* step (what a checkpoint saves)
         self._data_state = self.sampler.state_dict()
-        self._norm_state = self.normalizer.state_dict() if self.normalizer is not None else None
+        self._estimator_state = self.estimator.state_dict()
         self.logger = None
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -103,6 +103,8 @@ class Trainer:
                 truncate_after_step(self.run_dir / "samples.jsonl", self.step)
             self.logger = RunLogger(self.run_dir, tensorboard=cfg.log.tensorboard, wandb=cfg.log.wandb,
                                     config=None)
+        if self.sft_done:
+            self._setup_reference(from_run=cfg.sft.steps > 0)
 
     # ------------------------------------------------------------------ setup
     def _load_model(self, start_ckpt: Path | None):
@@ -117,11 +119,7 @@ class Trainer:
             if start_ckpt is not None:
                 model = peft.PeftModel.from_pretrained(model, str(start_ckpt / "model"), is_trainable=True)
             else:
-                targets = cfg.lora.target_modules
-                targets = targets if targets == "all-linear" else [t.strip() for t in targets.split(",")]
-                model = peft.get_peft_model(model, peft.LoraConfig(
-                    r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-                    target_modules=targets, task_type="CAUSAL_LM"))
+                model = peft.get_peft_model(model, self.lora_config())
         elif start_ckpt is not None:
             from safetensors.torch import load_file
 
@@ -136,13 +134,20 @@ class Trainer:
                 model.tie_weights()
         return model, tok
 
-    def _load_reference(self):
-        if self.cfg.lora.enabled:
-            return None  # the reference is the base model: the adapter is disabled for ref log-probs
-        ref, _ = load_policy(self.cfg.model, trust_remote_code=self.cfg.trust_remote_code,
-                             allow_download=self.cfg.allow_download)
-        ref.eval().requires_grad_(False).to(self.device)
-        return self.dist.prepare_model(ref)  # FSDP2: the reference is sharded too
+    def lora_config(self):
+        import peft
+
+        lc = self.cfg.lora
+        targets = lc.target_modules if lc.target_modules == "all-linear" else \
+            [t.strip() for t in lc.target_modules.split(",")]
+        return peft.LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=targets,
+                               task_type="CAUSAL_LM")
+
+    def _setup_reference(self, from_run: bool) -> None:
+        """The KL reference = the policy RL starts from: the configured model, or (after the warm-up)
+        the warm-up's result, saved in the run directory so a resume uses the same one."""
+        if self.cfg.algo.beta > 0:
+            self.ref_model = load_reference(self, from_run=from_run)
 
     def _make_engine(self):
         r = self.cfg.rollout
@@ -154,7 +159,8 @@ class Trainer:
                                     completion_prefix=self.task.info.get("completion_prefix", ""))
         return HFGenerationEngine(self.model, self.tokenizer, max_new_tokens=r.max_new_tokens,
                                   temperature=r.temperature, top_p=r.top_p, chat_template=r.chat_template,
-                                  completion_prefix=self.task.info.get("completion_prefix", ""))
+                                  completion_prefix=self.task.info.get("completion_prefix", ""),
+                                  all_ranks=self.dist.all_ranks)
 
     def _check_prompt_lengths(self) -> int:
         """Apply `on_long_prompt` to training prompts that leave no room for the response."""
@@ -194,40 +200,40 @@ class Trainer:
         self.scheduler.load_state_dict(st["scheduler"])
         ts = st["trainer_state"]
         self.sampler.load_state_dict(ts["data"])
-        if self.normalizer is not None:
-            if ts.get("normalizer") is None:
-                raise ConfigError("--resume: the checkpoint has no P-GRPO state but algo.advantage=pgrpo")
-            self.normalizer.load_state_dict(ts["normalizer"])
+        try:  # "normalizer": the key of checkpoints written before the estimator protocol
+            self.estimator.load_state_dict(ts.get("estimator", ts.get("normalizer")))
+        except ValueError as e:
+            raise ConfigError(f"--resume: {e}") from None
         self.consecutive_skips = ts.get("consecutive_skips", 0)
         self.sft_done = ts.get("sft_done", True)
         ckpt.set_rng_state(ts["rng"], st["torch_rng"])
 
     # ------------------------------------------------------------------ one step
-    def _columns(self, examples: list[dict], G: int) -> dict:
-        keys = [k for k in examples[0] if k != "prompt"]
-        return {k: [ex.get(k) for ex in examples for _ in range(G)] for k in keys}
-
     def _logp_temperature(self) -> float:
         t = self.cfg.rollout.temperature
         return t if t > 0 else 1.0
 
+    def _forward(self, model, batch, rows: torch.Tensor, with_entropy: bool):
+        """Token log-probs (and entropy) of `rows` of the batch: (logp [b, R'], ent, response mask [b, R'], R')."""
+        p_ids, p_mask, r_ids, r_mask, rlen = trim_padding(batch, rows)
+        with self.dtype_ctx():
+            logp, ent = sequence_logprobs(model, p_ids, p_mask, r_ids, r_mask, with_entropy=with_entropy,
+                                          temperature=self._logp_temperature(), all_ranks=self.dist.all_ranks)
+        return logp.float(), ent, r_mask, rlen
+
     @torch.no_grad()
     def _logprobs_no_grad(self, model, batch, micro: int) -> torch.Tensor:
-        out = torch.zeros(batch.response_ids.shape, dtype=torch.float32)
-        B = batch.response_ids.shape[0]
-        for s in range(0, B, micro):
-            idx = torch.arange(s, min(B, s + micro))
-            p_ids, p_mask, r_ids, r_mask, rlen = trim_padding(batch, idx)
-            with self.dtype_ctx():
-                lp, _ = sequence_logprobs(model, p_ids, p_mask, r_ids, r_mask, with_entropy=False,
-                                          temperature=self._logp_temperature())
-            out[idx, :rlen] = lp.float()
+        """[B, R] float32 token log-probs of the whole batch, on the policy's device (0 on padding)."""
+        out = torch.zeros(batch.response_ids.shape, dtype=torch.float32, device=self.device)
+        for mic in torch.split(torch.arange(len(batch)), micro):
+            lp, _, _, rlen = self._forward(model, batch, mic, with_entropy=False)
+            out[mic.to(self.device), :rlen] = lp.to(self.device)
         return out
 
     def _ref_logprobs(self, batch, micro: int) -> torch.Tensor:
         if self.ref_model is not None:
             return self._logprobs_no_grad(self.ref_model, batch, micro)
-        with self.model.disable_adapter():  # LoRA: the base model is the reference
+        with self.model.disable_adapter():  # LoRA without a warm-up: the base model is the reference
             return self._logprobs_no_grad(self.model, batch, micro)
 
     def train_step(self) -> dict:
@@ -237,71 +243,56 @@ class Trainer:
         if hasattr(self.engine, "sync_weights"):  # vLLM serves a copy: push the weights the updates produced
             self.engine.sync_weights(self.model)
         t_sync = time.perf_counter()
-        # 1-2. prompts, generation and rewards (single-turn tasks, or whole dialogues for RLPA)
+        # 1. rollout: responses and rewards, owned by the task (single-turn default, or e.g. RLPA dialogues)
         ex_idx = self.dist.shard(self.sampler.take(r.prompts_per_step))
         examples = [self.task.train_examples[i] for i in ex_idx]
         seed = cfg.seed * 1_000_003 + step * 101 + self.dist.rank
-        if self.dialogue is not None:
-            batch, totals, per_reward, n_errors, gen_s = rollout_dialogues(self, examples, seed)
-        else:
-            prompts = [ex["prompt"] for ex in examples]
-            groups = [ex.get(cfg.group_column, "all") for ex in examples]
-            with self.dtype_ctx():
-                batch = self.engine.generate(prompts, generations=r.generations, groups=groups,
-                                             generator_seed=seed)
-            gen_s = time.perf_counter() - t_sync
-            columns = self._columns(examples, r.generations)
-            totals, per_reward, n_errors = compute_rewards(self.task.rewards, batch.prompts, batch.completions,
-                                                           columns, on_error=cfg.on_reward_error)
-        rewards = totals.float().to(batch.response_ids.device)  # [B], on the policy's device
+        with self.dtype_ctx():
+            batch = self.task.rollout(self.engine, examples, r.generations, seed, on_reward_error=cfg.on_reward_error)
+        rewards = batch.rewards.float().to(self.device)  # [B]
         t_rew = time.perf_counter()
-        # 3. advantages (whole prompt groups live on one rank; P-GRPO stats are merged across ranks)
-        if self.normalizer is not None:
-            adv = self.dist.pgrpo_advantages(self.normalizer, rewards, batch.groups, batch.index)
-        elif a.advantage == "reinforce_pp_baseline":
-            adv = self.dist.reinforce_pp_advantages(rewards, batch.index)
-        else:
-            adv = compute_advantages(a.advantage, rewards, batch.index)
-        adv = adv.float()
-        # 4. behaviour / reference log-probs (only when they are not the first forward's own)
-        B = batch.response_ids.shape[0]
+        # 2. advantages: the registered estimator (whole prompt groups live on one rank; cross-rank work
+        #    goes through the dist's collectives)
+        batch.advantages = self.estimator(rewards, batch.index, batch.groups, self.dist).float().to(self.device)  # [B]
+        # 3. behaviour / reference log-probs, once, before the first update (only when they are not the
+        #    first update's own forward)
+        B = len(batch)
         micro = a.micro_batch_size or B
-        on_policy = a.ppo_epochs == 1 and a.minibatches == 1
-        old_logp = None if on_policy else self._logprobs_no_grad(self.model, batch, micro)
-        ref_logp = self._ref_logprobs(batch, micro) if a.beta > 0 else None
+        if a.ppo_epochs * a.minibatches > 1:
+            batch.old_logp = self._logprobs_no_grad(self.model, batch, micro)  # [B, R]
+        if a.beta > 0:
+            batch.ref_logp = self._ref_logprobs(batch, micro)  # [B, R]
         t_lp = time.perf_counter()
-        # 5. updates
-        upd = self._update(batch, adv, old_logp, ref_logp, micro)
+        # 4. updates
+        upd = self._update(batch, micro)
         t_upd = time.perf_counter()
-        # 6. metrics
+        # metrics
         self.step = step
         self._data_state = self.sampler.state_dict()
-        self._norm_state = self.normalizer.state_dict() if self.normalizer is not None else None
+        self._estimator_state = self.estimator.state_dict()
+        adv = batch.advantages
         m = {"step": step}
         lengths = batch.lengths.float()
         m.update(self.dist.mean_metrics({
             "reward/mean": rewards.mean().item(), "reward/std": rewards.std().item() if B > 1 else 0.0,
-            **{f"reward/{k}": v.float().mean().item() for k, v in per_reward.items()},
+            **{f"reward/{k}": v.float().mean().item() for k, v in batch.reward_parts.items()},
             "response_length/mean": lengths.mean().item(),
             "truncated_frac": batch.truncated.float().mean().item(),
             "advantage/mean": adv.mean().item(), "advantage/std": adv.std().item() if B > 1 else 0.0,
         }))
         m["response_length/max"] = self.dist.max_metric(lengths.max().item())
-        m["reward/errors"] = self.dist.sum_metric(float(n_errors))
+        m["reward/errors"] = self.dist.sum_metric(float(batch.reward_errors))
         m["data/skipped_long_prompts"] = self.skipped_prompts
         for g, val in self.dist.group_means(batch.groups, rewards).items():
             m[f"reward/group/{g}"] = val
         m.update(upd)
-        if self.normalizer is not None:
-            for g, (n, mean, std) in self.normalizer.stats().items():
-                m[f"pgrpo/{g}/mean"] = mean
-                m[f"pgrpo/{g}/std"] = std
+        m.update(self.estimator.metrics())
         m["lr"] = self.scheduler.get_last_lr()[0]
         step_s = time.perf_counter() - t_start
         n_tokens = self.dist.sum_metric(float(batch.lengths.sum().item()))
         if hasattr(self.engine, "sync_weights"):
             m["time/weight_sync_s"] = t_sync - t_start
-        m.update({"time/generate_s": gen_s, "time/reward_s": t_rew - t_sync - gen_s,
+        m.update({"time/generate_s": batch.generate_s, "time/reward_s": t_rew - t_sync - batch.generate_s,
                   "time/logprob_s": t_lp - t_rew, "time/update_s": t_upd - t_lp,
                   "step_s": step_s, "tokens_per_s": n_tokens / step_s})
         if self.dist.is_main and self.logger is not None:
@@ -310,72 +301,79 @@ class Trainer:
             self.logger.log_samples(step, [
                 {"group": str(batch.groups[i]), "prompt": batch.prompts[i], "completion": batch.completions[i],
                  "reward": float(rewards[i]), "advantage": float(adv[i]),
-                 **{f"reward/{n}": float(v[i]) for n, v in per_reward.items()}} for i in range(k)])
+                 **{f"reward/{n}": float(v[i]) for n, v in batch.reward_parts.items()}} for i in range(k)])
         return m
 
-    def _update(self, batch, adv, old_logp, ref_logp, micro: int) -> dict:
+    @torch.no_grad()
+    def _batch_stats(self, batch, mb: torch.Tensor, micro: int, on_policy: bool) -> dict:
+        """The whole-minibatch statistics the loss declared (e.g. FSPO drift="kl": mean log ratio), summed
+        over every micro-batch and rank so that no memory setting changes them."""
+        if not self.loss.batch_stats:
+            return {}
+        if on_policy:  # nothing updated yet: ℓ ≡ 0
+            return {name: 0.0 for name in self.loss.batch_stats}
+        sums = {name: [0.0, 0.0] for name in self.loss.batch_stats}
+        for mic in torch.split(mb, micro):
+            logp, _, r_mask, rlen = self._forward(self.model, batch, mic, with_entropy=False)
+            ell = logp - batch.old_logp[mic.to(self.device), :rlen].to(logp.device)  # [b, R']
+            for name in sums:
+                num, den = BATCH_STATISTICS[name](ell, r_mask.to(logp.device))
+                sums[name][0] += float(num)
+                sums[name][1] += float(den)
+        out = {}
+        for name, (num, den) in sums.items():
+            num, den = self.dist.sum_metric(num), self.dist.sum_metric(den)
+            out[name] = num / den if den > 0 else 0.0
+        return out
+
+    def _update(self, batch, micro: int) -> dict:
+        """ppo_epochs x minibatches optimizer steps of the policy loss (+ beta·KL) on one rollout batch."""
         cfg, a = self.cfg, self.cfg.algo
-        B = batch.response_ids.shape[0]
+        B = len(batch)
         gen = torch.Generator().manual_seed(cfg.seed * 7919 + self.step)
         params = [p for p in self.model.parameters() if p.requires_grad]
-        acc = {"loss": 0.0, "clip_frac": 0.0, "approx_kl": 0.0, "entropy": 0.0, "kl": 0.0, "tok": 0.0,
-               "mm_sum": 0.0, "mm_max": 0.0, "mm_tok": 0.0}
-        clip_lengths, clip_flags, clip_adv = [], [], []
-        grad_norms, skipped = [], 0
-        for _epoch in range(a.ppo_epochs):
+        stats = UpdateStats()
+        for epoch in range(a.ppo_epochs):
             order = torch.randperm(B, generator=gen) if a.minibatches > 1 else torch.arange(B)
-            for mb in torch.tensor_split(order, a.minibatches):
-                mb = mb.sort().values
-                mb_tokens = self.dist.sum_metric(float(batch.response_mask[mb].sum()))
+            for k_mb, mb in enumerate(torch.tensor_split(order, a.minibatches)):
+                mb = mb.sort().values  # [b] rows of this minibatch
+                on_policy = epoch == 0 and k_mb == 0  # no optimizer step on this batch yet: ratio ≡ 1
+                mb_tokens = self.dist.sum_metric(float(batch.response_mask[mb].sum()))  # global normalizers
                 mb_seqs = self.dist.sum_metric(float(len(mb)))
+                batch_stats = self._batch_stats(batch, mb, micro, on_policy)
                 self.optimizer.zero_grad(set_to_none=True)
                 mb_loss = 0.0
                 mics = torch.split(mb, micro)
                 for k_mic, mic in enumerate(mics):
-                    p_ids, p_mask, r_ids, r_mask, rlen = trim_padding(batch, mic)
-                    with self.dtype_ctx():
-                        logp, ent = sequence_logprobs(self.dist.for_training(self.model), p_ids, p_mask, r_ids, r_mask,
-                                                      with_entropy=True, temperature=self._logp_temperature())
-                    logp = logp.float()
-                    old = logp.detach() if old_logp is None else old_logp[mic, :rlen]
-                    if batch.engine_logp is not None and _epoch == 0:  # |engine − training-model| log-probs
-                        gap = (batch.engine_logp[mic, :rlen].to(old.device) - old).abs()[r_mask.bool()]
-                        acc["mm_sum"] += float(gap.sum())
-                        acc["mm_tok"] += gap.numel()
-                        acc["mm_max"] = max(acc["mm_max"], float(gap.max()) if gap.numel() else 0.0)
-                    loss, stats = compute_policy_loss(a.loss, logp, old, adv[mic], r_mask, agg=a.agg,
-                                                      global_tokens=mb_tokens, global_seqs=mb_seqs,
-                                                      **self.hparams)
-                    if ref_logp is not None:
-                        kl = kl_penalty(logp, ref_logp[mic, :rlen], kind=a.kl)
-                        kl_term = aggregate(kl, r_mask, a.agg, horizon=self.hparams.get("horizon"),
-                                            global_tokens=mb_tokens, global_seqs=mb_seqs)
-                        loss = loss + a.beta * kl_term
-                        acc["kl"] += float((kl.detach() * r_mask).sum())
+                    rows = mic.to(self.device)
+                    logp, ent, r_mask, rlen = self._forward(self.dist.for_training(self.model), batch, mic,
+                                                            with_entropy=True)  # [b, R']
+                    r_mask = r_mask.to(logp.device)
+                    old = logp.detach() if batch.old_logp is None else batch.old_logp[rows, :rlen]  # [b, R']
+                    if not bool(torch.isfinite(logp[r_mask]).all() & torch.isfinite(old[r_mask]).all()):
+                        # a numerical fault of the forward pass, not bad input: this optimizer step is skipped
+                        # (every rank still runs its backward so collectives stay matched)
+                        self.dist.backward(torch.nan_to_num(logp).sum() * 0.0, self.model, sync=k_mic == len(mics) - 1)
+                        mb_loss = float("nan")
+                        continue
+                    if batch.engine_logp is not None and epoch == 0:  # |engine − training-model| log-probs
+                        stats.add_mismatch((batch.engine_logp[rows, :rlen].to(old.device) - old).abs()[r_mask])
+                    adv = batch.advantages[rows]  # [b]
+                    loss, loss_stats = self.loss(logp, old, adv, r_mask, global_tokens=mb_tokens,
+                                                 global_seqs=mb_seqs, batch_stats=batch_stats)
+                    kl = None
+                    if batch.ref_logp is not None:
+                        kl = kl_penalty(logp, batch.ref_logp[rows, :rlen], kind=a.kl)  # [b, R']
+                        loss = loss + a.beta * aggregate(kl, r_mask, a.agg, horizon=self.loss.horizon,
+                                                         global_tokens=mb_tokens, global_seqs=mb_seqs)
                     self.dist.backward(loss, self.model, sync=k_mic == len(mics) - 1)  # FSDP2: reduce once
                     mb_loss += float(loss.detach())
-                    ntok = float(r_mask.sum())
-                    acc["tok"] += ntok
-                    acc["clip_frac"] += stats["clip_frac"] * ntok
-                    acc["approx_kl"] += stats["approx_kl"] * ntok
-                    acc["entropy"] += float((ent.detach().float() * r_mask).sum())
-                    lens = r_mask.sum(1)
-                    clipped = stats["clipped"]
-                    if clipped.dim() == 1:  # sequence-level loss: one flag per sequence
-                        clip_lengths.append(lens)
-                        clip_flags.append(clipped)
-                        clip_adv.append(adv[mic])
-                    else:                   # token-level loss: one flag per response token
-                        rm = r_mask.bool()
-                        clip_lengths.append(lens[:, None].expand_as(rm)[rm])
-                        clip_flags.append(clipped[rm])
-                        clip_adv.append(adv[mic][:, None].expand_as(rm)[rm])
+                    stats.add(loss_stats, r_mask, ent, adv, off_policy=not on_policy, kl=kl)
                 mb_loss = self.dist.sum_metric(mb_loss)  # global: every rank makes the same skip decision
-                acc["loss"] += mb_loss
                 self.dist.sync_gradients(self.model)
                 gn = self.dist.clip_grad_norm(params, cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf"))
                 if not (math.isfinite(mb_loss) and torch.isfinite(gn)):
-                    skipped += 1
+                    stats.skipped += 1
                     self.consecutive_skips += 1
                     self.optimizer.zero_grad(set_to_none=True)
                     if self.consecutive_skips >= cfg.max_skipped_updates:
@@ -385,30 +383,19 @@ class Trainer:
                             f"(step {self.step + 1}); a resumable checkpoint is in {self.run_dir / 'checkpoints'}")
                     continue
                 self.consecutive_skips = 0
-                grad_norms.append(float(gn))
+                stats.loss += mb_loss
+                stats.updates += 1
+                stats.off_policy_updates += int(not on_policy)
+                stats.grad_norms.append(float(gn))
                 self.optimizer.step()
                 self.scheduler.step()
-        n_updates = a.ppo_epochs * a.minibatches
-        tok = max(self.dist.sum_metric(acc["tok"]), 1.0)  # token means over all ranks' tokens
-        out = {"loss": acc["loss"] / n_updates,
-               **{k: self.dist.sum_metric(acc[k]) / tok for k in ("clip_frac", "approx_kl", "entropy")},
-               "grad_norm": float(np.mean(grad_norms)) if grad_norms else float("nan"),
-               "skipped_updates": self.dist.sum_metric(float(skipped))}
-        if ref_logp is not None:
-            out["kl"] = self.dist.sum_metric(acc["kl"]) / max(self.dist.sum_metric(acc["tok"]), 1.0)  # global token mean
-        if batch.engine_logp is not None:
-            out["rollout/logprob_mismatch"] = (self.dist.sum_metric(acc["mm_sum"])
-                                               / max(self.dist.sum_metric(acc["mm_tok"]), 1.0))
-            out["rollout/logprob_mismatch_max"] = self.dist.max_metric(acc["mm_max"])
-        lengths, flags, advs = (torch.cat(clip_lengths), torch.cat(clip_flags), torch.cat(clip_adv))
-        lengths, flags, advs = self.dist.gather_clip_stats(lengths, flags, advs)
-        out.update(clip_rate_metrics(lengths, flags, advs, edges=cfg.log.length_bins))
-        return out
+        return stats.finish(self.dist, cfg.log.length_bins, with_kl=batch.ref_logp is not None,
+                            with_mismatch=batch.engine_logp is not None)
 
     # ------------------------------------------------------------------ checkpoints and the loop
     def trainer_state(self) -> dict:
         return {"step": self.step, "data": self._data_state,
-                "normalizer": self._norm_state,
+                "estimator": self._estimator_state,
                 "consecutive_skips": self.consecutive_skips, "sft_done": self.sft_done}
 
     def save_checkpoint(self) -> Path | None:
@@ -454,6 +441,9 @@ class Trainer:
 
             run_sft_warmup(self)
             self.sft_done = True
+            if cfg.algo.beta > 0:  # the KL reference is the policy RL starts from: the warm-up's result
+                save_reference(self)
+                self._setup_reference(from_run=True)
             if cfg.steps > 0:
                 self.save_checkpoint()  # step 0: a resumed run does not repeat the warm-up
         bar = Progress(cfg.steps, start=self.step, enabled=self.show_progress and self.dist.is_main)

@@ -1,0 +1,91 @@
+"""The two method registries: policy losses and advantage estimators, each entry registered with a
+decorator that also declares its hyperparameters and their defaults.
+
+Everything that names a method — the config's allowed values and defaults, `fairalign config
+--keys`, the trainer — reads these registries; nothing keeps a hand-copied list.
+
+    @register_policy_loss("fspo", c_low=0.02, c_high=0.03, drift="none", dual_clip=None,
+                          batch_stats=lambda hp: ("mean_log_ratio",) if hp["drift"] == "kl" else ())
+    def fspo(logp, old_logp, advantages, mask, *, c_low, c_high, drift, dual_clip, mean_log_ratio=None): ...
+
+A loss may need statistics of the *whole* minibatch being optimized (FSPO's drift: the token-mean
+log ratio), which no micro-batch can compute on its own. It declares their names (`batch_stats`,
+a function of its resolved hyperparameters); `BATCH_STATISTICS` defines each as a ratio of two
+sums over (ℓ = logp − old_logp, mask), so a trainer can accumulate them over micro-batches and
+ranks and pass the global value to every micro-batch's call as a keyword argument.
+
+Simplifications: names are plain strings; re-registering a name replaces the entry (so a user can
+override a built-in on purpose); hyperparameter values are checked by the functions themselves.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+
+@dataclass(frozen=True)
+class PolicyLossSpec:
+    name: str
+    fn: Callable  # fn(logp [B,T], old_logp [B,T], advantages [B], mask [B,T], **hparams) -> (loss_mat [B,T], stats)
+    hparams: dict[str, Any]  # hyperparameter -> default
+    doc: str = ""  # one line
+    batch_stats: Callable[[dict], tuple[str, ...]] = field(default=lambda hp: ())
+
+
+@dataclass(frozen=True)
+class EstimatorSpec:
+    name: str
+    cls: type  # an AdvantageEstimator subclass; cls(**hparams) builds one
+    hparams: dict[str, Any]
+    scope: str  # "prompt_group" | "batch" | "preference_history"
+    doc: str = ""
+    config_prefix: str = ""  # config keys of its hyperparameters: algo.<prefix><hparam>
+
+
+POLICY_LOSS_REGISTRY: dict[str, PolicyLossSpec] = {}
+ESTIMATOR_REGISTRY: dict[str, EstimatorSpec] = {}
+ESTIMATOR_SCOPES = ("prompt_group", "batch", "preference_history")
+
+
+def _first_line(fn) -> str:
+    return ((fn.__doc__ or "").strip().splitlines() or [""])[0]
+
+
+def register_policy_loss(name: str, *, batch_stats: Callable[[dict], tuple[str, ...]] | None = None,
+                         **hparams: Any):
+    """Decorator: register `fn` as policy loss `name` with these hyperparameter defaults."""
+    def deco(fn):
+        unknown = [s for s in (batch_stats(dict(hparams)) if batch_stats else ()) if s not in BATCH_STATISTICS]
+        if unknown:
+            raise ValueError(f"policy loss {name!r}: unknown batch statistic(s) {unknown}; "
+                             f"known: {', '.join(BATCH_STATISTICS)}")
+        POLICY_LOSS_REGISTRY[name] = PolicyLossSpec(name, fn, dict(hparams), _first_line(fn),
+                                                    batch_stats or (lambda hp: ()))
+        return fn
+    return deco
+
+
+def register_estimator(name: str, *, scope: str, config_prefix: str = "", **hparams: Any):
+    """Class decorator: register an AdvantageEstimator subclass as estimator `name`."""
+    if scope not in ESTIMATOR_SCOPES:
+        raise ValueError(f"estimator {name!r}: scope must be one of {ESTIMATOR_SCOPES}, got {scope!r}")
+
+    def deco(cls):
+        cls.name, cls.scope = name, scope
+        ESTIMATOR_REGISTRY[name] = EstimatorSpec(name, cls, dict(hparams), scope, _first_line(cls),
+                                                 config_prefix)
+        return cls
+    return deco
+
+
+# ------------------------------------------------------------------ minibatch statistics
+def _mean_log_ratio_sums(ell: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    m = mask.to(ell.dtype)
+    return (ell.detach() * m).sum(), m.sum()  # Σ ℓ·m, Σ m
+
+
+# name -> fn(ell [B,T], mask [B,T]) -> (numerator, denominator); the statistic is Σnum / Σden over the
+# whole minibatch (all micro-batches, all ranks); 0 when the denominator is 0
+BATCH_STATISTICS: dict[str, Callable] = {"mean_log_ratio": _mean_log_ratio_sums}
