@@ -102,6 +102,11 @@ def test_metrics_keys_and_values():
     c = t_bool([1, 0, 1, 1, 0, 0])
     A = torch.tensor([1.0, -1.0, -0.5, 2.0, 0.0, -1.0])
     m = clip_rate_metrics(L, c, A)
+    counts = {k: v for k, v in m.items() if k.startswith(("clip_count/", "clip_clipped/"))}
+    assert counts == {"clip_count/len/16-32": 2.0, "clip_clipped/len/16-32": 1.0,
+                      "clip_count/len/32-64": 3.0, "clip_clipped/len/32-64": 2.0,
+                      "clip_count/len/64-128": 1.0, "clip_clipped/len/64-128": 0.0}
+    m = {k: v for k, v in m.items() if k not in counts}
     assert m == pytest.approx({
         "clip_rate/len/16-32": 0.5,
         "clip_rate/len/32-64": 2 / 3,

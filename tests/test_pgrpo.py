@@ -14,6 +14,7 @@ from fairalign.algos import PreferenceGroupNormalizer, compute_advantages
 
 SETTINGS = settings(max_examples=40, deadline=None)
 EPS = 1e-6
+MIN_STD = 1e-3
 
 
 def test_hand_computed_two_steps():
@@ -37,7 +38,8 @@ def test_hand_computed_two_steps():
 
 
 def ref_pgrpo(batches, min_count):
-    """Loop reference: per-group reward history; population std; stats from before the batch."""
+    """Loop reference: per-group reward history; population std; stats from before the batch; a history
+    with std <= MIN_STD (the zero-variance guard) falls back to GRPO like a cold start."""
     history, outs = {}, []
     for rewards, groups, index in batches:
         grpo = compute_advantages("grpo", torch.tensor(rewards, dtype=torch.float64),
@@ -45,7 +47,7 @@ def ref_pgrpo(batches, min_count):
         out = []
         for i, (r, g) in enumerate(zip(rewards, groups)):
             h = history.get(g, [])
-            if len(h) >= min_count:
+            if len(h) >= min_count and statistics.pstdev(h) > MIN_STD:
                 out.append((r - statistics.fmean(h)) / (statistics.pstdev(h) + EPS))
             else:
                 out.append(grpo[i])
