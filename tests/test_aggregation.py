@@ -109,3 +109,15 @@ def test_validation():
         aggregate(LOSS, MASK, "token-mean", global_tokens=-3)
     with pytest.raises(ValueError, match="global_seqs"):
         aggregate(LOSS, MASK, "seq-mean-token-mean", global_seqs="4")
+
+
+def test_seq_mean_token_sum_norm_is_verl_divided_by_the_sequence_count():
+    """Documented difference (docs/algorithms.md): verl's seq-mean-token-sum-norm is Σ_i Σ_t loss·m / T,
+    fairalign's divides that by N as well."""
+    g = torch.Generator().manual_seed(3)
+    loss = torch.randn(5, 7, generator=g)
+    mask = torch.rand(5, 7, generator=g) < 0.7
+    mask[:, 0] = True
+    verl = float((loss * mask).sum() / 7)  # written from verl's formula, T = the padded width
+    ours = float(aggregate(loss, mask, "seq-mean-token-sum-norm"))
+    assert ours * 5 == pytest.approx(verl, rel=1e-6)
