@@ -1,5 +1,6 @@
-"""Pieces the trainer is built from: seeding, device choice, the task and loss hyperparameters a
-config names, the learning-rate schedule, and trimming padding off a sub-batch."""
+"""Pieces the trainer is built from: seeding, device choice, the task a config names, the
+learning-rate schedule, and trimming padding off a sub-batch. (The methods a config names are
+built in methods.py.)"""
 from __future__ import annotations
 
 import math
@@ -8,7 +9,6 @@ import random
 import numpy as np
 import torch
 
-from fairalign.algos import DEFAULT_HPARAMS
 from fairalign.envs import get_task
 from fairalign.train.config import Config, ConfigError
 
@@ -33,19 +33,6 @@ def task_from_config(cfg: Config):
     return get_task(cfg.task, seed=cfg.seed, reward_funcs=cfg.task_reward or None,
                     reward_weights=cfg.task_reward_weights, group_column=cfg.group_column,
                     **cfg.task_options)
-
-
-def loss_hparams(cfg: Config) -> dict:
-    """The chosen loss's hyperparameters: its defaults, overridden by the config where set."""
-    a = cfg.algo
-    hp = dict(DEFAULT_HPARAMS[a.loss])
-    for key in hp:
-        value = getattr(a, key, None)
-        if value is not None:
-            hp[key] = value
-    if a.agg == "seq-mean-token-sum-norm":
-        hp["horizon"] = a.horizon or cfg.rollout.max_new_tokens
-    return hp
 
 
 def lr_lambda(schedule: str, warmup: int, total: int):
