@@ -114,13 +114,13 @@ def test_path_and_reward_spec_errors(tmp_path, reward_file):
                           ("no_such_module_xyz:f", r"cannot import module 'no_such_module_xyz'"),
                           ("os.path:no_such_function", r"module 'os.path' has no attribute 'no_such_function'"),
                           (f"{reward_file}:NOT_A_FUNCTION", r"'NOT_A_FUNCTION' is a int, not a function"),
-                          ("missing_file.py:f", r"reward file not found: 'missing_file.py'"),
+                          ("missing_file.py:f", r"file 'missing_file.py' does not exist"),
                           ("os:", r"expected 'module:function'")]:
         with pytest.raises(ValueError, match=pattern):
             get_task(good, reward_funcs=[spec])
     broken = tmp_path / "broken.py"
     broken.write_text("raise RuntimeError('boom')\n")
-    with pytest.raises(ValueError, match=r"importing reward file .*broken.py' failed: RuntimeError: boom"):
+    with pytest.raises(ValueError, match=r"bad reward function spec .*: importing .*broken.py' failed: RuntimeError: boom"):
         load_reward_function(f"{broken}:f")
 
 

@@ -10,9 +10,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fairalign.envs import (TASKS, RewardSpec, compute_rewards, get_task, known_tasks, load_reward_function,
-                            make_reward_specs)
-from fairalign.envs import base as envs_base
+from fairalign.envs import (TASKS, LazyTask, RewardSpec, Task, compute_rewards, get_task, known_tasks,
+                            load_reward_function, make_reward_specs, register_task)
 from fairalign.envs.arithmetic import answer_format, exact_answer, last_number
 from fairalign.envs.personas import (PERSONAS, allocate, length_score, list_items, persona_reward, persona_scores,
                                      score_reply)
@@ -329,9 +328,17 @@ def test_reward_overrides_and_group_column():
         get_task("personas", n_train=20, n_test=5, group_column="nope")
 
 
-def test_lazy_optional_task(monkeypatch, tmp_path):
-    monkeypatch.setitem(envs_base._LAZY_TASKS, "rlpa", "fairalign_no_such_module_xyz")
-    monkeypatch.delitem(envs_base.TASKS, "rlpa", raising=False)  # registered once fairalign.envs.rlpa is imported
+@pytest.fixture
+def saved_registry():
+    """Restore the task registry after a test that registers tasks."""
+    saved = dict(TASKS)
+    yield
+    TASKS.clear()
+    TASKS.update(saved)
+
+
+def test_lazy_optional_task(saved_registry, monkeypatch, tmp_path):
+    register_task("rlpa", module="fairalign_no_such_module_xyz")  # an optional task that is not installed
     with pytest.raises(ValueError, match="unknown task 'rlpa'"):
         get_task("rlpa")
     assert "rlpa" not in known_tasks()
@@ -342,13 +349,43 @@ def test_lazy_optional_task(monkeypatch, tmp_path):
             return Task("fake", [{"prompt": "hi", "group": seed, "turns": turns}], [], [r])
     """))
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setitem(envs_base._LAZY_TASKS, "fake", "fake_dialogue_task")
+    register_task("fake", module="fake_dialogue_task")
+    assert "fake" in known_tasks() and "fake_dialogue_task" not in sys.modules  # imported on first use only
     t = get_task("fake", seed=7, turns=5)
     assert t.train_examples == [{"prompt": "hi", "group": 7, "turns": 5}]
-    assert "fake" in known_tasks()
     with pytest.raises(ValueError, match="unknown option 'x' for task 'fake'; valid options: turns"):
         get_task("fake", x=1)
     sys.modules.pop("fake_dialogue_task", None)
+
+
+def test_one_registry_for_eager_and_lazy_tasks(saved_registry, monkeypatch, tmp_path):
+    """A lazily registered module that registers itself on import replaces its placeholder."""
+    (tmp_path / "self_registering_task.py").write_text(textwrap.dedent("""
+        from fairalign.envs import Task, RewardSpec, register_task
+        @register_task("selfreg")
+        def build(*, seed=0):
+            return Task("selfreg", [{"prompt": "p", "group": "g"}], [],
+                        [RewardSpec("one", lambda completions, **kw: [1.0] * len(completions))])
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    placeholder = register_task("selfreg", module="self_registering_task")
+    assert isinstance(TASKS["selfreg"], LazyTask) and TASKS["selfreg"] is placeholder
+    assert get_task("selfreg").name == "selfreg"
+    assert not isinstance(TASKS["selfreg"], LazyTask)  # the real factory now
+    register_task("direct", lambda *, seed=0: Task("direct", [{"prompt": "q", "group": "g"}], [], []))
+    assert get_task("direct").name == "direct" and {"direct", "selfreg"} <= set(known_tasks())
+    with pytest.raises(ValueError, match="a factory or module=, not both"):
+        register_task("both", lambda *, seed=0: None, module="x")
+    sys.modules.pop("self_registering_task", None)
+
+
+def test_base_module_reexports_the_split_modules():
+    from fairalign.envs import base, file_task, registry, rewards, task
+    assert base.Task is task.Task and base.get_task is registry.get_task and base.TASKS is registry.TASKS
+    assert base.compute_rewards is rewards.compute_rewards and base.read_jsonl_objects is file_task.read_jsonl_objects
+    for name in ("RewardSpec", "RewardResult", "load_reward_function", "make_reward_specs", "collate_columns",
+                 "completion_text", "as_trl_completions", "REWARD_FUNCTIONS", "register_reward"):
+        assert getattr(base, name) is getattr(rewards, name)
 
 
 # ----------------------------------------------------------------------------- base model (slow)
@@ -386,3 +423,25 @@ def test_rlpa_task_is_built_in():
     assert "rlpa" in known_tasks()
     with pytest.raises(ValueError, match="task option 'user' must be 'rules' or 'openai'"):
         get_task("rlpa", user="hf")
+
+
+def test_task_factory_from_a_module_or_file(tmp_path, monkeypatch):
+    (tmp_path / "my_factory.py").write_text(textwrap.dedent("""
+        from fairalign.envs import Task, RewardSpec
+        def make(*, seed=0, n=2):
+            return Task("mine", [{"prompt": str(i), "group": "g"} for i in range(n)], [],
+                        [RewardSpec("one", lambda completions, **kw: [1.0] * len(completions))])
+        def not_a_task(*, seed=0):
+            return 3
+    """))
+    t = get_task(f"{tmp_path / 'my_factory.py'}:make", seed=1, n=3)
+    assert t.name == "mine" and len(t.train_examples) == 3
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert len(get_task("my_factory:make").train_examples) == 2
+    with pytest.raises(ValueError, match="unknown option 'm' for task 'my_factory:make'; valid options: n"):
+        get_task("my_factory:make", m=1)
+    with pytest.raises(ValueError, match="returned a int, not a fairalign Task"):
+        get_task("my_factory:not_a_task")
+    with pytest.raises(ValueError, match="bad task 'my_factory:nope': module 'my_factory' has no attribute 'nope'"):
+        get_task("my_factory:nope")
+    sys.modules.pop("my_factory", None)

@@ -15,7 +15,9 @@ import random
 import re
 from decimal import Decimal, InvalidOperation
 
-from fairalign.envs.base import RewardSpec, Task, completion_text, register_reward, register_task
+from fairalign.envs.registry import register_task
+from fairalign.envs.rewards import RewardSpec, completion_text, register_reward
+from fairalign.envs.task import Task
 from fairalign.envs.personas import allocate, resolve_shares
 
 _NUMBER = re.compile(r"(?:(?<![\w)])-)?\d+(?:,\d{3})*(?:\.\d+)?")

@@ -6,6 +6,8 @@ The preference group comes from `group_column` (default "group"; if that default
 every row is in group "all"). An optional "split" column ("train" / "test") fixes the split;
 otherwise a seeded 90/10 split is drawn.
 
+`read_jsonl_objects` is the package's one JSONL reader (task files here, RLPA profile files).
+
 Simplifications: the whole file is read into memory; parquet needs pyarrow (imported only here).
 """
 from __future__ import annotations
@@ -14,10 +16,33 @@ import json
 import os
 import random
 
-from fairalign.envs.base import Task, make_reward_specs, read_jsonl_objects
+from fairalign.envs.rewards import make_reward_specs
+from fairalign.envs.task import Task
 
 ROLES = ("system", "user", "assistant", "tool")
 SPLITS = ("train", "test")
+
+
+def read_jsonl_objects(path, what: str = "file") -> list[tuple[int, dict]]:
+    """[(line number, object)] of a JSONL file (1-based, blank lines skipped). Every error is one
+    ValueError naming the file and the line."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"cannot read {what} {str(path)!r}: {e}") from e
+    rows = []
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: line {n}: invalid JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}: line {n}: must be a JSON object, got {type(row).__name__}")
+        rows.append((n, row))
+    return rows
 
 
 def _read_jsonl(path: str) -> list[tuple[str, dict]]:

@@ -19,7 +19,9 @@ import random
 import re
 from dataclasses import dataclass
 
-from fairalign.envs.base import RewardSpec, Task, completion_text, register_reward, register_task
+from fairalign.envs.registry import register_task
+from fairalign.envs.rewards import RewardSpec, completion_text, register_reward
+from fairalign.envs.task import Task
 
 # ----------------------------------------------------------------------------- text features
 _WORD = re.compile(r"[A-Za-z0-9]+(?:['’][A-Za-z]+)*")

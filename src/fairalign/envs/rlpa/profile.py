@@ -190,7 +190,7 @@ def _coerce(slot: str, value: Any) -> Any:
 
 def load_profiles_jsonl(path: str | Path) -> list[Profile]:
     """Read one profile per line (blank lines skipped). Errors name the file and line number."""
-    from fairalign.envs.base import read_jsonl_objects
+    from fairalign.envs.file_task import read_jsonl_objects
 
     path = Path(path)
     profiles: list[Profile] = []

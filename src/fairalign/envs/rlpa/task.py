@@ -1,5 +1,11 @@
-"""The `rlpa` task for `fairalign train`: training examples are user profiles; the trainer runs
-whole dialogues for them (DialogueBatch) instead of scoring single replies.
+"""The `rlpa` task for `fairalign train`: training examples are user profiles, and the task's own
+rollout (`RLPATask.rollout`) runs whole dialogues for them (DialogueBatch) instead of scoring
+single replies.
+
+Every (history, candidate) pair of every turn becomes one training sample; the G candidates of a
+history form one prompt group (for the advantage estimator); the best candidate continues the
+dialogue. The rewards are the dialogue's own (profile F1 + response verdict), not TRL-style
+functions, so `rewards` is empty and `reward_parts` holds profile, response and format.
 
 Options (task_options.*): max_turns, user ("rules" | "openai" with user_options), judge
 ("rules" | "openai" with judge_options), group_by (occupation_category | cluster | a slot),
@@ -7,16 +13,29 @@ completion_prefix (text pre-filled at the start of every assistant turn, default
 profiles (a JSONL file of your own profiles; its train/test split is seeded 90/10), n_train /
 n_test (subsample the built-in 2700 / 300 split), demo_turns (length of the oracle dialogues that
 supply the `sft.*` warm-up's demonstrations, default 10: the evaluation horizon, whatever
-max_turns the RL dialogues use).
+max_turns the RL dialogues use), eval_turns (turns per dialogue of `fairalign eval-dialogue`,
+default 10, the paper's evaluation horizon, whatever max_turns training used).
+
+Simplifications: the generation seed of turn t is `seed * 17 + t`; reward errors are not caught
+(the rules user and judge do not fail; a remote backend's errors stop the step), so
+`reward_errors` is 0; `generate_s` sums the turns' generate calls.
 """
 from __future__ import annotations
 
 import random
+import time
+from dataclasses import dataclass, field
+from typing import Any
 
-from fairalign.envs.base import Task, register_task
+import torch
+
+from fairalign.envs.registry import register_task
+from fairalign.envs.rlpa.dialogue import DialogueBatch
 from fairalign.envs.rlpa.generator import get_profiles, profile_group, split_profiles
 from fairalign.envs.rlpa.profile import load_profiles_jsonl
 from fairalign.envs.rlpa.prompts import POLICY_SYSTEM_PROMPT
+from fairalign.envs.task import Task
+from fairalign.rollout import RolloutBatch, concat_batches
 
 GROUP_BY_CHOICES = ("occupation_category", "cluster")
 
@@ -26,17 +45,64 @@ def _examples(profiles, group_by: str, opening: str = "Hello") -> list[dict]:
     return [{"prompt": first, "profile": p, "group": profile_group(p, group_by)} for p in profiles]
 
 
+@dataclass
+class RLPATask(Task):
+    """The rlpa task: examples hold a "profile"; `rollout` plays whole dialogues with them."""
+    max_turns: int = 10
+    user: Any = "rules"            # simulated-user spec for make_user ("rules" or {"backend": ..., ...})
+    judge: Any = "rules"           # response-judge spec for make_judge
+    group_by: str = "occupation_category"
+    eval_turns: int = 10           # turns per evaluation dialogue (fairalign eval-dialogue)
+    last_dialogues: Any = field(default=None, repr=False, compare=False)  # the last rollout's DialogueBatch
+
+    def rollout(self, engine, examples: list[dict], generations: int, seed: int, *,
+                on_reward_error: str = "raise") -> RolloutBatch:
+        """Run `max_turns`-turn dialogues for these examples' profiles; at every turn `engine`
+        samples `generations` candidates per dialogue and the best continues. Returns one batch
+        of all the turns' samples (turn by turn, prompt groups kept distinct)."""
+        if not examples:
+            raise ValueError("task 'rlpa': rollout needs at least one example")
+        G = generations
+        db = DialogueBatch([ex["profile"] for ex in examples], user=self.user, judge=self.judge,
+                           max_turns=self.max_turns, seed=seed, group_by=self.group_by,
+                           completion_prefix=engine.completion_prefix)
+        turns = []
+        while not db.done:
+            t0 = time.perf_counter()
+            b = engine.generate(db.policy_prompts(), generations=G, groups=db.groups(),
+                                generator_seed=seed * 17 + db.turn)
+            b.generate_s = time.perf_counter() - t0
+            cands = [b.completions[i * G:(i + 1) * G] for i in range(len(b) // G)]
+            scores = db.score(cands)
+            flat = [sc for row in scores for sc in row]
+            device = b.response_ids.device
+            b.rewards = torch.tensor([sc["total"] for sc in flat], dtype=torch.float32, device=device)  # [n*G]
+            b.reward_parts = {k: torch.tensor([float(sc[key]) for sc in flat], dtype=torch.float32, device=device)
+                              for k, key in (("profile", "profile"), ("response", "response"), ("format", "format_ok"))}
+            db.advance([row[j] for row, j in zip(cands, db.best(scores))])
+            turns.append(b)
+        self.last_dialogues = db
+        return concat_batches(turns, engine.pad_token_id)  # sums generate_s and reward_errors (0)
+
+
 @register_task("rlpa")
 def make_task(*, seed: int = 0, max_turns: int = 10, user="rules", judge="rules", user_options=None,
               judge_options=None, group_by: str = "occupation_category", completion_prefix: str = "<profile>",
-              profiles: str | None = None, n_train: int = 0, n_test: int = 0, demo_turns: int = 10) -> Task:
-    for name, value in (("max_turns", max_turns), ("demo_turns", demo_turns)):
+              profiles: str | None = None, n_train: int = 0, n_test: int = 0, demo_turns: int = 10,
+              eval_turns: int = 10) -> RLPATask:
+    for name, value in (("max_turns", max_turns), ("demo_turns", demo_turns), ("eval_turns", eval_turns)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"task option '{name}' must be an integer >= 1, got {value!r}")
     for name, value in (("user", user), ("judge", judge)):
         if value not in ("rules", "openai"):
             raise ValueError(f"task option '{name}' must be 'rules' or 'openai' for training "
                              f"(an 'hf' {name} needs a model object: use the Python API), got {value!r}")
+    for name, value, options in (("user", user, user_options), ("judge", judge, judge_options)):
+        missing = [k for k in ("base_url", "model") if value == "openai" and not (options or {}).get(k)]
+        if missing:
+            raise ValueError(f"task option '{name}' is 'openai': {name}_options needs {' and '.join(missing)} "
+                             f"(e.g. task_options.{name}_options.base_url=..., or eval-dialogue's "
+                             f"--openai-base-url / --openai-model)")
     if profiles:
         train, test = split_profiles(load_profiles_jsonl(profiles), test_fraction=0.1, seed=seed)
     else:
@@ -58,8 +124,10 @@ def make_task(*, seed: int = 0, max_turns: int = 10, user="rules", judge="rules"
         return oracle_demonstrations(picked, max_turns=demo_turns, seed=demo_seed,
                                      completion_prefix=completion_prefix, group_by=group_by)[:n]
 
+    # info["dialogue"]: kept for callers that still check it (the dialogue options are the task's fields)
     info = {"dialogue": {"max_turns": max_turns, "user": user_spec, "judge": judge_spec, "group_by": group_by},
             "completion_prefix": completion_prefix, "demonstrations": demonstrations}
-    return Task(name="rlpa", train_examples=_examples(train, group_by), test_examples=_examples(test, group_by),
-                rewards=[], description="multi-turn personalized dialogue with a simulated user (RLPA)",
-                info=info)
+    return RLPATask(name="rlpa", train_examples=_examples(train, group_by), test_examples=_examples(test, group_by),
+                    rewards=[], description="multi-turn personalized dialogue with a simulated user (RLPA)",
+                    info=info, max_turns=max_turns, user=user_spec, judge=judge_spec, group_by=group_by,
+                    eval_turns=eval_turns)
