@@ -163,7 +163,7 @@ def cmd_eval(ns, rest: list[str]) -> int:
 
 
 def cmd_eval_dialogue(ns, rest: list[str]) -> int:
-    from fairalign.envs.rlpa.evaluate_cli import main as eval_dialogue_main
+    from fairalign.eval.dialogue_cli import main as eval_dialogue_main
 
     return eval_dialogue_main(rest)
 
