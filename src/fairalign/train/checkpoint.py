@@ -3,13 +3,19 @@ back for an exact resume.
 
 Layout of `checkpoints/step-N/`: `model/` (HF folder or LoRA adapter, safetensors),
 `optimizer.pt`, `scheduler.pt`, `rng.pt` (torch RNG), `trainer_state.json` (step, data position,
-P-GRPO normalizer, python/numpy RNG, skip counter), `config.yaml`, and `COMPLETE` written last.
-A folder without `COMPLETE` is never used. Every `torch.load` uses `weights_only=True`.
+advantage-estimator state, python/numpy RNG, skip counter), `config.yaml`, `CHECKSUMS.json` (size and
+SHA-256 of every other file) and `COMPLETE` written last. A folder without `COMPLETE` is never used;
+one whose files do not match their checksums is reported as damaged and skipped for the previous
+one (`newest_valid_checkpoint`). Checkpoints written before checksums existed are trusted as they
+are. Every `torch.load` uses `weights_only=True`.
+An OSError while writing (a full disk, a read-only folder) removes the partial temp folder and
+raises `CheckpointWriteError` naming the path: the previous checkpoint is untouched.
 The files do not depend on the process count or strategy: a sharded (FSDP2) run passes its gathered
 full model / optimizer state (`model_state`, `optimizer_state`), written in the 1-process format.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -22,6 +28,62 @@ import numpy as np
 import torch
 
 CKPT_RE = re.compile(r"^step-(\d+)$")
+CHECKSUMS = "CHECKSUMS.json"
+
+
+class CheckpointWriteError(OSError):
+    """Writing a checkpoint failed (the message names the path); the previous checkpoint is intact."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _checksums(folder: Path) -> dict:
+    out = {}
+    for p in sorted(folder.rglob("*")):
+        if p.is_file() and p.name not in (CHECKSUMS, "COMPLETE"):
+            out[p.relative_to(folder).as_posix()] = {"size": p.stat().st_size, "sha256": _sha256(p)}
+    return out
+
+
+def verify_checkpoint(path: Path) -> str | None:
+    """None if the checkpoint's files match CHECKSUMS.json, else what is wrong (naming the file)."""
+    path = Path(path)
+    listed = path / CHECKSUMS
+    if not listed.exists():
+        return None  # written before checksums existed
+    try:
+        expected = json.loads(listed.read_text())
+    except (OSError, json.JSONDecodeError):
+        return f"{CHECKSUMS} is unreadable"
+    for rel, want in expected.items():
+        f = path / rel
+        if not f.is_file():
+            return f"{rel} is missing"
+        if f.stat().st_size != want["size"]:
+            return f"{rel} has {f.stat().st_size} bytes, expected {want['size']}"
+        if _sha256(f) != want["sha256"]:
+            return f"{rel} does not match its checksum"
+    return None
+
+
+def newest_valid_checkpoint(run_dir: Path, report=print) -> tuple[int, Path] | None:
+    """The newest complete checkpoint whose files verify; each damaged one is reported in one line."""
+    damaged = []
+    for step, path in reversed(list_checkpoints(run_dir)):
+        problem = verify_checkpoint(path)
+        if problem is None:
+            if damaged:
+                report(f"resuming from '{path}' (the newest checkpoint that verifies)")
+            return step, path
+        report(f"checkpoint '{path}' is damaged ({problem}); trying the previous one")
+        damaged.append(path)
+    return None
 
 
 def _fsync_tree(path: Path) -> None:
@@ -68,18 +130,35 @@ def set_rng_state(state: dict, torch_state: torch.Tensor | None) -> None:
 
 def save_checkpoint(run_dir: Path, step: int, *, model, optimizer, scheduler, trainer_state: dict,
                     config_yaml: str, keep_last: int, model_state: dict | None = None,
-                    optimizer_state: dict | None = None) -> Path:
+                    optimizer_state: dict | None = None, tokenizer=None) -> Path:
     """Write checkpoints/step-<step>/ atomically and prune old ones. Returns the final path.
     `model_state` / `optimizer_state` (full state dicts) replace the model's and optimizer's own."""
     ckpt_root = Path(run_dir) / "checkpoints"
-    ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / f"step-{step}"
     tmp = ckpt_root / f".tmp-step-{step}"
+    try:
+        return _write(ckpt_root, final, tmp, step, model=model, optimizer=optimizer, scheduler=scheduler,
+                      trainer_state=trainer_state, config_yaml=config_yaml, keep_last=keep_last,
+                      model_state=model_state, optimizer_state=optimizer_state, tokenizer=tokenizer)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        where = e.filename or tmp
+        previous = [p.name for _s, p in list_checkpoints(run_dir)]
+        kept = f"the previous checkpoint {previous[-1]} is intact" if previous else "no earlier checkpoint exists"
+        raise CheckpointWriteError(f"cannot write checkpoint {final.name}: {e.strerror or e} ('{where}'); "
+                                   f"{kept}") from e
+
+
+def _write(ckpt_root, final, tmp, step, *, model, optimizer, scheduler, trainer_state, config_yaml, keep_last,
+           model_state, optimizer_state, tokenizer) -> Path:
+    ckpt_root.mkdir(parents=True, exist_ok=True)
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
     extra = {} if model_state is None else {"state_dict": model_state}
     model.save_pretrained(tmp / "model", safe_serialization=True, **extra)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(tmp / "model")
     torch.save(optimizer.state_dict() if optimizer_state is None else optimizer_state, tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     torch.save({"torch": torch.get_rng_state()}, tmp / "rng.pt")
@@ -87,6 +166,7 @@ def save_checkpoint(run_dir: Path, step: int, *, model, optimizer, scheduler, tr
     state["rng"] = rng_state()
     (tmp / "trainer_state.json").write_text(json.dumps(state))
     (tmp / "config.yaml").write_text(config_yaml)
+    (tmp / CHECKSUMS).write_text(json.dumps(_checksums(tmp), indent=1))
     (tmp / "COMPLETE").write_text(str(step))
     _fsync_tree(tmp)
     if final.exists():  # re-saving the same step (e.g. the final save after a periodic one)

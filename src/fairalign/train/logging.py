@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -91,15 +92,27 @@ class RunLogger:
             self._wandb.finish()
 
 
-class Progress:
-    """A rich progress bar with ETA and the key numbers (no-op when disabled or not a TTY)."""
+def _duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    s = int(round(seconds))
+    return f"{s // 3600}h{s // 60 % 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
-    def __init__(self, total: int, start: int = 0, enabled: bool = True, description: str = "train"):
+
+class Progress:
+    """A rich progress bar with ETA and the key numbers on a terminal; one plain line per step when
+    the output is a file, a CI log or a cluster job's log (a live bar shows nothing there)."""
+
+    def __init__(self, total: int, start: int = 0, enabled: bool = True, description: str = "train",
+                 stream=None):
         self.enabled = enabled
         self._t0 = time.time()
         self._start = start
         self.total = total
-        if not enabled:
+        self.description = description
+        self._stream = stream or sys.stdout
+        self._plain = enabled and not self._stream.isatty()
+        if not enabled or self._plain:
             self._bar = None
             return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress
@@ -113,16 +126,25 @@ class Progress:
         self._task = self._bar.add_task(description, total=total, completed=start, info="")
 
     def update(self, step: int, metrics: dict) -> None:
+        if self._plain:
+            done = step - self._start
+            per_step = (time.time() - self._t0) / max(done, 1)
+            print(f"{'step' if self.description == 'train' else self.description} {step}/{self.total}  "
+                  f"{self._info(metrics)}  eta {_duration(per_step * (self.total - step))}",
+                  file=self._stream, flush=True)
+            return
         if self._bar is None:
             return
+        self._bar.update(self._task, completed=step, info=self._info(metrics))
+
+    @staticmethod
+    def _info(metrics: dict) -> str:
         if "sft/loss" in metrics:
-            info = f"loss {metrics['sft/loss']:.3f}  {metrics.get('sft/step_s', float('nan')):.1f}s/step"
-        else:
-            info = (f"reward {metrics.get('reward/mean', float('nan')):.3f}  "
-                    f"len {metrics.get('response_length/mean', float('nan')):.0f}  "
-                    f"clip {metrics.get('clip_frac', float('nan')):.3f}  "
-                    f"{metrics.get('step_s', float('nan')):.1f}s/step")
-        self._bar.update(self._task, completed=step, info=info)
+            return f"loss {metrics['sft/loss']:.3f}  {metrics.get('sft/step_s', float('nan')):.1f}s/step"
+        return (f"reward {metrics.get('reward/mean', float('nan')):.3f}  "
+                f"len {metrics.get('response_length/mean', float('nan')):.0f}  "
+                f"clip {metrics.get('clip_frac', float('nan')):.3f}  "
+                f"{metrics.get('step_s', float('nan')):.1f}s/step")
 
     def close(self) -> None:
         if self._bar is not None:

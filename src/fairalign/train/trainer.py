@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -36,6 +37,8 @@ from fairalign.train.dist import Dist
 from fairalign.train.logging import Progress, RunLogger, truncate_after_step
 from fairalign.train.methods import resolve_estimator, resolve_policy_loss
 from fairalign.train.reference import REFERENCE_DIR, load_reference, save_reference
+from fairalign.train.run_lock import RunLock
+from fairalign.train.signals import StopRequest, StopRequested
 from fairalign.train.setup import lr_lambda, resolve_device, seed_everything, task_from_config, trim_padding
 from fairalign.train.update_stats import UpdateStats
 
@@ -67,11 +70,18 @@ class Trainer:
         self.consecutive_skips = 0
         self.sft_done = cfg.sft.steps == 0  # the supervised warm-up (sft.*) runs once, before step 1
         start_ckpt = None
+        if self.dist.is_main:  # one live run per directory (a killed run's lock is released by the OS)
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._lock = RunLock(self.run_dir)
         if resume:
-            ckpts = ckpt.list_checkpoints(self.run_dir)
-            if not ckpts:
+            if not ckpt.list_checkpoints(self.run_dir):
                 raise ConfigError(f"--resume: no complete checkpoint under '{self.run_dir / 'checkpoints'}'")
-            self.step, start_ckpt = ckpts[-1]
+            found = ckpt.newest_valid_checkpoint(
+                self.run_dir, report=lambda msg: self.dist.is_main and print(f"fairalign: {msg}", file=sys.stderr))
+            if found is None:
+                raise ConfigError(f"--resume: no checkpoint under '{self.run_dir / 'checkpoints'}' verifies (each "
+                                  f"has a damaged or missing file, named above); start a new run")
+            self.step, start_ckpt = found
         self.model, self.tokenizer = self._load_model(start_ckpt)
         self.model.to(self.device)
         self.model.eval()
@@ -90,7 +100,11 @@ class Trainer:
         self.skipped_prompts = self._check_prompt_lengths()
         self.sampler = PromptSampler(len(self.task.train_examples), cfg.seed)
         if start_ckpt is not None:
-            self._restore(start_ckpt)
+            try:
+                self._restore(start_ckpt)
+            except (OSError, RuntimeError, KeyError, ValueError) as e:  # unreadable files of an unverified checkpoint
+                raise ConfigError(f"--resume: checkpoint '{start_ckpt}' cannot be read ({type(e).__name__}: "
+                                  f"{str(e).splitlines()[0] if str(e) else ''})") from None
         # data position and estimator state after the last *completed* step (what a checkpoint saves)
         self._data_state = self.sampler.state_dict()
         self._estimator_state = self.estimator.state_dict()
@@ -399,20 +413,25 @@ class Trainer:
                 "consecutive_skips": self.consecutive_skips, "sft_done": self.sft_done}
 
     def save_checkpoint(self) -> Path | None:
+        """Write checkpoints/step-N (rank 0). Every rank learns whether it worked: a failed write (full disk)
+        stops every rank with the same TrainingError; the previous checkpoint is intact."""
         # FSDP2: gather the full model and optimizer state (collectives: every rank; None under DDP)
         model_state = self.dist.full_model_state(self.model)
         optim_state = self.dist.full_optimizer_state(self.model, self.optimizer)
-        if not self.dist.is_main:
-            self.dist.barrier()
-            return None
-        model = self.dist.unwrap(self.model)
-        path = ckpt.save_checkpoint(self.run_dir, self.step, model=model, optimizer=self.optimizer,
-                                    scheduler=self.scheduler, trainer_state=self.trainer_state(),
-                                    config_yaml=dump_yaml(self.cfg), keep_last=self.cfg.keep_last,
-                                    model_state=model_state, optimizer_state=optim_state)
-        if not self.cfg.lora.enabled:
-            self.tokenizer.save_pretrained(path / "model")
-        self.dist.barrier()
+        path, error = None, None
+        if self.dist.is_main:
+            try:
+                path = ckpt.save_checkpoint(self.run_dir, self.step, model=self.dist.unwrap(self.model),
+                                            optimizer=self.optimizer, scheduler=self.scheduler,
+                                            trainer_state=self.trainer_state(), config_yaml=dump_yaml(self.cfg),
+                                            keep_last=self.cfg.keep_last, model_state=model_state,
+                                            optimizer_state=optim_state,
+                                            tokenizer=None if self.cfg.lora.enabled else self.tokenizer)
+            except ckpt.CheckpointWriteError as e:
+                error = str(e)
+        if not self.dist.all_true(error is None):
+            raise TrainingError(f"{error or 'rank 0 could not write the checkpoint'}; free space or fix the folder, "
+                                f"then resume with: fairalign train --resume {self.run_dir}")
         return path
 
     def save_final_model(self) -> Path | None:
@@ -432,33 +451,47 @@ class Trainer:
         return final
 
     def train(self, stop_after: int | None = None) -> list[dict]:
-        """Run until cfg.steps (or `stop_after` more steps); returns this call's metric rows."""
+        """Run until cfg.steps (or `stop_after` more steps); returns this call's metric rows.
+        SIGTERM / Ctrl-C: the current step finishes, every rank stops at the same step, a checkpoint is
+        written and StopRequested is raised (the CLI exits 143 / 130)."""
         cfg = self.cfg
         rows = []
         end = cfg.steps if stop_after is None else min(cfg.steps, self.step + stop_after)
-        if not self.sft_done:
-            from fairalign.train.sft import run_sft_warmup
+        stop = StopRequest()
+        with stop.installed():
+            if not self.sft_done:
+                from fairalign.train.sft import run_sft_warmup
 
-            run_sft_warmup(self)
-            self.sft_done = True
-            if cfg.algo.beta > 0:  # the KL reference is the policy RL starts from: the warm-up's result
-                save_reference(self)
-                self._setup_reference(from_run=True)
-            if cfg.steps > 0:
-                self.save_checkpoint()  # step 0: a resumed run does not repeat the warm-up
-        bar = Progress(cfg.steps, start=self.step, enabled=self.show_progress and self.dist.is_main)
-        try:
-            while self.step < end:
-                m = self.train_step()
-                rows.append(m)
-                bar.update(self.step, m)
-                if cfg.save_every and self.step % cfg.save_every == 0 and self.step < cfg.steps:
+                run_sft_warmup(self)
+                self.sft_done = True
+                if cfg.algo.beta > 0:  # the KL reference is the policy RL starts from: the warm-up's result
+                    save_reference(self)
+                    self._setup_reference(from_run=True)
+                if cfg.steps > 0:
+                    self.save_checkpoint()  # step 0: a resumed run does not repeat the warm-up
+            bar = Progress(cfg.steps, start=self.step, enabled=self.show_progress and self.dist.is_main)
+            try:
+                while self.step < end:
+                    if not self.dist.all_true(stop.signum is None):  # every rank stops at the same step
+                        self._stop(stop)
+                    m = self.train_step()
+                    rows.append(m)
+                    bar.update(self.step, m)
+                    if cfg.save_every and self.step % cfg.save_every == 0 and self.step < cfg.steps:
+                        self.save_checkpoint()
+                if self.step >= cfg.steps:
                     self.save_checkpoint()
-        finally:
-            bar.close()
-        if self.step >= cfg.steps:
-            self.save_checkpoint()
-            self.save_final_model()
+                    self.save_final_model()
+                elif not self.dist.all_true(stop.signum is None):
+                    self._stop(stop)
+            finally:
+                bar.close()
         if self.logger is not None:
             self.logger.close()
         return rows
+
+    def _stop(self, stop: StopRequest):
+        self.save_checkpoint()
+        name = stop.signal_name or "a signal on another rank"
+        raise StopRequested(f"stopped by {name} after step {self.step}; resume with: fairalign train --resume "
+                            f"{self.run_dir}", stop.signum or 15)

@@ -1,0 +1,191 @@
+"""Reliability, round two (issue 12): preemption (SIGTERM / Ctrl-C) stops after the current step with a
+checkpoint and an exact resume; damaged checkpoints are named and skipped; a failing disk leaves the
+previous checkpoint intact; one live run per directory; plain progress lines when output is not a
+terminal."""
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from fairalign.train import checkpoint as ckpt
+from fairalign.train.config import ConfigError, build_config
+from fairalign.train.trainer import Trainer, TrainingError
+
+SMALL = ["model=tiny", "rollout.prompts_per_step=2", "rollout.generations=2", "rollout.max_new_tokens=6",
+         "log.tensorboard=false", "seed=4"]
+TIMING = ("step_s", "tokens_per_s", "time/")
+
+
+def _cli(*args, **kw):
+    return subprocess.Popen([sys.executable, "-m", "fairalign", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kw)
+
+
+def _rows(run):
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if not k.startswith(TIMING)} for r in rows]
+
+
+def _weights(run):
+    from safetensors.torch import load_file
+
+    return load_file(str(next((run / "final").glob("*.safetensors"))))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    run = tmp_path_factory.mktemp("full") / "run"
+    p = _cli("train", *SMALL, "steps=6", f"output_dir={run}")
+    out, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err
+    return run
+
+
+def _wait_for_step(run, step, proc, timeout=300):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        path = run / "metrics.jsonl"
+        if path.exists() and len(path.read_text().splitlines()) >= step:
+            return
+        assert proc.poll() is None, proc.communicate()[1]
+        time.sleep(0.05)
+    raise AssertionError("the run did not reach the step in time")
+
+
+@pytest.mark.parametrize("sig, code, name", [(signal.SIGTERM, 143, "SIGTERM"), (signal.SIGINT, 130, "SIGINT")])
+def test_signal_stops_after_the_step_with_a_checkpoint_then_resume_is_exact(tmp_path, uninterrupted, sig, code,
+                                                                           name):
+    run = tmp_path / "run"
+    p = _cli("train", *SMALL, "steps=6", f"output_dir={run}")
+    _wait_for_step(run, 2, p)
+    p.send_signal(sig)
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == code, err
+    line = [x for x in err.splitlines() if x.startswith("stopped by")]
+    assert len(line) == 1, err
+    stopped = int(line[0].split("after step ")[1].split(";")[0])
+    assert 2 <= stopped < 6
+    assert f"stopped by {name} after step {stopped}; resume with: fairalign train --resume {run}" == line[0]
+    assert (run / "checkpoints" / f"step-{stopped}" / "COMPLETE").exists()
+    r = _cli("train", "--resume", str(run))
+    out, err = r.communicate(timeout=600)
+    assert r.returncode == 0, err
+    assert _rows(run) == _rows(uninterrupted)
+    a, b = _weights(run), _weights(uninterrupted)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_second_ctrl_c_exits_at_once(tmp_path):
+    from fairalign.train.signals import StopRequest
+
+    stop = StopRequest()
+    with stop.installed():
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.signal_name == "SIGINT"
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.1)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+# ------------------------------------------------------------------ damaged checkpoints
+def _two_checkpoints(tmp_path):
+    cfg = build_config({"output_dir": str(tmp_path / "run"), "save_every": 1, "keep_last": 3}, SMALL + ["steps=3"])
+    tr = Trainer(cfg, progress=False)
+    tr.train(stop_after=2)
+    return cfg, tmp_path / "run" / "checkpoints"
+
+
+@pytest.mark.parametrize("damage", ["truncate", "delete", "flip"])
+def test_damaged_newest_checkpoint_is_named_and_the_previous_one_used(tmp_path, capsys, damage):
+    cfg, root = _two_checkpoints(tmp_path)
+    target = next((root / "step-2" / "model").glob("*.safetensors"))
+    if damage == "truncate":
+        target.write_bytes(target.read_bytes()[:100])
+    elif damage == "delete":
+        target.unlink()
+    else:
+        data = bytearray(target.read_bytes())
+        data[-10] ^= 0xFF
+        target.write_bytes(bytes(data))
+    tr = Trainer(cfg, resume=True, progress=False)
+    assert tr.step == 1
+    err = capsys.readouterr().err
+    assert f"checkpoint '{root / 'step-2'}' is damaged" in err and target.name in err
+    assert f"resuming from '{root / 'step-1'}'" in err
+
+
+def test_no_checkpoint_verifies_is_one_clear_error(tmp_path):
+    cfg, root = _two_checkpoints(tmp_path)
+    for step in (1, 2):
+        (root / f"step-{step}" / "optimizer.pt").write_bytes(b"garbage")
+    with pytest.raises(ConfigError, match="no checkpoint under .* verifies"):
+        Trainer(cfg, resume=True, progress=False)
+
+
+def test_cli_resume_from_damaged_checkpoints_is_one_line(tmp_path):
+    cfg, root = _two_checkpoints(tmp_path)
+    for step in (1, 2):
+        (root / f"step-{step}" / "trainer_state.json").write_text("{")
+    p = _cli("train", "--resume", str(tmp_path / "run"))
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 2
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("fairalign: error: ")
+
+
+# ------------------------------------------------------------------ full disk
+def test_disk_full_during_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    cfg, root = _two_checkpoints(tmp_path)
+    real = torch.save
+
+    def full(obj, f, *a, **kw):
+        if "optimizer" in str(f):
+            raise OSError(errno.ENOSPC, "No space left on device", str(f))
+        return real(obj, f, *a, **kw)
+
+    tr = Trainer(cfg, resume=True, progress=False)
+    monkeypatch.setattr(ckpt.torch, "save", full)
+    with pytest.raises(TrainingError, match="No space left on device") as e:
+        tr.train()
+    assert "optimizer.pt" in str(e.value) and "step-2" in str(e.value)
+    assert [s for s, _ in ckpt.list_checkpoints(tmp_path / "run")] == [1, 2]
+    assert ckpt.verify_checkpoint(root / "step-2") is None
+    assert not any(p.name.startswith(".tmp") for p in root.iterdir())
+    monkeypatch.setattr(ckpt.torch, "save", real)
+    rows = Trainer(cfg, resume=True, progress=False).train()  # space freed: resume works
+    assert rows[-1]["step"] == 3
+
+
+# ------------------------------------------------------------------ one run per directory
+def test_second_run_on_a_live_directory_refuses(tmp_path):
+    run = tmp_path / "run"
+    p = _cli("train", *SMALL, "steps=200", "save_every=1", f"output_dir={run}")
+    _wait_for_step(run, 2, p)
+    q = _cli("train", *SMALL, "steps=2", f"output_dir={run}")
+    _, err = q.communicate(timeout=300)
+    p.kill()
+    p.communicate()
+    assert q.returncode == 2
+    assert err.strip().splitlines()[-1].startswith(f"fairalign: error: output_dir '{run}' is in use by another "
+                                                    f"fairalign run (pid {p.pid})")
+    # the killed run's lock is stale: --resume works
+    r = _cli("train", "--resume", str(run), "steps=1")  # at or past step 1: finishes at once
+    _, err = r.communicate(timeout=300)
+    assert r.returncode == 0, err
+
+
+# ------------------------------------------------------------------ plain progress when not a terminal
+def test_progress_is_plain_lines_when_output_is_not_a_terminal(tmp_path):
+    p = _cli("train", *SMALL, "steps=3", f"output_dir={tmp_path / 'run'}", "log.progress=true")
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err
+    lines = [x for x in (out + err).splitlines() if x.startswith("step ")]
+    assert [x.split()[1] for x in lines] == ["1/3", "2/3", "3/3"]
+    assert "reward" in lines[0] and "s/step" in lines[0]
