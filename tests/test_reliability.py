@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from fairalign.train import trainer as trainer_mod
+from fairalign.train import methods as methods_mod
 from fairalign.train.checkpoint import list_checkpoints
 from fairalign.train.config import build_config
 from fairalign.train.trainer import Trainer, TrainingError
@@ -62,23 +62,23 @@ def test_nan_reward_zero_mode_counts_and_trains(tmp_path):
 
 
 def test_non_finite_loss_skips_then_stops_with_checkpoint(tmp_path, monkeypatch):
-    real = trainer_mod.compute_policy_loss
+    real = methods_mod.compute_policy_loss
 
     def nan_loss(*a, **k):
         loss, stats = real(*a, **k)
         return loss * float("nan"), stats
 
-    cfg = _cfg(tmp_path, {"task": "personas", "steps": 5}, ["max_skipped_updates=2"])
+    cfg = _cfg(tmp_path, {"task": "personas", "steps": 5}, ["max_skipped_updates=2", "algo.minibatches=1"])
     tr = Trainer(cfg)
     before = {k: v.clone() for k, v in tr.model.state_dict().items()}
-    monkeypatch.setattr(trainer_mod, "compute_policy_loss", nan_loss)
+    monkeypatch.setattr(methods_mod, "compute_policy_loss", nan_loss)
     row = tr.train_step()
     assert row["skipped_updates"] == 1
     assert all(torch.equal(before[k], v) for k, v in tr.model.state_dict().items())  # no NaN update
     with pytest.raises(TrainingError, match="2 consecutive updates had a non-finite loss"):
         tr.train_step()
     assert list_checkpoints(tmp_path / "run"), "a resumable checkpoint must be written before stopping"
-    monkeypatch.setattr(trainer_mod, "compute_policy_loss", real)
+    monkeypatch.setattr(methods_mod, "compute_policy_loss", real)
     tr2 = Trainer(cfg, resume=True)
     tr2.train()
     assert tr2.step == 5
