@@ -70,16 +70,33 @@ def resume_config(run_dir: str, overrides: list[str]):
     return cfg
 
 
+def _run_forwarding_signals(argv: list[str]) -> int:
+    """Run the launcher and pass SIGTERM / SIGINT on to it (it forwards them to every rank, which stop
+    together after the current step); returns its exit code."""
+    import signal
+    import subprocess
+
+    child = subprocess.Popen(argv)
+
+    def forward(signum, _frame):
+        child.send_signal(signum)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return child.wait()
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
 def cmd_train(ns, rest: list[str]) -> int:
     if ns.num_processes and ns.num_processes > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
-        import subprocess
-
         # torchrun-style launch (what `accelerate launch --multi_gpu` runs underneath); works on CPU (gloo)
         argv = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                 "--nproc_per_node", str(ns.num_processes), "-m", "fairalign", "train", *rest]
         if ns.resume:
             argv += ["--resume", ns.resume]
-        return subprocess.call(argv)
+        return _run_forwarding_signals(argv)
     from fairalign.train.trainer import Trainer
 
     source, overrides = _split_source(rest)
@@ -226,8 +243,12 @@ def main(argv: list[str] | None = None) -> int:
         print("fairalign: interrupted", file=sys.stderr)
         return 130
     except RuntimeError as e:
+        from fairalign.train.signals import StopRequested
         from fairalign.train.trainer import TrainingError
 
+        if isinstance(e, StopRequested):
+            print(str(e), file=sys.stderr)
+            return e.exit_code
         if isinstance(e, TrainingError):
             print(f"fairalign: error: {e}", file=sys.stderr)
             return 1
