@@ -189,3 +189,39 @@ def test_progress_is_plain_lines_when_output_is_not_a_terminal(tmp_path):
     lines = [x for x in (out + err).splitlines() if x.startswith("step ")]
     assert [x.split()[1] for x in lines] == ["1/3", "2/3", "3/3"]
     assert "reward" in lines[0] and "s/step" in lines[0]
+
+
+# ------------------------------------------------------------------ hung rewards
+def _hanging_task(tmp_path, seconds):
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"p{i}", "split": "train" if i else "test"}) + "\n"
+                            for i in range(6)))
+    mod = tmp_path / "slow.py"
+    mod.write_text(f"import time\ndef slow(prompts, completions, **kw):\n    time.sleep({seconds})\n"
+                   f"    return [1.0] * len(completions)\n"
+                   f"def quick(prompts, completions, **kw):\n    return [0.5] * len(completions)\n")
+    return [f"task={data}", f"task_reward=[{mod}:slow, {mod}:quick]"]
+
+
+def test_hung_reward_stops_naming_the_function_and_the_limit(tmp_path):
+    cfg = build_config({"output_dir": str(tmp_path / "run")},
+                       SMALL + ["steps=1", "reward_timeout_s=0.3"] + _hanging_task(tmp_path, 30))
+    t0 = time.time()
+    with pytest.raises(ValueError, match=r"reward function 'slow' did not return within reward_timeout_s=0.3"):
+        Trainer(cfg, progress=False).train()
+    assert time.time() - t0 < 25
+
+
+def test_hung_reward_scores_zero_when_on_reward_error_is_zero(tmp_path):
+    cfg = build_config({"output_dir": str(tmp_path / "run")},
+                       SMALL + ["steps=1", "reward_timeout_s=0.3", "on_reward_error=zero"] + _hanging_task(tmp_path, 30))
+    row = Trainer(cfg, progress=False).train()[0]
+    assert row["reward/errors"] == 4
+    assert row["reward/slow"] == 0.0 and row["reward/quick"] == 0.5
+
+
+def test_slow_reward_within_the_limit_is_fine(tmp_path):
+    cfg = build_config({"output_dir": str(tmp_path / "run")},
+                       SMALL + ["steps=1", "reward_timeout_s=20"] + _hanging_task(tmp_path, 0.05))
+    row = Trainer(cfg, progress=False).train()[0]
+    assert row["reward/slow"] == 1.0 and row["reward/errors"] == 0

@@ -91,7 +91,8 @@ def load_file_task(path, *, seed: int = 0, reward_funcs=None, reward_weights=Non
     if not os.path.isfile(path):
         raise ValueError(f"task file not found: {path!r}")
     if not reward_funcs:
-        raise ValueError(f"task file {path!r} needs reward functions: pass reward_funcs=['module:function', ...]")
+        raise ValueError(f"task file {path!r} needs reward functions: set task_reward=module:function "
+                         f"(several: task_reward=[a:f, b:g]); in Python, get_task(..., reward_funcs=[...])")
     if not 0 <= test_fraction < 1:
         raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
     rewards = make_reward_specs(reward_funcs, reward_weights)

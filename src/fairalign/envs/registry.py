@@ -119,14 +119,22 @@ def _apply_group_column(task: Task, group_column: str) -> None:
 
 
 def get_task(name_or_path, *, seed: int = 0, reward_funcs=None, reward_weights=None,
-             group_column: str = "group", **task_options) -> Task:
+             group_column: str = "group", reward_timeout_s: float | None = None, **task_options) -> Task:
     """A task by registered name (see TASKS), from a factory "module:function" / "file.py:function"
     (called with seed and the options), or from a .jsonl/.parquet file.
 
     reward_funcs: replaces the task's default rewards (callables or specs, see load_reward_function);
     reward_weights: one weight per reward function (default 1; with no reward_funcs, re-weights the
-    task's defaults); group_column: the column holding the preference group (copied to "group").
+    task's defaults); group_column: the column holding the preference group (copied to "group");
+    reward_timeout_s: a limit on each reward call (None or 0 = none).
     """
+    task = _build_task(name_or_path, seed, reward_funcs, reward_weights, group_column, task_options)
+    if reward_timeout_s:
+        task.rewards = [RewardSpec(s.name, s.func, s.weight, float(reward_timeout_s)) for s in task.rewards]
+    return task
+
+
+def _build_task(name_or_path, seed, reward_funcs, reward_weights, group_column, task_options) -> Task:
     name = os.fspath(name_or_path) if isinstance(name_or_path, os.PathLike) else name_or_path
     if not isinstance(name, str) or not name:
         raise ValueError(f"task must be a task name or a file path, got {name_or_path!r}")

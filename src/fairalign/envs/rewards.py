@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import threading
 from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple, Sequence
 
@@ -29,10 +30,12 @@ RewardFunc = Callable[..., Sequence[Any]]
 
 @dataclass
 class RewardSpec:
-    """One reward term: `weight * func(prompts=..., completions=..., **columns)`."""
+    """One reward term: `weight * func(prompts=..., completions=..., **columns)`; `timeout_s` (None = no
+    limit) bounds each call (config key `reward_timeout_s`)."""
     name: str
     func: RewardFunc
     weight: float = 1.0
+    timeout_s: float | None = None
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
@@ -157,12 +160,35 @@ def _accepts(func) -> tuple[bool, set]:
     return var_kw, names
 
 
+class RewardTimeout(Exception):
+    """A reward call did not return within its `timeout_s`."""
+
+
 def _call(spec: RewardSpec, prompts: list, completions: list, columns: dict) -> list:
     var_kw, names = _accepts(spec.func)
     kwargs = {"prompts": prompts, "completions": completions, **columns}
     if not var_kw:
         kwargs = {k: v for k, v in kwargs.items() if k in names}
-    return spec.func(**kwargs)
+    if not spec.timeout_s:
+        return spec.func(**kwargs)
+    # Simplification: a Python call cannot be interrupted, so it runs in a daemon thread that is abandoned
+    # (left to finish or hang in the background) when the limit passes.
+    result: dict = {}
+
+    def run():
+        try:
+            result["value"] = spec.func(**kwargs)
+        except BaseException as e:  # re-raised in the caller's thread
+            result["error"] = e
+
+    worker = threading.Thread(target=run, name=f"reward-{spec.name}", daemon=True)
+    worker.start()
+    worker.join(spec.timeout_s)
+    if worker.is_alive():
+        raise RewardTimeout(spec.name)
+    if "error" in result:
+        raise result["error"]
+    return result["value"]
 
 
 def _as_list(out, name: str, N: int) -> list:
@@ -210,6 +236,12 @@ def _score_one(spec: RewardSpec, prompts, completions, columns, on_error: str) -
     N = len(completions)
     try:
         raw = _call(spec, prompts, completions, columns)
+    except RewardTimeout:
+        if on_error == "raise":
+            raise ValueError(f"reward function {spec.name!r} did not return within reward_timeout_s={spec.timeout_s:g} "
+                             f"s on a batch of {N} samples (set on_reward_error=zero to score such calls 0, or "
+                             f"raise reward_timeout_s)") from None
+        return [0.0] * N, N
     except Exception as e:
         i = _locate_failure(spec, prompts, completions, columns)
         where = f"at sample {i}" if i is not None else f"on the batch of {N} samples (no single sample fails alone)"

@@ -126,6 +126,7 @@ class Config:
     max_prompt_tokens: int = 0             # longest prompt allowed in tokens (0 = model context − rollout.max_new_tokens)
     on_long_prompt: str = "error"          # a prompt longer than that: error (name the first one) | skip (drop and count)
     on_reward_error: str = "raise"         # a reward function that fails or returns NaN: raise | zero (score 0, count it)
+    reward_timeout_s: float = 0.0          # limit in seconds on each call of a reward function; a call past it fails like a raising one (on_reward_error decides); 0 = no limit
     max_skipped_updates: int = 3           # stop after this many consecutive non-finite losses/gradients
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
@@ -419,6 +420,7 @@ def validate(cfg: Config) -> None:
     _positive("eval.batch_size", cfg.eval.batch_size)
     _positive("log.samples_per_step", cfg.log.samples_per_step, allow_zero=True)
     _positive("max_skipped_updates", cfg.max_skipped_updates)
+    _positive("reward_timeout_s", cfg.reward_timeout_s, allow_zero=True)
     _positive("max_prompt_tokens", cfg.max_prompt_tokens, allow_zero=True)
     if cfg.task_reward_weights is not None and len(cfg.task_reward_weights) != len(cfg.task_reward):
         raise ConfigError(f"config key 'task_reward_weights' has {len(cfg.task_reward_weights)} values "

@@ -32,6 +32,7 @@ def task_from_config(cfg: Config):
     """The task named by the config (built-in name or data file) with its rewards and options."""
     return get_task(cfg.task, seed=cfg.seed, reward_funcs=cfg.task_reward or None,
                     reward_weights=cfg.task_reward_weights, group_column=cfg.group_column,
+                    reward_timeout_s=cfg.reward_timeout_s or None,
                     **cfg.task_options)
 
 
