@@ -75,16 +75,23 @@ def load_policy(
     hf_logging.disable_progress_bar()  # fairalign shows its own progress; keep stderr readable
     torch_dtype = parse_dtype(dtype)
     where = resolve_model_path(name)
+    if isinstance(where, Path) and not (where / "config.json").is_file():
+        raise FileNotFoundError(f"model folder {where} has no config.json: it is not a Hugging Face model folder "
+                                f"(give the folder that holds config.json, the weights and the tokenizer)")
     local_only = isinstance(where, Path) or not allow_download
     kwargs = dict(trust_remote_code=trust_remote_code, local_files_only=local_only)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(where), **kwargs)
         model = AutoModelForCausalLM.from_pretrained(str(where), dtype=torch_dtype, **kwargs)
-    except OSError as err:
+    except (OSError, ValueError) as err:
+        if isinstance(where, Path):
+            raise OSError(f"model folder {where} cannot be loaded: {type(err).__name__}: "
+                          f"{' '.join(str(err).split())[:300]}") from err
         if isinstance(where, str) and not allow_download:
             raise OSError(
                 f"model {name!r} is neither a built-in name, a local folder, nor in the local hub "
-                f"cache; pass allow_download=True to fetch it ({err})"
+                f"cache; set allow_download=true (Python: allow_download=True) to fetch it "
+                f"({' '.join(str(err).split())[:200]})"
             ) from err
         raise
     tokenizer.padding_side = "left"

@@ -71,7 +71,10 @@ class Trainer:
         self.sft_done = cfg.sft.steps == 0  # the supervised warm-up (sft.*) runs once, before step 1
         start_ckpt = None
         if self.dist.is_main:  # one live run per directory (a killed run's lock is released by the OS)
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise ConfigError(f"output_dir '{self.run_dir}' cannot be created: {e.strerror or e}") from None
             self._lock = RunLock(self.run_dir)
         if resume:
             if not ckpt.list_checkpoints(self.run_dir):
