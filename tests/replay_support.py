@@ -1,6 +1,7 @@
 """Shared by the data-parallel tests (DDP, FSDP2, DeepSpeed): a replay "engine" that makes sampling
-identical for any process count, a writer for worker scripts that can import this module, and the
-check that a resumed trainer holds exactly what its checkpoint saved."""
+identical for any process count, a writer for worker scripts that can import this module, the check
+that a resumed trainer holds exactly what its checkpoint saved, and the check that `Dist` attached
+nothing to a model."""
 from __future__ import annotations
 
 import hashlib
@@ -53,7 +54,7 @@ def assert_loaded_equals_checkpoint(res: dict, ckpt: Path) -> None:
     ts = json.loads((ckpt / "trainer_state.json").read_text())
     assert loaded["step"] == ts["step"] == 2
     assert loaded["data"] == ts["data"]
-    assert loaded["pgrpo"] == ts["normalizer"]
+    assert loaded["pgrpo"] == ts["estimator"]
     weights = load_file(str(ckpt / "model" / "model.safetensors"))
     for name, value in weights.items():
         assert torch.equal(loaded["params"][name], value), name
@@ -62,3 +63,8 @@ def assert_loaded_equals_checkpoint(res: dict, ckpt: Path) -> None:
     for i, st in saved["state"].items():
         for k, v in st.items():
             assert torch.equal(loaded["optim"]["state"][i][k], v), (i, k)
+
+
+def fairalign_attrs(model) -> list[str]:
+    """Instance attributes fairalign put on `model` (none: `Dist` wraps, it does not decorate)."""
+    return sorted(k for k in vars(model) if k.startswith("fairalign"))

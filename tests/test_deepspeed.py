@@ -21,7 +21,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fairalign.train.dist import Dist, resolve_strategy
+from fairalign.train.dist import Dist, make_dist, resolve_strategy
 from replay_support import assert_loaded_equals_checkpoint, write_worker
 from test_fsdp import _launch
 
@@ -81,8 +81,9 @@ def test_shipped_deepspeed_configs_select_deepspeed(stage):
 def test_one_process_is_plain_and_missing_package_is_one_line(monkeypatch):
     model = torch.nn.Linear(2, 2)
     opt = torch.optim.AdamW(model.parameters())
-    d = Dist(0, 1, "deepspeed", {"zero_stage": 3})       # one process: nothing to partition
-    assert not d.deepspeed and d.prepare_optimizer(model, opt) is opt and d.for_training(model) is model
+    d = make_dist(0, 1, "deepspeed", {"zero_stage": 3})  # one process: nothing to partition
+    assert type(d) is Dist and d.strategy == "deepspeed" and d.all_ranks is bool
+    assert d.prepare_optimizer(model, opt) is opt and d.for_training(model) is model
     from fairalign.train.deepspeed_zero import import_deepspeed
 
     monkeypatch.setitem(sys.modules, "deepspeed", None)  # import fails as if not installed
@@ -95,8 +96,9 @@ def test_one_process_is_plain_and_missing_package_is_one_line(monkeypatch):
 
 WORKER = textwrap.dedent('''
     import copy, os, sys, torch
-    from replay_support import replay_engine
+    from replay_support import fairalign_attrs, replay_engine
     from fairalign.train.config import build_config
+    from fairalign.train.dist import DeepSpeedDist
     from fairalign.train.trainer import Trainer
 
     out, tag, run_dir, steps, resume = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5] == "1"
@@ -104,13 +106,13 @@ WORKER = textwrap.dedent('''
                         "dist_strategy": "deepspeed", "keep_last": 3,
                         "rollout": {"prompts_per_step": 4, "generations": 3, "max_new_tokens": 10},
                         "algo": {"loss": "fspo", "advantage": "pgrpo", "pgrpo_min_count": 2, "micro_batch_size": 2,
-                                 "ppo_epochs": 2, "beta": 0.05},
+                                 "minibatches": 1, "ppo_epochs": 2, "beta": 0.05},
                         "optim": {"lr": 1e-3, "grad_clip": 0.05, "warmup_steps": 3},
                         "log": {"tensorboard": False, "progress": False}})
     tr = Trainer(cfg, resume=resume)
     eng = tr.engine
     V = tr.model.config.vocab_size
-    zero = tr.dist.zero
+    zero = tr.dist.zero if isinstance(tr.dist, DeepSpeedDist) else None
 
     def full_params():   # a collective under DeepSpeed
         if zero is None:
@@ -119,14 +121,14 @@ WORKER = textwrap.dedent('''
         return {n: safe_get_full_fp32_param(p).detach().clone() for n, p in tr.model.named_parameters()}
 
     eng.generate = replay_engine(eng, V)
-    res = {"zero": zero is not None, "world": tr.dist.world,
-           "stage": None if zero is None else tr.dist.fsdp_options["zero_stage"]}
+    res = {"zero": zero is not None, "world": tr.dist.world, "attrs": fairalign_attrs(tr.model),
+           "stage": None if zero is None else tr.dist.zero_stage}
     if zero is not None and res["stage"] == 3:   # really partitioned: this rank holds a slice of the weights
         emb = tr.model.get_input_embeddings().weight
         res["partitioned"] = emb.ds_tensor.numel() < emb.ds_numel
     if resume:   # the state the resumed run starts from
         optim = tr.dist.full_optimizer_state(tr.model, tr.optimizer)          # None in 1 process
-        res["loaded"] = {"step": tr.step, "data": tr.sampler.state_dict(), "pgrpo": tr.normalizer.state_dict(),
+        res["loaded"] = {"step": tr.step, "data": tr.sampler.state_dict(), "pgrpo": tr.estimator.state_dict(),
                          "params": full_params(),
                          "optim": copy.deepcopy(tr.optimizer.state_dict() if optim is None else optim)}
     norms, after = [], []
@@ -143,7 +145,7 @@ WORKER = textwrap.dedent('''
     tr.dist.clip_grad_norm, tr.optimizer.step = real_clip, real_step
     res.update(rows=[{k: v for k, v in r.items() if not k.startswith(("time/", "step_s", "tokens_per_s"))}
                      for r in rows],
-               norms=norms, after=after, params=full_params(), pgrpo=tr.normalizer.state_dict())
+               norms=norms, after=after, params=full_params(), pgrpo=tr.estimator.state_dict())
     if not resume:   # a skipped update, then a good one: the skip must leave nothing behind
         params = [p for p in tr.model.parameters() if p.requires_grad]
         before = full_params()
@@ -200,6 +202,7 @@ def test_deepspeed_two_processes_equal_one(two_step_runs, stage):
     tmp = two_step_runs
     one, r0, r1 = _load(tmp, "single-rank0"), _load(tmp, f"zero{stage}-rank0"), _load(tmp, f"zero{stage}-rank1")
     assert not one["zero"] and r0["zero"] and r0["stage"] == stage and r0["world"] == 2
+    assert one["attrs"] == r0["attrs"] == r1["attrs"] == []   # ZeRO-3 too: nothing attached to the model
     if stage == 3:
         assert r0["partitioned"] and r1["partitioned"]
     for a, b in zip(one["rows"], r0["rows"]):

@@ -3,7 +3,8 @@
 - `resolve_strategy`: how `dist_strategy` and accelerate's FSDP_* variables select a strategy, and the
   one-line errors for FSDP1, a DeepSpeed launcher with dist_strategy=fsdp2 and unsupported FSDP options
   (DeepSpeed itself: test_deepspeed.py).
-- Collectives: a sharded model makes the same forward calls on every rank even when the ranks' data
+- Collectives: `Dist.from_env` gives `FSDP2Dist`, whose sharding attaches nothing to the model; with
+  its `all_ranks` a sharded model makes the same forward calls on every rank even when the ranks' data
   would make them differ (the decode loop's stop, the prompt-sharing log-prob path); results equal an
   unsharded copy of the model, and the summed gradients equal the unsharded sum.
 - Training: 2 FSDP2 processes give the same loss, clipped gradients, updated parameters, P-GRPO state
@@ -86,21 +87,21 @@ def test_strategy_errors_are_one_line(configured, env, needle):
 
 
 def test_layers_to_shard(tiny_policy):
-    from fairalign.train.dist import Dist
+    from fairalign.train.dist import FSDP2Dist
 
     model, _ = tiny_policy
     decoder = list(model.model.layers)
     assert len(decoder) == 2
-    d = Dist(0, 2, "fsdp2")
+    d = FSDP2Dist(0, 2)
     assert [id(m) for m in d._layers(model)] == [id(m) for m in decoder]      # _no_split_modules
-    d.fsdp_options["wrap_classes"] = ["Qwen2MLP"]
+    d.options["wrap_classes"] = ["Qwen2MLP"]
     assert [id(m) for m in d._layers(model)] == [id(layer.mlp) for layer in decoder]
-    d.fsdp_options["wrap_classes"] = ["NoSuchLayer"]
+    d.options["wrap_classes"] = ["NoSuchLayer"]
     with pytest.raises(ValueError, match="FSDP_TRANSFORMER_CLS_TO_WRAP=NoSuchLayer: no such module"):
         d._layers(model)
     saved, model._no_split_modules = model._no_split_modules, None   # fallback: the base model's ModuleList
     try:
-        assert [id(m) for m in Dist(0, 2, "fsdp2")._layers(model)] == [id(m) for m in decoder]
+        assert [id(m) for m in FSDP2Dist(0, 2)._layers(model)] == [id(m) for m in decoder]
     finally:
         model._no_split_modules = saved
 
@@ -124,17 +125,21 @@ def test_shipped_fsdp2_config_selects_fsdp2():
 COLLECTIVES = textwrap.dedent('''
     import copy, os, sys, torch
     import torch.distributed as td
+    from replay_support import fairalign_attrs
     from fairalign.models import load_policy
     from fairalign.rollout import HFGenerationEngine, sequence_logprobs
-    from fairalign.train.dist import Dist
+    from fairalign.train.dist import Dist, FSDP2Dist
 
-    td.init_process_group("gloo")
-    rank = td.get_rank()
+    dist = Dist.from_env("fsdp2")   # joins the torchrun group (gloo)
+    assert type(dist) is FSDP2Dist and dist.world == 2 and dist.all_ranks == dist.all_true
+    rank = dist.rank
     model, tok = load_policy(sys.argv[1])
     model.eval()
     ref = copy.deepcopy(model)
-    Dist(rank, 2, "fsdp2").prepare_model(model)
+    assert dist.prepare_model(model) is model
     assert type(model.model.layers[0].mlp.up_proj.weight).__name__ == "DTensor"
+    assert fairalign_attrs(model) == [], fairalign_attrs(model)   # wrapped in place, nothing attached
+    agree = {"all_ranks": dist.all_ranks}   # the ranks agree on data-dependent forward counts
 
     # 1. decoding: rank 0 stops after its first token, rank 1 runs to max_new_tokens
     prompt = ["Tell me about the sea.", "What is the capital of France?"][rank]
@@ -144,7 +149,7 @@ COLLECTIVES = textwrap.dedent('''
     want = HFGenerationEngine(ref, tok, max_new_tokens=8, temperature=0, chat_template="none",
                               eos_token_id=eos).generate([prompt], generations=2)
     got = HFGenerationEngine(model, tok, max_new_tokens=8, temperature=0, chat_template="none",
-                             eos_token_id=eos).generate([prompt], generations=2)
+                             eos_token_id=eos, **agree).generate([prompt], generations=2)
     assert want.lengths.tolist() == ([1, 1] if rank == 0 else [8, 8]), want.lengths
     assert got.lengths.tolist() == want.lengths.tolist()
     R = want.response_ids.shape[1]
@@ -156,7 +161,7 @@ COLLECTIVES = textwrap.dedent('''
         generator_seed=rank)
     args = (batch.prompt_ids, batch.prompt_mask, batch.response_ids, batch.response_mask)
     lp_ref, _ = sequence_logprobs(ref, *args)
-    lp, _ = sequence_logprobs(model, *args)
+    lp, _ = sequence_logprobs(model, *args, **agree)
     torch.testing.assert_close(lp, lp_ref, atol=1e-5, rtol=1e-5)
     lp_ref.sum().backward()
     lp.sum().backward()
@@ -171,8 +176,9 @@ COLLECTIVES = textwrap.dedent('''
 
 
 def test_sharded_model_keeps_ranks_in_step(tmp_path, tiny_model_dir):
+    """Also: `Dist.from_env` gives `FSDP2Dist`, whose `prepare_model` attaches nothing to the model."""
     script = tmp_path / "collectives.py"
-    script.write_text(COLLECTIVES)
+    write_worker(script, COLLECTIVES)
     _launch(script, [tiny_model_dir], 2, tmp_path)
 
 
@@ -180,7 +186,7 @@ def test_sharded_model_keeps_ranks_in_step(tmp_path, tiny_model_dir):
 
 WORKER = textwrap.dedent('''
     import copy, json, os, sys, torch
-    from replay_support import replay_engine
+    from replay_support import fairalign_attrs, replay_engine
     from fairalign.train.config import build_config
     from fairalign.train.trainer import Trainer
 
@@ -189,7 +195,7 @@ WORKER = textwrap.dedent('''
                         "dist_strategy": "fsdp2", "keep_last": 3,
                         "rollout": {"prompts_per_step": 4, "generations": 3, "max_new_tokens": 10},
                         "algo": {"loss": "fspo", "advantage": "pgrpo", "pgrpo_min_count": 2, "micro_batch_size": 2,
-                                 "ppo_epochs": 2, "beta": 0.05},
+                                 "minibatches": 1, "ppo_epochs": 2, "beta": 0.05},
                         "optim": {"lr": 1e-3, "grad_clip": 0.05},
                         "log": {"tensorboard": False, "progress": False}})
     tr = Trainer(cfg, resume=resume)
@@ -198,10 +204,11 @@ WORKER = textwrap.dedent('''
     full = lambda t: t.full_tensor() if hasattr(t, "full_tensor") else t   # DTensor shard -> whole tensor
 
     eng.generate = replay_engine(eng, V)
-    res = {"fsdp": tr.dist.fsdp, "world": tr.dist.world}
+    res = {"cls": type(tr.dist).__name__, "world": tr.dist.world,
+           "attrs": fairalign_attrs(tr.model) + fairalign_attrs(tr.ref_model)}
     if resume:   # the state the resumed run starts from (gathered: collectives on every rank)
         optim = tr.dist.full_optimizer_state(tr.model, tr.optimizer)        # None in 1 process
-        res["loaded"] = {"step": tr.step, "data": tr.sampler.state_dict(), "pgrpo": tr.normalizer.state_dict(),
+        res["loaded"] = {"step": tr.step, "data": tr.sampler.state_dict(), "pgrpo": tr.estimator.state_dict(),
                          "params": {n: full(p).detach().clone() for n, p in tr.model.named_parameters()},
                          "optim": copy.deepcopy(tr.optimizer.state_dict() if optim is None else optim)}
     grads = []
@@ -214,7 +221,7 @@ WORKER = textwrap.dedent('''
     res.update(rows=[{k: v for k, v in r.items() if not k.startswith(("time/", "step_s", "tokens_per_s"))}
                      for r in rows],
                grads=grads, params={n: full(p).detach().clone() for n, p in tr.model.named_parameters()},
-               pgrpo=tr.normalizer.state_dict())
+               pgrpo=tr.estimator.state_dict())
     torch.save(res, f"{out}/{tag}-rank{tr.dist.rank}.pt")
     tr.dist.close()
     os._exit(0)   # see EXIT_NOTE
@@ -239,7 +246,8 @@ def _load(tmp, name):
 def test_fsdp2_two_processes_equal_one(two_step_runs):
     tmp = two_step_runs
     one, r0, r1 = _load(tmp, "single-rank0"), _load(tmp, "fsdp-rank0"), _load(tmp, "fsdp-rank1")
-    assert not one["fsdp"] and r0["fsdp"] and r1["fsdp"]
+    assert (one["cls"], r0["cls"], r1["cls"]) == ("Dist", "FSDP2Dist", "FSDP2Dist")
+    assert one["attrs"] == r0["attrs"] == r1["attrs"] == []
     for a, b in zip(one["rows"], r0["rows"]):
         for key in ("loss", "reward/mean", "clip_frac", "kl", "grad_norm"):
             assert a[key] == pytest.approx(b[key], abs=1e-5), key
@@ -281,7 +289,7 @@ def test_checkpoint_resumes_with_another_process_count(two_step_runs, tmp_path):
         shutil.copytree(tmp / src, tmp_path / dst)
         _launch(script, [tmp_path, dst, tmp_path / dst, 3, 1], nproc, tmp_path)
     a, b = _load(tmp_path, "fsdp-then-1-rank0"), _load(tmp_path, "single-then-fsdp-rank0")
-    assert (a["world"], a["fsdp"], b["world"], b["fsdp"]) == (1, False, 2, True)
+    assert (a["world"], a["cls"], b["world"], b["cls"]) == (1, "Dist", 2, "FSDP2Dist")
     assert_loaded_equals_checkpoint(a, tmp / "run-fsdp" / "checkpoints" / "step-2")
     assert_loaded_equals_checkpoint(b, tmp / "run-single" / "checkpoints" / "step-2")
     for name in ("fsdp-then-1", "single-then-fsdp"):

@@ -159,19 +159,14 @@ def test_entropy_hand_values():
 
 def test_position_ids_count_real_tokens_only(tiny_policy, batch):
     """RoPE hides a uniform position shift, so check the position ids handed to the model directly."""
-    from fairalign.rollout import logprobs as lp
-
     model, _ = tiny_policy
     seen = []
     hook = model.model.register_forward_pre_hook(lambda mod, a, kw: seen.append(kw["position_ids"]), with_kwargs=True)
-    orig = lp._response_logits
-    lp._response_logits = lp._response_logits_full  # the one-forward-per-row path
     try:
-        with torch.no_grad():
-            sequence_logprobs(model, *args(batch))
+        with torch.no_grad():  # another rank that cannot share prompts: the one-forward-per-row path
+            sequence_logprobs(model, *args(batch), all_ranks=lambda flag: False)
     finally:
         hook.remove()
-        lp._response_logits = orig
     (pos,) = seen
     n_pad = (~batch.prompt_mask).sum(1)  # [B]; the forward trims columns that are padding in every row
     trimmed = int((~batch.prompt_mask).all(0).sum())
@@ -204,9 +199,7 @@ def test_shared_prompt_prefix_position_ids(tiny_policy, batch):
 
 def test_shared_prompt_prefix_matches_one_forward_per_row(tiny_policy):
     """Rows sharing a prompt run the prompt once (KV cache gathered); log-probs and gradients equal
-    the one-forward-per-row computation."""
-    from fairalign.rollout import logprobs as lp
-
+    the one-forward-per-row computation (taken when `all_ranks` says some rank cannot share)."""
     model, tok = tiny_policy
     torch.manual_seed(0)
     prompt = torch.randint(5, 200, (3, 7))
@@ -217,19 +210,15 @@ def test_shared_prompt_prefix_matches_one_forward_per_row(tiny_policy):
     r_ids = torch.randint(5, 200, (6, 5))
     r_mask = torch.ones(6, 5, dtype=torch.bool)
     r_mask[2, 3:] = False
-    out = {}
-    for name, fn in (("shared", lp._response_logits), ("full", lp._response_logits_full)):
+    out, asked = {}, []
+    for name, agree in (("shared", lambda flag: asked.append(flag) or flag), ("full", lambda flag: False)):
         model.zero_grad(set_to_none=True)
-        orig = lp._response_logits
-        lp._response_logits = fn
-        try:
-            logp, ent = lp.sequence_logprobs(model, p_ids, p_mask, r_ids, r_mask, with_entropy=True)
-        finally:
-            lp._response_logits = orig
+        logp, ent = sequence_logprobs(model, p_ids, p_mask, r_ids, r_mask, with_entropy=True, all_ranks=agree)
         logp.sum().backward()
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
         out[name] = (logp.detach(), ent, grads)
     model.zero_grad(set_to_none=True)
+    assert asked == [True]   # this rank could share: the path is agreed once per micro-batch
     torch.testing.assert_close(out["shared"][0], out["full"][0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(out["shared"][1], out["full"][1], atol=1e-4, rtol=1e-4)
     for n in out["full"][2]:

@@ -143,6 +143,23 @@ def test_truncated_flag(tiny_policy):
     assert everything.response_ids.shape[1] == 1 and not everything.truncated.any()
 
 
+def test_all_ranks_keeps_decoding_until_every_rank_is_done(tiny_policy):
+    """`all_ranks` answering False (another rank's rows still decode) keeps the loop going: the same
+    forward calls as that rank, this rank's rows still end at their EOS."""
+    model, tok = tiny_policy
+    first = int(engine(tiny_policy, max_new_tokens=1, temperature=0).generate(PROMPTS[:1]).response_ids[0, 0])
+    asked, calls = [], []
+    hook = model.model.register_forward_pre_hook(lambda mod, a, kw: calls.append(1), with_kwargs=True)
+    try:
+        batch = engine(tiny_policy, max_new_tokens=4, temperature=0, eos_token_id=[first],
+                       all_ranks=lambda flag: asked.append(flag) and False).generate(PROMPTS[:1])
+    finally:
+        hook.remove()
+    assert asked == [True, True, True] and len(calls) == 4   # pre-fill + 3 decode steps
+    assert batch.lengths.tolist() == [1] and batch.response_ids[0, 0] == first
+    assert (batch.response_ids[0, 1:] == tok.pad_token_id).all() and not batch.truncated.any()
+
+
 def test_tiny_top_p_is_greedy(tiny_policy):
     greedy = engine(tiny_policy, temperature=0).generate(PROMPTS)
     nucleus = engine(tiny_policy, temperature=1.0, top_p=1e-6).generate(PROMPTS, generator_seed=3)

@@ -7,19 +7,19 @@ padding) and a `torch.Generator`, so a seed reproduces a batch exactly without t
 RNG. A row stops at its first EOS; the rest of the row is padding. `truncated` marks rows with no
 EOS within `max_new_tokens`.
 Simplifications: finished rows stay in the batch until every row is done (no cache compaction; with
-a sharded model, until every process's rows are done: see `logprobs.all_ranks`);
+a sharded model, until every process's rows are done: the `all_ranks` argument, see logprobs.py);
 prompts longer than `max_prompt_length` keep their last tokens.
 """
 from __future__ import annotations
 
 import time
-from typing import Any, Hashable, Sequence
+from typing import Any, Callable, Hashable, Sequence
 
 import torch
 
 from fairalign.rollout.batch import RolloutBatch
 from fairalign.rollout.engine_base import GenerationEngineBase, decode_completions  # noqa: F401 (re-exported)
-from fairalign.rollout.logprobs import all_ranks, gather_logprobs, supports_logits_to_keep
+from fairalign.rollout.logprobs import gather_logprobs, supports_logits_to_keep
 
 
 def filter_logits(logits: torch.Tensor, top_p: float = 1.0, top_k: int = 0) -> torch.Tensor:
@@ -57,7 +57,9 @@ class HFGenerationEngine(GenerationEngineBase):
     """Sample G responses per prompt from a transformers causal LM (the policy itself, no copy).
 
     Settings, EOS/pad resolution and the prompt side (`render_prompts`, `encode_prompts`) come from
-    `GenerationEngineBase`, shared with the vLLM engine.
+    `GenerationEngineBase`, shared with the vLLM engine. `all_ranks`: flag -> whether it holds on every
+    process sharing a sharded model (`Dist.all_ranks`), so decoding stops on every process at the same
+    step; None: the model's forwards are local.
     """
 
     def __init__(
@@ -72,12 +74,14 @@ class HFGenerationEngine(GenerationEngineBase):
         max_prompt_length: int | None = None,
         eos_token_id: int | Sequence[int] | None = None,
         completion_prefix: str = "",
+        all_ranks: Callable[[bool], bool] | None = None,
     ):
         super().__init__(tokenizer, getattr(model, "generation_config", None), max_new_tokens=max_new_tokens,
                          temperature=temperature, top_p=top_p, top_k=top_k, chat_template=chat_template,
                          max_prompt_length=max_prompt_length, eos_token_id=eos_token_id,
                          completion_prefix=completion_prefix)
         self.model = model
+        self.all_ranks = all_ranks or bool
 
     # ---- sampling ------------------------------------------------------------------------------
     def _next_token(self, logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -144,7 +148,7 @@ class HFGenerationEngine(GenerationEngineBase):
             alive.append(~done)
             done = done | torch.isin(token, eos)
             # a sharded model (FSDP2) decodes until every process's rows are done: equal forward calls
-            if step == self.max_new_tokens - 1 or all_ranks(model, bool(done.all())):
+            if step == self.max_new_tokens - 1 or self.all_ranks(bool(done.all())):
                 break
             out = model(
                 input_ids=token[:, None], attention_mask=attn[:, : P + step + 1], position_ids=next_pos,

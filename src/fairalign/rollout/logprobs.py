@@ -7,26 +7,20 @@ tokens (`logits_to_keep`), never over the prompt. Log-probs use `logit[token] �
 log-probs are those of the distribution the tokens were sampled from.
 Simplifications: entropy is a detached metric (no gradient); columns that are padding in every row
 of a micro-batch are trimmed before the forward (results are unchanged).
-Sharded models (FSDP2): every forward is a collective, so every process must make the same forward
-calls. `Dist.prepare_model` puts a hook on the model (`ALL_RANKS_ATTR`); `all_ranks(model, flag)`
-asks it whether *every* process's flag is true, and code whose number of forwards depends on its
-own data (the prompt-sharing path below, the decode loop's stop) decides with it. Without the hook
-(one process, DDP) it returns the local flag.
+Sharded models (FSDP2, DeepSpeed ZeRO-3): every forward is a collective, so every process must make
+the same forward calls. Code whose number of forwards depends on its own data (the prompt-sharing
+path below, the decode loop's stop in hf_engine.py) decides with an explicit `all_ranks(flag)`
+callable, True iff the flag is true on *every* process (`Dist.all_ranks`); None, the default, means
+forwards are local (one process, DDP) and the local flag decides.
 """
 from __future__ import annotations
 
 import inspect
+from typing import Callable
 
 import torch
 
 _KEEP_SUPPORT: dict[type, bool] = {}
-ALL_RANKS_ATTR = "fairalign_all_ranks"  # model attribute: fn(bool) -> bool, True iff every rank's flag is
-
-
-def all_ranks(model: torch.nn.Module, flag: bool) -> bool:
-    """`flag` AND-ed over the processes that share `model` (just `flag` for an unsharded model)."""
-    hook = getattr(model, ALL_RANKS_ATTR, None)
-    return bool(flag) if hook is None else hook(bool(flag))
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -81,15 +75,16 @@ def _response_logits_full(model, prompt_ids, prompt_mask, response_ids, n_keep: 
     return logits
 
 
-def _response_logits(model, prompt_ids, prompt_mask, response_ids, n_keep: int) -> torch.Tensor:
+def _response_logits(model, prompt_ids, prompt_mask, response_ids, n_keep: int,
+                     all_ranks: Callable[[bool], bool] = bool) -> torch.Tensor:
     """Same as `_response_logits_full`, but each *distinct* prompt row runs once: its KV cache is
     gathered (differentiably) for the rows that share it, so the G generations of a prompt do not
-    recompute — or backpropagate through — the prompt G times."""
+    recompute — or backpropagate through — the prompt G times. `all_ranks`: see the module docstring."""
     b, P = prompt_ids.shape
     key = torch.cat([prompt_ids, prompt_mask.long()], dim=1)  # [b, 2P]
     uniq, inverse = torch.unique(key, dim=0, return_inverse=True)  # [u, 2P], [b]
     # sharded model: this path makes 2 forwards, the full one 1, so all ranks must take the same one
-    if not all_ranks(model, uniq.shape[0] < b and n_keep > 1 and supports_logits_to_keep(model)):
+    if not all_ranks(bool(uniq.shape[0] < b and n_keep > 1 and supports_logits_to_keep(model))):
         return _response_logits_full(model, prompt_ids, prompt_mask, response_ids, n_keep)
     u_ids, u_mask = uniq[:, :P], uniq[:, P:]  # [u, P]
     u_pos = (u_mask.cumsum(-1) - 1).clamp(min=0)  # [u, P]
@@ -117,11 +112,14 @@ def sequence_logprobs(
     with_entropy: bool = False,
     temperature: float = 1.0,
     micro_batch_size: int | None = None,
+    all_ranks: Callable[[bool], bool] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-token log-probs `[B, R]` of `response_ids` given left-padded prompts, and entropies `[B, R]`.
 
     Masked positions (response_mask == 0) are 0 in both. `entropy` is None unless `with_entropy`.
     Gradients flow to `logp` when grad is enabled. `micro_batch_size` chunks the forward over rows.
+    `all_ranks`: flag -> whether it holds on every process sharing a sharded model (`Dist.all_ranks`),
+    so every process makes the same forward calls; None: the model's forwards are local.
     """
     if temperature <= 0:
         raise ValueError(f"temperature={temperature} must be > 0 for log-probs (use 1.0 for greedy rollouts)")
@@ -149,7 +147,8 @@ def sequence_logprobs(
         if used.numel():
             n_keep = int(used[-1]) + 1  # trailing all-padding response columns are skipped
             first = int(p_mask.any(0).nonzero()[0])  # leading all-padding prompt columns are skipped
-            logits = _response_logits(model, p_ids[:, first:], p_mask[:, first:], r_ids, n_keep).float()
+            logits = _response_logits(model, p_ids[:, first:], p_mask[:, first:], r_ids, n_keep,
+                                      all_ranks=all_ranks or bool).float()
             if temperature != 1.0:
                 logits = logits / temperature
             lse = torch.logsumexp(logits, dim=-1)  # [b, n_keep], shared by log-probs and entropy

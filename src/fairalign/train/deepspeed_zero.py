@@ -1,12 +1,13 @@
-"""DeepSpeed ZeRO-2 / ZeRO-3 for `dist_strategy=deepspeed` (the contract is in dist.py's docstring).
+"""DeepSpeed ZeRO-2 / ZeRO-3 for `dist_strategy=deepspeed`: what `DeepSpeedDist` calls (the contract
+is in dist.py's docstring).
 
 fairalign keeps its own training loop. The trainer's torch AdamW is handed to `deepspeed.initialize`
 (`zero_allow_untested_optimizer`); DeepSpeed then owns the fp32 master weights, the gradient partitions
 and the AdamW moment partitions, and `ZeroOptimizer` is what the trainer calls its optimizer.
 - Forward: the training forward runs through the engine (DeepSpeed's backward bookkeeping starts in
   `engine.forward`); rollout, old and reference log-prob passes call the module (no backward). Under
-  ZeRO-3 a forward is a collective (DeepSpeed's module hooks gather each layer's weights), so the
-  model gets the `all_true` hook and every rank makes the same forward calls.
+  ZeRO-3 a forward is a collective (DeepSpeed's module hooks gather each layer's weights), so
+  `DeepSpeedDist.all_ranks` is `all_true` and every rank makes the same forward calls.
 - Backward: `loss * world`. DeepSpeed averages gradients over ranks; fairalign's per-rank loss is
   already its share of the global loss, so the product turns the average into the SUM. The config has
   gradient_accumulation_steps=1 (no 1/gas scaling); the minibatch's last micro-batch is marked as the

@@ -1,37 +1,47 @@
-"""Data-parallel glue. `Dist` is the one place the trainer talks to other processes.
+"""Data-parallel glue: one class per strategy, offering collectives and model/optimizer wrapping
+only. No algorithm code lives here (the helpers marked deprecated go once the trainer uses the
+estimator protocol), and nothing is attached to the model.
 
-One process: every method is the identity. Several processes (started by `accelerate launch`
-or torchrun, which export RANK / WORLD_SIZE / MASTER_ADDR; the process group is gloo, plus NCCL for
-CUDA tensors when a GPU is visible): prompts are sharded so a prompt's generations stay on one rank, the loss uses global token/sequence counts so each rank's
-loss is its share of the full-batch loss, gradients are summed (all-reduce) once per minibatch —
-so one optimizer step equals the single-process step on the same global batch — every rank folds
-the whole step's rewards into its P-GRPO statistics (identical state on every rank), and metrics
-are reduced. Only rank 0 writes files.
-
-Two strategies (`dist_strategy`, or the launcher: an accelerate FSDP config of version 2 selects
-FSDP2): `ddp`, every rank holds a full replica and `sync_gradients` all-reduces; `fsdp2`, each decoder
-layer and then the root are `fully_shard`-ed (parameters, gradients and AdamW state split over the
-ranks), the gradient reduce-scatter is a SUM (divide factor 1: the losses are already shares of the
-global loss) and happens inside backward, on the last micro-batch only. Forward passes are then
-collectives: `prepare_model` puts `all_true` on the model so data-dependent forward counts are
-agreed across ranks (see rollout/logprobs.py `all_ranks`), and checkpoints gather full state dicts
-(the same files as a 1-process run, so any process count can resume them).
-`deepspeed` (ZeRO stage 2 or 3, `ACCELERATE_DEEPSPEED_ZERO_STAGE`, default 2; an accelerate DeepSpeed
-config selects it): `prepare_optimizer` hands the model and the trainer's AdamW to `deepspeed.initialize`
-and returns a facade whose `step` / `zero_grad` go through the engine; training forwards run through the
-engine (`for_training`), backward scales each loss by the world size (DeepSpeed averages over ranks;
-fairalign's losses are already shares of the global loss, so this makes the reduction a SUM) and marks
-the minibatch's last micro-batch as the accumulation boundary; clipping is DeepSpeed's own on the global
-norm. deepspeed_zero.py holds the DeepSpeed-specific code.
+`Dist.from_env(strategy)` (or `make_dist(rank, world, strategy, options)`) returns:
+- `Dist` for one process (any strategy: nothing to shard): every collective is the identity and the
+  model, optimizer and checkpoints are used as they are. The base class also holds what every
+  strategy shares: `rank`, `world`, `is_main`, `shard`, the collectives (`all_gather_objects`,
+  `sum_metric`, `max_metric`, `mean_metrics`, `group_means`, `all_true`, `barrier`, `close`) and the
+  default wrapping, a full replica per rank whose gradients `sync_gradients` all-reduces (DDP).
+  `rank`, `world`, `all_gather_objects` and `sum_metric` are the collectives object that advantage
+  estimators receive.
+- `DDPDist` (`ddp`, several processes): that default: every rank a full replica, one gradient
+  all-reduce (SUM) per minibatch.
+- `FSDP2Dist` (`fsdp2`; an accelerate FSDP config of version 2 selects it): each decoder layer and
+  then the root are `fully_shard`-ed (parameters, gradients and AdamW state split over the ranks); the
+  gradient reduce-scatter is a SUM (divide factor 1) and happens inside backward, on the minibatch's
+  last micro-batch only; checkpoints gather full state dicts.
+- `DeepSpeedDist` (`deepspeed`, ZeRO stage 2 or 3 from `ACCELERATE_DEEPSPEED_ZERO_STAGE`, default 2;
+  an accelerate DeepSpeed config selects it): `prepare_optimizer` hands the model and the trainer's
+  AdamW to `deepspeed.initialize` and returns a facade whose `step` / `zero_grad` go through the
+  engine; training forwards run through the engine (`for_training`); backward scales each loss by the
+  world size (DeepSpeed averages over ranks) and marks the minibatch's last micro-batch as the
+  accumulation boundary; clipping is DeepSpeed's own on the global norm. deepspeed_zero.py holds the
+  DeepSpeed-specific code.
+Several processes are started by `accelerate launch` or torchrun (RANK / WORLD_SIZE / MASTER_ADDR); the
+process group is gloo, plus NCCL for CUDA tensors when a GPU is visible. Prompts are sharded so a
+prompt's generations stay on one rank; each rank's loss is its share of the global loss, so every
+strategy's gradient reduction is a SUM and one optimizer step equals the single-process step on the
+same global batch. Checkpoints are in the 1-process format whatever the strategy. Only rank 0 writes.
+Forward counts: where a forward pass is a collective (FSDP2, ZeRO-3) every rank must make the same
+forward calls, so code whose number of forwards depends on its own data (the decode loop's stop, the
+log-prob pass's prompt-sharing path) asks `dist.all_ranks(flag)` (passed as the `all_ranks=` keyword of
+`HFGenerationEngine` and `sequence_logprobs`); elsewhere `all_ranks` is `bool`, the local flag.
+Simplifications: `sync_gradients` all-reduces one flat copy of the gradients (no bucketing, no overlap
+with backward); FSDP2 and DeepSpeed gather full state dicts for every checkpoint.
 Not supported, with a one-line error: FSDP1, LoRA with FSDP2 or DeepSpeed, DeepSpeed offload / config files.
 """
 from __future__ import annotations
 
 import os
+from typing import Callable
 
 import torch
-
-from fairalign.rollout.logprobs import ALL_RANKS_ATTR
 
 STRATEGIES = ("auto", "ddp", "fsdp2", "deepspeed")
 
@@ -88,14 +98,14 @@ def resolve_strategy(configured: str = "auto", env=None) -> tuple[str, dict]:
 
 
 class Dist:
-    def __init__(self, rank: int = 0, world: int = 1, strategy: str = "ddp", fsdp_options: dict | None = None):
+    """One process, and what every strategy shares: the collectives (the identity when `world` is 1)
+    and the default wrapping, a full replica per rank (DDP)."""
+
+    def __init__(self, rank: int = 0, world: int = 1, strategy: str = "ddp", options: dict | None = None):
         self.rank = rank
         self.world = world
-        self.strategy = strategy
-        self.fsdp = strategy == "fsdp2" and world > 1  # one process: nothing to shard
-        self.deepspeed = strategy == "deepspeed" and world > 1
-        self.fsdp_options = dict(fsdp_options or {})  # resolve_strategy's options (DeepSpeed: zero_stage)
-        self.zero = None  # DeepSpeed: the ZeroOptimizer that prepare_optimizer returned
+        self.strategy = strategy            # the resolved `dist_strategy` (kept with one process too)
+        self.options = dict(options or {})  # resolve_strategy's options (FSDP2's, DeepSpeed's zero_stage)
 
     @property
     def is_main(self) -> bool:
@@ -103,10 +113,12 @@ class Dist:
 
     @staticmethod
     def from_env(strategy: str = "auto") -> "Dist":
+        """The strategy's class for this process (see `make_dist`), from `dist_strategy` and the
+        launcher's env vars; joins (or creates) the process group when WORLD_SIZE > 1."""
         strategy, options = resolve_strategy(strategy)
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world <= 1:
-            return Dist(strategy=strategy)
+            return make_dist(strategy=strategy, options=options)
         if strategy == "deepspeed":
             from fairalign.train.deepspeed_zero import import_deepspeed
 
@@ -118,132 +130,75 @@ class Dist:
                 torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
             # CPU tensors (metrics, the model while it lives on CPU) go over gloo, CUDA tensors over NCCL
             td.init_process_group(backend="cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo")
-        return Dist(rank=td.get_rank(), world=td.get_world_size(), strategy=strategy, fsdp_options=options)
+        return make_dist(td.get_rank(), td.get_world_size(), strategy, options)
 
-    # ------------------------------------------------------------------ model
+    @property
+    def all_ranks(self) -> Callable[[bool], bool]:
+        """The `all_ranks=` argument of `HFGenerationEngine` and `sequence_logprobs`: flag -> whether it
+        holds on every rank, for code whose number of forward calls depends on its data. Forwards are
+        local here, so it is the local flag (`bool`); strategies whose forwards are collectives return
+        `all_true`."""
+        return bool
+
+    # ------------------------------------------------------------------ model (default: a full replica)
     def prepare_model(self, model):
-        """DDP: the model itself. FSDP2: shard each decoder layer, then the root, in place; the
-        gradient reduction becomes a SUM; the model gets the `all_true` hook. Call before building
-        the optimizer (its parameters become sharded DTensors)."""
-        if self.deepspeed and hasattr(model, "peft_config"):
-            raise ValueError("lora.enabled=true is not supported with DeepSpeed (dist_strategy=deepspeed): use DDP "
-                             "(dist_strategy=ddp) for LoRA runs")
-        if not self.fsdp:
-            return model  # DeepSpeed: prepare_optimizer hands the model over (the reference stays a replica)
-        if hasattr(model, "peft_config"):
-            raise ValueError("lora.enabled=true is not supported with FSDP2 (dist_strategy=fsdp2): use DDP "
-                             "(dist_strategy=ddp) for LoRA runs")
-        from torch.distributed.device_mesh import init_device_mesh
-        from torch.distributed.fsdp import FSDPModule, fully_shard
-
-        mesh = init_device_mesh(next(model.parameters()).device.type, (self.world,))
-        reshard = self.fsdp_options.get("reshard_after_forward", True)
-        for layer in reversed(self._layers(model)):  # innermost first, if wrap classes nest
-            fully_shard(layer, mesh=mesh, reshard_after_forward=reshard)
-        fully_shard(model, mesh=mesh, reshard_after_forward=reshard)
-        for module in model.modules():
-            if isinstance(module, FSDPModule):
-                module.set_gradient_divide_factor(1.0)          # SUM, not FSDP's default mean over ranks
-                module.set_force_sum_reduction_for_comms(True)  # a plain SUM collective (gloo has no PREMUL_SUM)
-        setattr(model, ALL_RANKS_ATTR, self.all_true)
+        """The model to train (or the KL reference), ready before the optimizer is built: here itself."""
         return model
 
     def prepare_optimizer(self, model, optimizer):
-        """DeepSpeed: `deepspeed.initialize` on the model and its AdamW; returns the ZeroOptimizer that
-        the trainer then uses as its optimizer (build the LR scheduler on the AdamW first: DeepSpeed
-        keeps its param-group dicts). ZeRO-3 gives the model the `all_true` hook. Otherwise: `optimizer`."""
-        if not self.deepspeed:
-            return optimizer
-        from fairalign.train.deepspeed_zero import initialize
-
-        stage = int(self.fsdp_options.get("zero_stage", 2))
-        self.zero = initialize(model, optimizer, stage, self.world)
-        if stage == 3:
-            setattr(model, ALL_RANKS_ATTR, self.all_true)
-        return self.zero
+        """The optimizer the trainer steps: here `optimizer` itself."""
+        return optimizer
 
     def for_training(self, model):
-        """What the training forward (the one followed by `backward`) calls: DeepSpeed's engine, else
-        the model."""
-        return self.zero.engine if self.zero is not None else model
+        """What the training forward (the one followed by `backward`) calls: here the model."""
+        return model
 
-    def _layers(self, model) -> list:
-        """The modules sharded one by one: FSDP_TRANSFORMER_CLS_TO_WRAP, else the model's
-        `_no_split_modules` classes, else the blocks of the base model's ModuleList."""
-        names = self.fsdp_options.get("wrap_classes") or list(getattr(model, "_no_split_modules", None) or [])
-        layers = [m for m in model.modules() if m is not model and type(m).__name__ in names]
-        if layers or self.fsdp_options.get("wrap_classes"):
-            if not layers:
-                raise ValueError(f"FSDP_TRANSFORMER_CLS_TO_WRAP={','.join(names)}: no such module in "
-                                 f"{type(model).__name__}")
-            return layers
-        base = getattr(model, "base_model", model)
-        layers = [m for child in base.children() if isinstance(child, torch.nn.ModuleList) for m in child]
-        if not layers:
-            raise ValueError(f"cannot find the decoder layers of {type(model).__name__} to shard with FSDP2: "
-                             f"set fsdp_transformer_layer_cls_to_wrap in the accelerate config")
-        return layers
-
-    def all_true(self, flag: bool) -> bool:
-        """True iff `flag` is true on every rank (a collective)."""
-        if self.world == 1:
-            return bool(flag)
-        t = torch.tensor([1 if flag else 0], dtype=torch.int32)
-        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MIN)
-        return bool(t.item())
+    def unwrap(self, model):
+        return model
 
     def full_model_state(self, model) -> dict | None:
-        """FSDP2: the full state dict on rank 0 ({} elsewhere; a collective, call on every rank).
-        DDP: None (the model's own state dict is already full)."""
-        if self.zero is not None:
-            return self.zero.full_model_state(model)
-        if not self.fsdp:
-            return None
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-        sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        # tied weights (lm_head = embeddings) come back as separate copies: keep one name, as HF does
-        unique = {n for n, _ in model.named_parameters()}
-        aliases = {n for n, _ in model.named_parameters(remove_duplicate=False)} - unique
-        return {k: v for k, v in sd.items() if k not in aliases}
+        """The full state dict on rank 0 ({} elsewhere; a collective, call on every rank), or None when
+        the model's own state dict is already full (here)."""
+        return None
 
     def full_optimizer_state(self, model, optimizer) -> dict | None:
-        """FSDP2: the full optimizer state on rank 0 in `optimizer.state_dict()`'s own format (state
-        keyed by parameter position), so checkpoints do not depend on the strategy ({} elsewhere; a
-        collective). DDP: None."""
-        if self.zero is not None:
-            return self.zero.full_optimizer_state()
-        if not self.fsdp:
-            return None
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-
-        sd = get_optimizer_state_dict(model, optimizer,
-                                      options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        if not self.is_main:
-            return {}
-        pos = {name: i for i, name in enumerate(_param_names(model, optimizer))}
-        return {"state": {pos[k]: v for k, v in sd["state"].items()},
-                "param_groups": [{**g, "params": [pos[k] for k in g["params"]]} for g in sd["param_groups"]]}
+        """The full optimizer state on rank 0 in `optimizer.state_dict()`'s format, keyed by parameter
+        position ({} elsewhere; a collective), or None when `optimizer.state_dict()` is full (here)."""
+        return None
 
     def load_optimizer_state(self, model, optimizer, state: dict) -> None:
         """Load a full `optimizer.state_dict()`-format state (every rank passes the same one)."""
-        if self.zero is not None:
-            self.zero.load_full_optimizer_state(state)
-            return
-        if not self.fsdp:
-            optimizer.load_state_dict(state)
-            return
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+        optimizer.load_state_dict(state)
 
-        names = _param_names(model, optimizer)
-        by_name = {"state": {names[i]: v for i, v in state["state"].items()},
-                   "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in state["param_groups"]]}
-        set_optimizer_state_dict(model, optimizer, by_name, options=StateDictOptions(full_state_dict=True))
-        for group, saved in zip(optimizer.param_groups, state["param_groups"]):  # hyperparameters verbatim
-            group.update({k: v for k, v in saved.items() if k != "params"})      # (DCP turns tuples to lists)
+    # ------------------------------------------------------------------ gradients
+    def backward(self, loss: torch.Tensor, model, sync: bool = True) -> None:
+        """`sync`: whether this is the minibatch's last micro-batch (the strategies that reduce inside
+        backward reduce then); here a plain backward."""
+        loss.backward()
+
+    def sync_gradients(self, model) -> None:
+        """Sum gradients over ranks (each rank's loss is already its share of the global loss): one
+        all-reduce of the flattened gradients."""
+        if self.world == 1:
+            return
+        grads = [p.grad for p in model.parameters() if p.requires_grad and p.grad is not None]
+        if not grads:
+            return
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        torch.distributed.all_reduce(flat)
+        offset = 0
+        for g in grads:
+            n = g.numel()
+            g.copy_(flat[offset:offset + n].view_as(g))
+            offset += n
+
+    def clip_grad_norm(self, params, max_norm: float) -> torch.Tensor:
+        """The global gradient norm, clipping to `max_norm` (inf: no clipping)."""
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
 
     # ------------------------------------------------------------------ data
     def shard(self, items: list) -> list:
+        """This rank's contiguous share of `items` (all ranks pass the same list)."""
         if self.world == 1:
             return items
         if len(items) % self.world:
@@ -253,12 +208,26 @@ class Dist:
         return items[self.rank * k:(self.rank + 1) * k]
 
     # ------------------------------------------------------------------ collectives
-    def _all_gather_objects(self, obj) -> list:
+    def all_gather_objects(self, obj) -> list:
+        """Every rank's `obj` (any picklable value), in rank order; `[obj]` with one process. A collective."""
+        if self.world == 1:
+            return [obj]
         out = [None] * self.world
         torch.distributed.all_gather_object(out, obj)
         return out
 
+    _all_gather_objects = all_gather_objects  # the former private name
+
+    def all_true(self, flag: bool) -> bool:
+        """True iff `flag` is true on every rank (a collective)."""
+        if self.world == 1:
+            return bool(flag)
+        t = torch.tensor([1 if flag else 0], dtype=torch.int32)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MIN)
+        return bool(t.item())
+
     def sum_metric(self, x: float) -> float:
+        """`x` summed over ranks (a collective)."""
         if self.world == 1:
             return x
         t = torch.tensor([x], dtype=torch.float64)
@@ -266,6 +235,7 @@ class Dist:
         return float(t)
 
     def max_metric(self, x: float) -> float:
+        """The largest `x` over ranks (a collective)."""
         if self.world == 1:
             return x
         t = torch.tensor([x], dtype=torch.float64)
@@ -282,20 +252,13 @@ class Dist:
         return {k: float(v) / self.world for k, v in zip(keys, t.tolist())}
 
     def group_means(self, groups: list, rewards: torch.Tensor) -> dict:
+        """Mean reward per preference group over every rank's samples."""
         pairs = [(str(g), float(r)) for g, r in zip(groups, rewards.tolist())]
-        if self.world > 1:
-            pairs = [p for part in self._all_gather_objects(pairs) for p in part]
+        pairs = [p for part in self.all_gather_objects(pairs) for p in part]
         sums: dict[str, list[float]] = {}
         for g, r in pairs:
             sums.setdefault(g, []).append(r)
         return {g: sum(v) / len(v) for g, v in sorted(sums.items())}
-
-    def gather_clip_stats(self, lengths, flags, advs):
-        if self.world == 1:
-            return lengths, flags, advs
-        parts = self._all_gather_objects((lengths.tolist(), flags.tolist(), advs.tolist()))
-        return (torch.tensor([x for p in parts for x in p[0]]), torch.tensor([x for p in parts for x in p[1]]),
-                torch.tensor([x for p in parts for x in p[2]]))
 
     def barrier(self) -> None:
         if self.world > 1:
@@ -308,7 +271,15 @@ class Dist:
             torch.distributed.barrier()
             torch.distributed.destroy_process_group()
 
-    # ------------------------------------------------------------------ advantages needing the whole batch
+    # deprecated: removed once the trainer uses the estimator protocol
+    def gather_clip_stats(self, lengths, flags, advs):
+        if self.world == 1:
+            return lengths, flags, advs
+        parts = self.all_gather_objects((lengths.tolist(), flags.tolist(), advs.tolist()))
+        return (torch.tensor([x for p in parts for x in p[0]]), torch.tensor([x for p in parts for x in p[1]]),
+                torch.tensor([x for p in parts for x in p[2]]))
+
+    # deprecated: removed once the trainer uses the estimator protocol
     def pgrpo_advantages(self, normalizer, rewards, groups, index):
         """Advantages from the pre-batch statistics (identical on every rank); then every rank
         folds the *whole* global batch (gathered in rank order, i.e. prompt order) into its
@@ -316,11 +287,12 @@ class Dist:
         if self.world == 1:
             return normalizer(rewards, groups, index)
         adv = normalizer(rewards, groups, index, update=False)
-        parts = self._all_gather_objects((rewards.tolist(), list(groups)))
+        parts = self.all_gather_objects((rewards.tolist(), list(groups)))
         all_r = torch.tensor([x for p in parts for x in p[0]], dtype=rewards.dtype)
         normalizer.update(all_r, [g for p in parts for g in p[1]])
         return adv
 
+    # deprecated: removed once the trainer uses the estimator protocol
     def reinforce_pp_advantages(self, rewards, index):
         """REINFORCE++ whitens over the whole batch: gather every rank's rewards (prompt ids made
         globally unique), compute on the global batch, keep this rank's rows."""
@@ -328,7 +300,7 @@ class Dist:
 
         if self.world == 1:
             return compute_advantages("reinforce_pp_baseline", rewards, index)
-        parts = self._all_gather_objects((rewards.tolist(), index.tolist()))
+        parts = self.all_gather_objects((rewards.tolist(), index.tolist()))
         all_r = torch.tensor([x for p in parts for x in p[0]], dtype=rewards.dtype)
         offset = 1 + max(max(p[1]) for p in parts)
         all_i = torch.tensor([x + k * offset for k, p in enumerate(parts) for x in p[1]], dtype=torch.long)
@@ -336,43 +308,175 @@ class Dist:
         start = sum(len(p[0]) for p in parts[:self.rank])
         return adv[start:start + rewards.numel()]
 
-    # ------------------------------------------------------------------ gradients
+
+class DDPDist(Dist):
+    """`ddp` with several processes: the base class's full replica per rank, gradients summed by
+    `sync_gradients`."""
+
+    def __init__(self, rank: int, world: int, options: dict | None = None):
+        super().__init__(rank, world, "ddp", options)
+
+
+class FSDP2Dist(Dist):
+    """`fsdp2` with several processes: decoder layers and the root `fully_shard`-ed in place, the
+    gradient reduce-scatter a SUM inside backward, full state dicts gathered for checkpoints."""
+
+    def __init__(self, rank: int, world: int, options: dict | None = None):
+        super().__init__(rank, world, "fsdp2", options)
+
+    @property
+    def all_ranks(self) -> Callable[[bool], bool]:
+        return self.all_true  # every forward of a sharded model is a collective
+
+    def prepare_model(self, model):
+        """Shard each decoder layer, then the root, in place; the gradient reduction becomes a SUM.
+        Call before building the optimizer (its parameters become sharded DTensors)."""
+        if hasattr(model, "peft_config"):
+            raise ValueError("lora.enabled=true is not supported with FSDP2 (dist_strategy=fsdp2): use DDP "
+                             "(dist_strategy=ddp) for LoRA runs")
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import FSDPModule, fully_shard
+
+        mesh = init_device_mesh(next(model.parameters()).device.type, (self.world,))
+        reshard = self.options.get("reshard_after_forward", True)
+        for layer in reversed(self._layers(model)):  # innermost first, if wrap classes nest
+            fully_shard(layer, mesh=mesh, reshard_after_forward=reshard)
+        fully_shard(model, mesh=mesh, reshard_after_forward=reshard)
+        for module in model.modules():
+            if isinstance(module, FSDPModule):
+                module.set_gradient_divide_factor(1.0)          # SUM, not FSDP's default mean over ranks
+                module.set_force_sum_reduction_for_comms(True)  # a plain SUM collective (gloo has no PREMUL_SUM)
+        return model
+
+    def _layers(self, model) -> list:
+        """The modules sharded one by one: FSDP_TRANSFORMER_CLS_TO_WRAP, else the model's
+        `_no_split_modules` classes, else the blocks of the base model's ModuleList."""
+        names = self.options.get("wrap_classes") or list(getattr(model, "_no_split_modules", None) or [])
+        layers = [m for m in model.modules() if m is not model and type(m).__name__ in names]
+        if layers or self.options.get("wrap_classes"):
+            if not layers:
+                raise ValueError(f"FSDP_TRANSFORMER_CLS_TO_WRAP={','.join(names)}: no such module in "
+                                 f"{type(model).__name__}")
+            return layers
+        base = getattr(model, "base_model", model)
+        layers = [m for child in base.children() if isinstance(child, torch.nn.ModuleList) for m in child]
+        if not layers:
+            raise ValueError(f"cannot find the decoder layers of {type(model).__name__} to shard with FSDP2: "
+                             f"set fsdp_transformer_layer_cls_to_wrap in the accelerate config")
+        return layers
+
+    def full_model_state(self, model) -> dict:
+        """The full state dict ({} off rank 0), without tied aliases (a collective)."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        # tied weights (lm_head = embeddings) come back as separate copies: keep one name, as HF does
+        unique = {n for n, _ in model.named_parameters()}
+        aliases = {n for n, _ in model.named_parameters(remove_duplicate=False)} - unique
+        return {k: v for k, v in sd.items() if k not in aliases}
+
+    def full_optimizer_state(self, model, optimizer) -> dict:
+        """The full optimizer state on rank 0 in `optimizer.state_dict()`'s own format (state keyed by
+        parameter position), so checkpoints do not depend on the strategy ({} elsewhere; a collective)."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        sd = get_optimizer_state_dict(model, optimizer,
+                                      options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if not self.is_main:
+            return {}
+        pos = {name: i for i, name in enumerate(_param_names(model, optimizer))}
+        return {"state": {pos[k]: v for k, v in sd["state"].items()},
+                "param_groups": [{**g, "params": [pos[k] for k in g["params"]]} for g in sd["param_groups"]]}
+
+    def load_optimizer_state(self, model, optimizer, state: dict) -> None:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        names = _param_names(model, optimizer)
+        by_name = {"state": {names[i]: v for i, v in state["state"].items()},
+                   "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in state["param_groups"]]}
+        set_optimizer_state_dict(model, optimizer, by_name, options=StateDictOptions(full_state_dict=True))
+        for group, saved in zip(optimizer.param_groups, state["param_groups"]):  # hyperparameters verbatim
+            group.update({k: v for k, v in saved.items() if k != "params"})      # (DCP turns tuples to lists)
+
     def backward(self, loss: torch.Tensor, model, sync: bool = True) -> None:
-        """FSDP2: `sync=False` (a micro-batch that is not the minibatch's last) keeps the gradients
-        unsharded and local; the last one reduce-scatters the accumulated sum. DeepSpeed: through the
-        engine, `sync` marks the accumulation boundary."""
-        if self.zero is not None:
-            self.zero.backward(loss, sync)
-            return
-        if self.fsdp:
-            model.set_requires_gradient_sync(sync)
+        """`sync=False` (a micro-batch that is not the minibatch's last) keeps the gradients unsharded
+        and local; the last one reduce-scatters the accumulated sum."""
+        model.set_requires_gradient_sync(sync)
         loss.backward()
 
     def sync_gradients(self, model) -> None:
-        """Sum gradients over ranks: each rank's loss is already its share of the global loss.
-        (FSDP2 and DeepSpeed already summed them in backward.)"""
-        if self.world == 1 or self.fsdp or self.zero is not None:
-            return
-        grads = [p.grad for p in model.parameters() if p.requires_grad and p.grad is not None]
-        if not grads:
-            return
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        torch.distributed.all_reduce(flat)
-        offset = 0
-        for g in grads:
-            n = g.numel()
-            g.copy_(flat[offset:offset + n].view_as(g))
-            offset += n
+        """Nothing to do: backward already reduce-scattered the SUM."""
+
+
+class DeepSpeedDist(Dist):
+    """`deepspeed` with several processes: ZeRO-2 or ZeRO-3 through `deepspeed.initialize`
+    (deepspeed_zero.py); the model is handed over in `prepare_optimizer`."""
+
+    def __init__(self, rank: int, world: int, options: dict | None = None):
+        super().__init__(rank, world, "deepspeed", options)
+        self.zero_stage = int(self.options.get("zero_stage", 2))
+        self.zero = None  # the ZeroOptimizer that prepare_optimizer returned
+
+    @property
+    def all_ranks(self) -> Callable[[bool], bool]:
+        return self.all_true if self.zero_stage == 3 else bool  # ZeRO-3: forwards gather weights (collectives)
+
+    def _engine(self):
+        if self.zero is None:
+            raise RuntimeError("DeepSpeedDist: call prepare_optimizer before training or saving")
+        return self.zero
+
+    def prepare_model(self, model):
+        """The model itself (the reference stays a replica; `prepare_optimizer` hands the policy over)."""
+        if hasattr(model, "peft_config"):
+            raise ValueError("lora.enabled=true is not supported with DeepSpeed (dist_strategy=deepspeed): use DDP "
+                             "(dist_strategy=ddp) for LoRA runs")
+        return model
+
+    def prepare_optimizer(self, model, optimizer):
+        """`deepspeed.initialize` on the model and its AdamW; returns the ZeroOptimizer that the trainer
+        then uses as its optimizer (build the LR scheduler on the AdamW first: DeepSpeed keeps its
+        param-group dicts)."""
+        from fairalign.train.deepspeed_zero import initialize
+
+        self.zero = initialize(model, optimizer, self.zero_stage, self.world)
+        return self.zero
+
+    def for_training(self, model):
+        return self._engine().engine
+
+    def full_model_state(self, model) -> dict:
+        return self._engine().full_model_state(model)
+
+    def full_optimizer_state(self, model, optimizer) -> dict:
+        return self._engine().full_optimizer_state()
+
+    def load_optimizer_state(self, model, optimizer, state: dict) -> None:
+        self._engine().load_full_optimizer_state(state)
+
+    def backward(self, loss: torch.Tensor, model, sync: bool = True) -> None:
+        """Through the engine; `sync` marks the accumulation boundary."""
+        self._engine().backward(loss, sync)
+
+    def sync_gradients(self, model) -> None:
+        """Nothing to do: DeepSpeed reduced the gradients in backward."""
 
     def clip_grad_norm(self, params, max_norm: float) -> torch.Tensor:
-        """The global gradient norm, clipping to `max_norm` (inf: no clipping). DeepSpeed: the norm
-        now, the clipping inside the next optimizer step (the same formula)."""
-        if self.zero is not None:
-            return self.zero.grad_norm(max_norm)
-        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+        """The global norm now; the clipping happens inside the next optimizer step (the same formula)."""
+        return self._engine().grad_norm(max_norm)
 
-    def unwrap(self, model):
-        return model
+
+_CLASSES = {"ddp": DDPDist, "fsdp2": FSDP2Dist, "deepspeed": DeepSpeedDist}
+
+
+def make_dist(rank: int = 0, world: int = 1, strategy: str = "ddp", options: dict | None = None) -> Dist:
+    """The `Dist` for `strategy` (a resolved name: ddp, fsdp2 or deepspeed) with `world` processes:
+    the strategy's class, or the plain `Dist` for one process (nothing to shard or partition)."""
+    if strategy not in _CLASSES:
+        raise ValueError(f"unknown distributed strategy '{strategy}'; allowed: {', '.join(_CLASSES)}")
+    if world <= 1:
+        return Dist(rank, world, strategy, options)
+    return _CLASSES[strategy](rank, world, options)
 
 
 def _param_names(model, optimizer) -> list[str]:

@@ -20,6 +20,7 @@ import time
 import torch
 
 from fairalign.rollout.logprobs import sequence_logprobs
+from fairalign.train.dist import DeepSpeedDist
 
 
 def demonstrations(task, n: int, seed: int) -> list[dict]:
@@ -51,7 +52,7 @@ def run_sft_warmup(trainer) -> list[dict]:
     """Run cfg.sft.steps supervised steps on `trainer.model`; returns one metric dict per step."""
     cfg, dist, engine = trainer.cfg, trainer.dist, trainer.engine
     s = cfg.sft
-    if dist.zero is not None:  # DeepSpeed owns the weights and the one optimizer it was given
+    if isinstance(dist, DeepSpeedDist):  # DeepSpeed owns the weights and the one optimizer it was given
         raise ValueError("sft.steps > 0 is not supported with dist_strategy=deepspeed: run the warm-up with "
                          "ddp or fsdp2 and resume with dist_strategy=deepspeed, or set sft.steps=0")
     demos = demonstrations(trainer.task, s.steps * s.batch_size, cfg.seed)
@@ -80,7 +81,8 @@ def run_sft_warmup(trainer) -> list[dict]:
             loss_sum = 0.0
             for mic in torch.split(torch.arange(len(batch)), micro):
                 with trainer.dtype_ctx():
-                    logp, _ = sequence_logprobs(trainer.model, p_ids[mic], p_mask[mic], r_ids[mic], r_mask[mic])
+                    logp, _ = sequence_logprobs(trainer.model, p_ids[mic], p_mask[mic], r_ids[mic], r_mask[mic],
+                                                all_ranks=dist.all_ranks)
                 loss = -(logp.float() * r_mask[mic].to(logp.device)).sum() / n_tokens
                 dist.backward(loss, trainer.model)
                 loss_sum += float(loss.detach())
