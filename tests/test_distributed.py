@@ -28,7 +28,7 @@ WORKER = textwrap.dedent('''
     cfg = build_config({"model": "tiny", "task": "personas", "steps": 2, "seed": 5,
                         "output_dir": out + "/run-" + mode,
                         "rollout": {"prompts_per_step": 4, "generations": 3, "max_new_tokens": 10},
-                        "algo": {"loss": "fspo", "advantage": "pgrpo", "pgrpo_min_count": 2, "minibatches": 1,
+                        "algo": {"loss": "fspo", "drift": "kl", "advantage": "pgrpo", "pgrpo_min_count": 2, "minibatches": 2,
                                  "agg": sys.argv[3], "micro_batch_size": 2},
                         "optim": {"lr": 1e-3, "grad_clip": 0.0},
                         "log": {"tensorboard": False, "progress": False}})
@@ -127,7 +127,7 @@ def test_two_processes_equal_one(tmp_path, agg):
         assert a.get("clip_frac", 0.0) == pytest.approx(b.get("clip_frac", 0.0), abs=1e-6)
         assert {k for k in a if k.startswith("reward/group/")} == {k for k in b if k.startswith("reward/group/")}
     # gradients of every optimizer step (summed over ranks) and the updated parameters
-    assert len(one["grads"]) == len(r0["grads"]) == 2
+    assert len(one["grads"]) == len(r0["grads"]) == 4  # 2 steps x 2 minibatches
     for g1, g0, gr1 in zip(one["grads"], r0["grads"], r1["grads"]):
         for name in g1:
             torch.testing.assert_close(g0[name], g1[name], atol=1e-5, rtol=1e-4)

@@ -195,7 +195,7 @@ WORKER = textwrap.dedent('''
                         "dist_strategy": "fsdp2", "keep_last": 3,
                         "rollout": {"prompts_per_step": 4, "generations": 3, "max_new_tokens": 10},
                         "algo": {"loss": "fspo", "advantage": "pgrpo", "pgrpo_min_count": 2, "micro_batch_size": 2,
-                                 "minibatches": 1, "ppo_epochs": 2, "beta": 0.05},
+                                 "minibatches": 2, "ppo_epochs": 2, "beta": 0.05},
                         "optim": {"lr": 1e-3, "grad_clip": 0.05},
                         "log": {"tensorboard": False, "progress": False}})
     tr = Trainer(cfg, resume=resume)

@@ -44,7 +44,9 @@ def resolve_config(source: str | None, overrides: list[str]):
 
 
 # checkpoints do not depend on the process count or strategy, so dist_strategy may change on resume
-RESUMABLE_OVERRIDES = ("steps", "save_every", "keep_last", "log.", "dist_strategy")
+# where and how fast it runs may change too (device, threads), and the reward time limit
+RESUMABLE_OVERRIDES = ("steps", "save_every", "keep_last", "log.", "dist_strategy", "device", "threads",
+                       "reward_timeout_s")
 
 
 def resume_config(run_dir: str, overrides: list[str]):
@@ -65,7 +67,8 @@ def resume_config(run_dir: str, overrides: list[str]):
             node_new, node_old = node_new[part], node_old[part]
         if node_new != node_old:
             raise ConfigError(f"--resume: '{key}' differs from the checkpoint's config ({node_old!r}); only "
-                              f"steps, save_every, keep_last, dist_strategy and log.* may change on resume")
+                              f"steps, save_every, keep_last, dist_strategy, device, threads, reward_timeout_s and "
+                              f"log.* may change on resume")
     cfg.output_dir = str(run_dir)
     return cfg
 

@@ -203,8 +203,9 @@ def load_training_state(path: Path) -> dict:
     """Everything but the model weights: optimizer, scheduler, rng, trainer_state."""
     path = Path(path)
     return {
-        "optimizer": torch.load(path / "optimizer.pt", weights_only=True),
-        "scheduler": torch.load(path / "scheduler.pt", weights_only=True),
-        "torch_rng": torch.load(path / "rng.pt", weights_only=True)["torch"],
+        # map_location: a checkpoint written on a GPU resumes on a machine without one
+        "optimizer": torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu"),
+        "scheduler": torch.load(path / "scheduler.pt", weights_only=True, map_location="cpu"),
+        "torch_rng": torch.load(path / "rng.pt", weights_only=True, map_location="cpu")["torch"],
         "trainer_state": json.loads((path / "trainer_state.json").read_text()),
     }

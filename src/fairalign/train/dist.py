@@ -1,6 +1,6 @@
 """Data-parallel glue: one class per strategy, offering collectives and model/optimizer wrapping
-only. No algorithm code lives here (the helpers marked deprecated go once the trainer uses the
-estimator protocol), and nothing is attached to the model.
+only. No algorithm code lives here (advantage estimators do their cross-rank work through
+`all_gather_objects`), and nothing is attached to the model.
 
 `Dist.from_env(strategy)` (or `make_dist(rank, world, strategy, options)`) returns:
 - `Dist` for one process (any strategy: nothing to shard): every collective is the identity and the
@@ -270,43 +270,6 @@ class Dist:
         if self.world > 1 and torch.distributed.is_initialized():
             torch.distributed.barrier()
             torch.distributed.destroy_process_group()
-
-    # deprecated: removed once the trainer uses the estimator protocol
-    def gather_clip_stats(self, lengths, flags, advs):
-        if self.world == 1:
-            return lengths, flags, advs
-        parts = self.all_gather_objects((lengths.tolist(), flags.tolist(), advs.tolist()))
-        return (torch.tensor([x for p in parts for x in p[0]]), torch.tensor([x for p in parts for x in p[1]]),
-                torch.tensor([x for p in parts for x in p[2]]))
-
-    # deprecated: removed once the trainer uses the estimator protocol
-    def pgrpo_advantages(self, normalizer, rewards, groups, index):
-        """Advantages from the pre-batch statistics (identical on every rank); then every rank
-        folds the *whole* global batch (gathered in rank order, i.e. prompt order) into its
-        statistics, so all ranks hold the state a single process would hold, bit for bit."""
-        if self.world == 1:
-            return normalizer(rewards, groups, index)
-        adv = normalizer(rewards, groups, index, update=False)
-        parts = self.all_gather_objects((rewards.tolist(), list(groups)))
-        all_r = torch.tensor([x for p in parts for x in p[0]], dtype=rewards.dtype)
-        normalizer.update(all_r, [g for p in parts for g in p[1]])
-        return adv
-
-    # deprecated: removed once the trainer uses the estimator protocol
-    def reinforce_pp_advantages(self, rewards, index):
-        """REINFORCE++ whitens over the whole batch: gather every rank's rewards (prompt ids made
-        globally unique), compute on the global batch, keep this rank's rows."""
-        from fairalign.algos import compute_advantages
-
-        if self.world == 1:
-            return compute_advantages("reinforce_pp_baseline", rewards, index)
-        parts = self.all_gather_objects((rewards.tolist(), index.tolist()))
-        all_r = torch.tensor([x for p in parts for x in p[0]], dtype=rewards.dtype)
-        offset = 1 + max(max(p[1]) for p in parts)
-        all_i = torch.tensor([x + k * offset for k, p in enumerate(parts) for x in p[1]], dtype=torch.long)
-        adv = compute_advantages("reinforce_pp_baseline", all_r, all_i)
-        start = sum(len(p[0]) for p in parts[:self.rank])
-        return adv[start:start + rewards.numel()]
 
 
 class DDPDist(Dist):

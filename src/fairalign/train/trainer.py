@@ -321,8 +321,31 @@ class Trainer:
                  **{f"reward/{n}": float(v[i]) for n, v in batch.reward_parts.items()}} for i in range(k)])
         return m
 
+    def _minibatches(self, B: int, gen: torch.Generator) -> list[torch.Tensor]:
+        """This rank's rows of each global minibatch (sorted). The permutation is drawn over the *global*
+        batch with the same generator on every rank, and each rank keeps the rows it holds, so the
+        minibatches are the same sets of samples whatever the process count."""
+        a = self.cfg.algo
+        sizes = [B] if self.dist.world == 1 else self.dist.all_gather_objects(B)
+        offset, total = sum(sizes[:self.dist.rank]), sum(sizes)
+        order = torch.randperm(total, generator=gen) if a.minibatches > 1 else torch.arange(total)
+        out = []
+        for mb in torch.tensor_split(order, a.minibatches):
+            mine = mb[(mb >= offset) & (mb < offset + B)] - offset
+            out.append(mine.sort().values)
+        return out
+
+    def _micro_batches(self, mb: torch.Tensor, micro: int) -> list[torch.Tensor | None]:
+        """The minibatch's micro-batches; None = a placeholder, so every rank runs as many forward /
+        backward passes as the rank with the most (sharded models need matching collectives)."""
+        mics: list = list(torch.split(mb, micro)) if len(mb) else []
+        if self.dist.world > 1:
+            n = int(self.dist.max_metric(float(len(mics))))
+            mics += [None] * (n - len(mics))
+        return mics
+
     @torch.no_grad()
-    def _batch_stats(self, batch, mb: torch.Tensor, micro: int, on_policy: bool) -> dict:
+    def _batch_stats(self, batch, mics: list, on_policy: bool) -> dict:
         """The whole-minibatch statistics the loss declared (e.g. FSPO drift="kl": mean log ratio), summed
         over every micro-batch and rank so that no memory setting changes them."""
         if not self.loss.batch_stats:
@@ -330,8 +353,11 @@ class Trainer:
         if on_policy:  # nothing updated yet: ℓ ≡ 0
             return {name: 0.0 for name in self.loss.batch_stats}
         sums = {name: [0.0, 0.0] for name in self.loss.batch_stats}
-        for mic in torch.split(mb, micro):
-            logp, _, r_mask, rlen = self._forward(self.model, batch, mic, with_entropy=False)
+        for mic in mics:
+            logp, _, r_mask, rlen = self._forward(self.model, batch, torch.zeros(1, dtype=torch.long) if mic is None
+                                                  else mic, with_entropy=False)
+            if mic is None:
+                continue  # placeholder forward: counts nothing
             ell = logp - batch.old_logp[mic.to(self.device), :rlen].to(logp.device)  # [b, R']
             for name in sums:
                 num, den = BATCH_STATISTICS[name](ell, r_mask.to(logp.device))
@@ -351,26 +377,29 @@ class Trainer:
         params = [p for p in self.model.parameters() if p.requires_grad]
         stats = UpdateStats()
         for epoch in range(a.ppo_epochs):
-            order = torch.randperm(B, generator=gen) if a.minibatches > 1 else torch.arange(B)
-            for k_mb, mb in enumerate(torch.tensor_split(order, a.minibatches)):
-                mb = mb.sort().values  # [b] rows of this minibatch
+            for k_mb, mb in enumerate(self._minibatches(B, gen)):  # mb: [b] this rank's rows of the minibatch
                 on_policy = epoch == 0 and k_mb == 0  # no optimizer step on this batch yet: ratio ≡ 1
                 mb_tokens = self.dist.sum_metric(float(batch.response_mask[mb].sum()))  # global normalizers
                 mb_seqs = self.dist.sum_metric(float(len(mb)))
-                batch_stats = self._batch_stats(batch, mb, micro, on_policy)
+                mics = self._micro_batches(mb, micro)
+                batch_stats = self._batch_stats(batch, mics, on_policy)
                 self.optimizer.zero_grad(set_to_none=True)
                 mb_loss = 0.0
-                mics = torch.split(mb, micro)
                 for k_mic, mic in enumerate(mics):
+                    last = k_mic == len(mics) - 1  # FSDP2: reduce once, on the last micro-batch
+                    model = self.dist.for_training(self.model)
+                    if mic is None:  # placeholder: a zero-weighted pass keeps the ranks' collectives matched
+                        logp, _, _, _ = self._forward(model, batch, torch.zeros(1, dtype=torch.long), with_entropy=False)
+                        self.dist.backward(logp.sum() * 0.0, self.model, sync=last)
+                        continue
                     rows = mic.to(self.device)
-                    logp, ent, r_mask, rlen = self._forward(self.dist.for_training(self.model), batch, mic,
-                                                            with_entropy=True)  # [b, R']
+                    logp, ent, r_mask, rlen = self._forward(model, batch, mic, with_entropy=True)  # [b, R']
                     r_mask = r_mask.to(logp.device)
                     old = logp.detach() if batch.old_logp is None else batch.old_logp[rows, :rlen]  # [b, R']
                     if not bool(torch.isfinite(logp[r_mask]).all() & torch.isfinite(old[r_mask]).all()):
                         # a numerical fault of the forward pass, not bad input: this optimizer step is skipped
                         # (every rank still runs its backward so collectives stay matched)
-                        self.dist.backward(torch.nan_to_num(logp).sum() * 0.0, self.model, sync=k_mic == len(mics) - 1)
+                        self.dist.backward(torch.nan_to_num(logp).sum() * 0.0, self.model, sync=last)
                         mb_loss = float("nan")
                         continue
                     if batch.engine_logp is not None and epoch == 0:  # |engine − training-model| log-probs
@@ -383,7 +412,7 @@ class Trainer:
                         kl = kl_penalty(logp, batch.ref_logp[rows, :rlen], kind=a.kl)  # [b, R']
                         loss = loss + a.beta * aggregate(kl, r_mask, a.agg, horizon=self.loss.horizon,
                                                          global_tokens=mb_tokens, global_seqs=mb_seqs)
-                    self.dist.backward(loss, self.model, sync=k_mic == len(mics) - 1)  # FSDP2: reduce once
+                    self.dist.backward(loss, self.model, sync=last)
                     mb_loss += float(loss.detach())
                     stats.add(loss_stats, r_mask, ent, adv, off_policy=not on_policy, kl=kl)
                 mb_loss = self.dist.sum_metric(mb_loss)  # global: every rank makes the same skip decision
