@@ -1,7 +1,9 @@
 """Named presets: partial configs selected by name (`fairalign train fspo`), merged over defaults.
 
 Each algorithm preset is the published recipe's *loss-side* settings; rollout sizes and the model
-stay the defaults. Task presets (`rlpa-smollm2-cpu`) are whole documented configs. Parts of a recipe that are not loss settings (DAPO's
+stay the defaults. Every loss preset reuses each rollout batch for at least two optimizer steps
+(the default `algo.minibatches=2`, DESIGN §1.5b), so the importance ratio leaves 1 and the losses
+really differ (tests/test_offpolicy_defaults.py checks every preset). Task presets (`rlpa-smollm2-cpu`) are whole documented configs. Parts of a recipe that are not loss settings (DAPO's
 dynamic sampling and overlong shaping) are not included; docs/algorithms.md says so.
 """
 from __future__ import annotations
