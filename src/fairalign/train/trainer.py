@@ -123,6 +123,12 @@ class Trainer:
         if self.sft_done:
             self._setup_reference(from_run=cfg.sft.steps > 0)
 
+    @property
+    def normalizer(self):
+        """The estimator's running-statistics object when it has one (P-GRPO's PreferenceGroupNormalizer),
+        else None; kept for code written before the estimator protocol (use `trainer.estimator`)."""
+        return getattr(self.estimator, "normalizer", None)
+
     # ------------------------------------------------------------------ setup
     def _load_model(self, start_ckpt: Path | None):
         cfg = self.cfg
