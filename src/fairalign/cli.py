@@ -194,6 +194,16 @@ def cmd_simulate(ns, rest: list[str]) -> int:
     return simulate_main(rest)
 
 
+def cmd_compare(ns, rest: list[str]) -> int:
+    from fairalign.compare import run_study
+    from fairalign.train.config import ConfigError
+
+    if not rest or "=" in rest[0]:
+        raise ConfigError("compare needs SPEC.yaml: fairalign compare SPEC.yaml [KEY=VALUE ...]")
+    run_study(rest[0], rest[1:])
+    return 0
+
+
 COMMANDS = {
     "train": (cmd_train, "train a policy: fairalign train [CONFIG.yaml|PRESET] [KEY=VALUE ...] [--resume RUN_DIR]"),
     "demo": (cmd_demo, "the main job: P-GRPO + FSPO on 'personas' with SmolLM2-135M, before/after evaluation"),
@@ -201,6 +211,7 @@ COMMANDS = {
     "eval": (cmd_eval, "held-out reward per preference group: fairalign eval RUN_DIR_OR_MODEL [KEY=VALUE ...]"),
     "eval-dialogue": (cmd_eval_dialogue, "RLPA dialogue evaluation (AL(k), AVG, N-IR, N-R²)"),
     "simulate-clipping": (cmd_simulate, "length-fairness simulation of the fixed, GSPO and FSPO clip bands"),
+    "compare": (cmd_compare, "paired seed study, differences with t intervals: fairalign compare SPEC.yaml [KEY=VALUE ...]"),
 }
 
 

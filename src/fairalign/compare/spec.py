@@ -1,0 +1,191 @@
+"""The study spec of `fairalign compare SPEC.yaml [KEY=VALUE ...]`, validated whole before anything trains.
+
+    output_dir: runs/cmp-pgrpo          # the study folder (default runs/<spec file name>)
+    seeds: [0, 1, 2, 3, 4]              # or a count: 5 = [0, 1, 2, 3, 4]
+    base: {model: smollm2-135m, task: personas, steps: 20}   # config keys, nested or dotted
+    arms:                               # first arm = the baseline of the paired differences
+      grpo:  {algo.advantage: grpo}
+      pgrpo: {algo.advantage: pgrpo}
+    eval: {examples: 64}                # held-out evaluation (eval.* keys; rlpa: profiles, turns)
+    save_every: 4                       # checkpoint interval of every run (default max(1, steps // 5))
+
+A run's config is `build_config(base merged with the arm, overrides + [seed=S, output_dir=...])`; the
+KEY=VALUE pairs of the command line are config overrides applied to every run, except `output_dir=`
+and `seeds=`, which replace the spec's. Every mistake is a ConfigError of one line that names the spec
+file and the key.
+"""
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fairalign.train.config import Config, ConfigError, build_config, load_yaml, nest, parse_override, to_dict
+from fairalign.train.presets import merge
+
+SPEC_KEYS = ("output_dir", "seeds", "base", "arms", "eval", "save_every")
+# spec `eval:` aliases (the flags of `fairalign eval-dialogue`); other keys are eval.* unless dotted
+EVAL_ALIASES = {"profiles": "eval.examples", "turns": "task_options.eval_turns"}
+EVAL_KEYS = ("eval.", "task_options.eval_turns")
+# keys that do not change what a run trains: a finished or checkpointed run is reused when only these differ
+NON_TRAINING_KEYS = ("output_dir", "save_every", "keep_last", "log.", "eval.", "dist_strategy", "device", "threads",
+                     "reward_timeout_s", "task_options.eval_turns")
+ARM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+
+
+@dataclass
+class Study:
+    """A validated spec: the configs of every (arm, seed) run, built and checked."""
+    path: Path
+    output_dir: Path
+    seeds: list[int]
+    arms: list[str]
+    configs: dict[str, dict[int, Config]]          # arm -> seed -> run config
+    eval_overrides: list[str] = field(default_factory=list)  # applied to a run's config for its evaluation
+    spec: dict = field(default_factory=dict)       # the spec as read, for the record
+    overrides: list[str] = field(default_factory=list)
+    command_line: list[str] = field(default_factory=list)  # the KEY=VALUE pairs as given
+
+    def run_dir(self, arm: str, seed: int) -> Path:
+        return self.output_dir / arm / f"seed-{seed}"
+
+
+def undot(data: dict) -> dict:
+    """A mapping whose keys may be dotted ("algo.advantage") or nested, as one nested mapping."""
+    out: dict = {}
+    for k, v in data.items():
+        if isinstance(v, dict):
+            v = undot(v)
+        out = merge(out, nest(str(k), v))
+    return out
+
+
+def flatten(data: dict, prefix: str = "") -> dict:
+    """Nested mapping -> {dotted key: leaf value}."""
+    out = {}
+    for k, v in data.items():
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def training_differences(a: Config, b: Config) -> list[str]:
+    """Dotted keys whose values differ between two configs, leaving out those that do not change training."""
+    fa, fb = flatten(to_dict(a)), flatten(to_dict(b))
+    return [k for k in sorted(set(fa) | set(fb)) if not k.startswith(NON_TRAINING_KEYS) and fa.get(k) != fb.get(k)]
+
+
+def load_study(path: str | Path, cli: list[str] | None = None) -> Study:
+    path = Path(path)
+    spec = load_yaml(path)
+    where = f"spec '{path}'"
+
+    def fail(msg: str) -> ConfigError:
+        return ConfigError(f"{where}: {msg}")
+
+    overrides = []
+    spec = copy.deepcopy(spec)
+    for ov in cli or []:
+        key, value = parse_override(ov)
+        if key in ("output_dir", "seeds"):
+            spec[key] = value
+        else:
+            overrides.append(ov)
+    for k in spec:
+        if k not in SPEC_KEYS:
+            raise fail(f"unknown key '{k}'; a spec has {', '.join(SPEC_KEYS)} (config keys go under base: or an arm)")
+    seeds = _seeds(spec.get("seeds"), fail)
+    base = spec.get("base") or {}
+    if not isinstance(base, dict):
+        raise fail(f"base must be a mapping of config keys, got {base!r}")
+    arms = spec.get("arms")
+    if not isinstance(arms, dict) or len(arms) < 2:
+        raise fail("arms must map at least two arm names to their config changes (the first arm is the baseline), "
+                   f"got {arms!r}")
+    output_dir = Path(str(spec.get("output_dir") or f"runs/{path.stem}"))
+    save_every = spec.get("save_every")
+    if save_every is not None and (isinstance(save_every, bool) or not isinstance(save_every, int) or save_every < 1):
+        raise fail(f"save_every must be a positive integer, got {save_every!r}")
+    base = _nested(base, "base", fail)
+    for reserved in ("seed", "output_dir"):
+        if reserved in base or any(parse_override(o)[0] == reserved for o in overrides):
+            raise fail(f"'{reserved}' is set by the study (seeds: / output_dir:), not in base: or on the command line")
+    try:
+        build_config(base, overrides)
+    except ConfigError as e:
+        raise fail(f"base{' + command line' if overrides else ''}: {e}") from None
+    # the spec's eval: block, then the command line's evaluation keys (the command line wins)
+    eval_overrides = _eval_overrides(spec.get("eval") or {}, fail)
+    eval_overrides += [o for o in overrides if parse_override(o)[0].startswith(EVAL_KEYS)]
+
+    configs: dict[str, dict[int, Config]] = {}
+    for name, change in arms.items():
+        name = str(name)
+        if not ARM_NAME.match(name):
+            raise fail(f"arm name '{name}' must be letters, digits, '_', '-', '.', '+' (it names a folder)")
+        if change is None or change == {}:
+            raise fail(f"arm '{name}' names no change; give the keys it sets (the baseline too, e.g. "
+                       f"{{algo.advantage: grpo}})")
+        if not isinstance(change, dict):
+            raise fail(f"arm '{name}' must be a mapping of config keys, got {change!r}")
+        change = _nested(change, f"arm '{name}'", fail)
+        for reserved in ("seed", "output_dir"):
+            if reserved in change:
+                raise fail(f"arm '{name}': '{reserved}' is set by the study (seeds: / output_dir:)")
+        configs[name] = {}
+        for seed in seeds:
+            run_dir = output_dir / name / f"seed-{seed}"
+            try:
+                cfg = build_config(merge(base, change), [*overrides, f"seed={seed}", f"output_dir={run_dir}"])
+                if cfg.save_every == 0:  # a study always checkpoints, so a killed study loses little
+                    cfg.save_every = save_every or max(1, cfg.steps // 5)
+                cfg.log.progress = False  # the study prints its own line per step
+            except ConfigError as e:
+                raise fail(f"arm '{name}': {e}") from None
+            configs[name][seed] = cfg
+    names = list(configs)
+    try:  # the evaluation settings must be valid too
+        build_config(to_dict(configs[names[0]][seeds[0]]), eval_overrides)
+    except ConfigError as e:
+        raise fail(f"eval: {e}") from None
+    for i, a in enumerate(names):
+        for b in names[:i]:
+            if not training_differences(configs[a][seeds[0]], configs[b][seeds[0]]):
+                raise fail(f"arms '{b}' and '{a}' train the same config (after the command-line overrides)")
+    return Study(path=path, output_dir=output_dir, seeds=seeds, arms=names, configs=configs,
+                 eval_overrides=eval_overrides, spec=spec, overrides=overrides,
+                 command_line=list(cli or []))
+
+
+def _seeds(value, fail) -> list[int]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = list(range(value))
+    if not isinstance(value, list) or not value:
+        raise fail(f"seeds must be a non-empty list of integers (or a count), got {value!r}")
+    if any(isinstance(s, bool) or not isinstance(s, int) for s in value):
+        raise fail(f"seeds must be integers, got {value!r}")
+    if len(set(value)) != len(value):
+        raise fail(f"seeds has a repeated seed: {value!r}")
+    return list(value)
+
+
+def _nested(data: dict, what: str, fail) -> dict:
+    try:
+        return undot(data)
+    except (TypeError, AttributeError):
+        raise fail(f"{what}: keys must be config keys (nested or dotted), got {data!r}") from None
+
+
+def _eval_overrides(block, fail) -> list[str]:
+    import json
+
+    if not isinstance(block, dict):
+        raise fail(f"eval must be a mapping (e.g. {{examples: 64}}), got {block!r}")
+    out = []
+    for k, v in block.items():
+        key = EVAL_ALIASES.get(str(k), str(k) if "." in str(k) else f"eval.{k}")
+        out.append(f"{key}={json.dumps(v)}")
+    return out

@@ -1,0 +1,240 @@
+"""`fairalign compare`: a paired seed study of two arms (the tiny model, 2 steps): its layout, its
+comparison.json (numbers re-derived here from the run files), an idempotent rerun, a killed study that
+resumes to the same result, the t statistics against hand-computed values, and one-line spec errors."""
+import io
+import json
+import math
+import re
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fairalign.cli import main
+from fairalign.compare import mean_interval, paired_differences, run_study, t_quantile, t_two_sided_p
+
+ARMS = {"grpo": {"algo.advantage": "grpo"}, "rloo": {"algo": {"advantage": "rloo"}, "optim.lr": 0.05}}
+BASE = {"model": "tiny", "task": "personas", "steps": 2, "rollout.prompts_per_step": 2, "rollout.generations": 2,
+        "rollout.max_new_tokens": 6, "log": {"tensorboard": False}}
+SEEDS = [0, 1]
+RUN_FILES = ("config.yaml", "metrics.jsonl", "eval.json", "final")
+
+
+class SimulatedKill(Exception):
+    """Raised from inside a training step: the process 'dies' there (nothing after it runs)."""
+
+
+def _spec(folder: Path, **changes) -> Path:
+    spec = {"output_dir": str(folder / "study"), "seeds": SEEDS, "base": BASE, "arms": ARMS, "eval": {"examples": 4}}
+    spec.update(changes)
+    path = folder / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def _run_files(study: Path) -> dict:
+    return {str(p): p.stat().st_mtime_ns for arm in ARMS for p in (study / arm).rglob("*") if p.is_file()}
+
+
+def _no_timings(runs: dict) -> dict:
+    return {a: {s: {k: v for k, v in m.items() if not k.startswith("time/")} for s, m in seeds.items()}
+            for a, seeds in runs.items()}
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory, tiny_model_dir):
+    folder = tmp_path_factory.mktemp("compare")
+    spec = _spec(folder)
+    out = io.StringIO()
+    t0 = time.perf_counter()
+    comparison = run_study(spec, stream=out)
+    return {"spec": spec, "dir": folder / "study", "comparison": comparison, "log": out.getvalue(),
+            "seconds": time.perf_counter() - t0}
+
+
+def test_layout_progress_and_eval_files(study):
+    d = study["dir"]
+    for arm in ARMS:
+        for seed in SEEDS:
+            run = d / arm / f"seed-{seed}"
+            for name in RUN_FILES:
+                assert (run / name).exists(), run / name
+            cfg = yaml.safe_load((run / "config.yaml").read_text())
+            assert cfg["seed"] == seed and cfg["output_dir"] == str(run)
+            assert cfg["save_every"] == 1 and cfg["log"]["progress"] is False  # max(1, steps // 5)
+            ev = json.loads((run / "eval.json").read_text())
+            assert ev["kind"] == "heldout" and ev["n"] == 4 and set(ev["by_group"])
+    assert json.loads((d / "comparison.json").read_text()) == study["comparison"]
+    for seed in SEEDS:  # paired: step 1 of every arm sees the same prompts and samples the same tokens
+        first = [json.loads((d / arm / f"seed-{seed}" / "samples.jsonl").read_text().splitlines()[0]) for arm in ARMS]
+        assert first[0]["prompt"] == first[1]["prompt"] and first[0]["completion"] == first[1]["completion"]
+    lines = [x for x in study["log"].splitlines() if " step " in x]
+    assert len(lines) == len(ARMS) * len(SEEDS) * BASE["steps"]
+    assert re.fullmatch(r"\[grpo seed 0\] step 1/2  reward \d\.\d{3}  study 1/8 steps, eta \d+m\d\ds", lines[0])
+    assert lines[-1].startswith("[rloo seed 1] step 2/2") and "study 8/8 steps" in lines[-1]
+    assert "heldout/reward" in study["log"] and "rloo - grpo [95% CI] p" in study["log"]
+
+
+def test_comparison_numbers_follow_from_the_run_files(study):
+    c, d = study["comparison"], study["dir"]
+    for key in ("arms", "seeds", "baseline", "runs", "differences", "arms_summary", "method", "wall_s"):
+        assert key in c, key
+    assert c["arms"] == list(ARMS) and c["seeds"] == SEEDS and c["baseline"] == "grpo"
+    assert "t_{0.975, n-1}" in c["method"]
+    runs = c["runs"]
+    for arm in ARMS:
+        for seed in SEEDS:
+            m, run = runs[arm][str(seed)], d / arm / f"seed-{seed}"
+            ev = json.loads((run / "eval.json").read_text())
+            assert m["heldout/reward"] == ev["mean"]
+            groups = {k[len("heldout/group/"):]: v for k, v in m.items() if k.startswith("heldout/group/")}
+            assert groups == ev["by_group"]
+            rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+            assert [r["step"] for r in rows] == [1, 2]
+            assert m["train/reward_final"] == pytest.approx(rows[-1]["reward/mean"])  # last max(1, 2 // 5) steps
+            assert m["time/train_s"] == pytest.approx(sum(r["step_s"] for r in rows))
+            n = sum(r.get("clip_count/len/4-8", 0) for r in rows)
+            if n:
+                k = sum(r.get("clip_clipped/len/4-8", 0) for r in rows)
+                assert m["clip_rate/len/4-8"] == pytest.approx(k / n)
+                assert "lre/pooled" in m
+    diffs = c["differences"]
+    assert set(diffs) == {"rloo"} and "heldout/reward" in diffs["rloo"] and "train/reward_final" in diffs["rloo"]
+    for metric, dm in diffs["rloo"].items():
+        per_seed = [runs["rloo"][str(s)][metric] - runs["grpo"][str(s)][metric] for s in SEEDS]
+        assert dm["n"] == 2
+        assert dm["mean"] == pytest.approx(sum(per_seed) / 2)
+        lo, hi = dm["ci95"]
+        assert lo <= dm["mean"] <= hi
+        half = t_quantile(0.975, 1) * abs(per_seed[0] - per_seed[1]) / 2  # sd/√2 = |d1 - d2|/2 for n = 2
+        assert hi - dm["mean"] == pytest.approx(half, abs=1e-12)
+        assert 0.0 <= dm["p"] <= 1.0
+    for arm in ARMS:
+        s = c["arms_summary"][arm]["heldout/reward"]
+        assert s["n"] == 2 and s["mean"] == pytest.approx(sum(runs[arm][str(x)]["heldout/reward"] for x in SEEDS) / 2)
+    assert any(d["ci95"][1] > d["ci95"][0] for d in diffs["rloo"].values())  # not every difference is zero
+
+
+def test_rerun_is_a_fast_no_op(study, capsys):
+    before = _run_files(study["dir"])
+    t0 = time.perf_counter()
+    assert main(["compare", str(study["spec"])]) == 0
+    seconds = time.perf_counter() - t0
+    out = capsys.readouterr().out
+    assert _run_files(study["dir"]) == before  # nothing in a run directory was written
+    assert "0 trained, 0 evaluated, 4 reused" in out and " step " not in out
+    again = json.loads((study["dir"] / "comparison.json").read_text())
+    assert again["runs"] == study["comparison"]["runs"] and again["differences"] == study["comparison"]["differences"]
+    print(f"\nstudy {study['seconds']:.1f}s; rerun {seconds:.2f}s (aggregation {again['aggregate_s']:.3f}s)")
+    assert again["aggregate_s"] < 1.0
+    assert seconds < 15.0
+
+
+def test_a_changed_training_key_is_refused(study, capsys):
+    before = _run_files(study["dir"])
+    assert main(["compare", str(study["spec"]), "optim.weight_decay=0.1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "optim.weight_decay" in err and "seed-0" in err
+    assert _run_files(study["dir"]) == before
+
+
+def test_killed_study_resumes_to_the_same_comparison(study, tmp_path, monkeypatch):
+    from fairalign.train.trainer import Trainer
+
+    spec = _spec(tmp_path)
+    real = Trainer.train_step
+    calls = []
+
+    def dies_at_the_fourth_step(self):
+        if len(calls) == 3:  # grpo seed 0 done; rloo seed 0 checkpointed after step 1, killed in step 2
+            raise SimulatedKill()
+        calls.append(1)
+        return real(self)
+
+    monkeypatch.setattr(Trainer, "train_step", dies_at_the_fourth_step)
+    with pytest.raises(SimulatedKill):
+        run_study(spec, stream=io.StringIO())
+    killed = tmp_path / "study" / "rloo" / "seed-0"
+    assert (killed / "checkpoints" / "step-1").is_dir() and not (killed / "final").exists()
+    assert not (tmp_path / "study" / "comparison.json").exists()
+
+    resumed_steps = []
+
+    def counting(self):
+        resumed_steps.append(self.step + 1)
+        return real(self)
+
+    monkeypatch.setattr(Trainer, "train_step", counting)
+    out = io.StringIO()
+    c = run_study(spec, stream=out)
+    assert resumed_steps == [2, 1, 2, 1, 2]  # rloo seed 0 resumed at step 2; seed 1 trained from scratch
+    assert "1 reused" in out.getvalue()
+    assert [json.loads(x)["step"] for x in (killed / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    ref = study["comparison"]
+    assert _no_timings(c["runs"]) == _no_timings(ref["runs"])
+    strip = lambda d: {a: {m: v for m, v in ms.items() if not m.startswith("time/")} for a, ms in d.items()}
+    assert strip(c["differences"]) == strip(ref["differences"])
+
+    # other evaluation settings re-evaluate every run and retrain none
+    before = {k: v for k, v in _run_files(tmp_path / "study").items() if not k.endswith("eval.json")}
+    resumed_steps.clear()
+    c2 = run_study(spec, ["eval.examples=2"], stream=io.StringIO())
+    assert resumed_steps == []
+    assert {k: v for k, v in _run_files(tmp_path / "study").items() if not k.endswith("eval.json")} == before
+    assert json.loads((killed / "eval.json").read_text())["n"] == 2
+    assert c2["runs"]["grpo"]["0"]["train/reward_final"] == c["runs"]["grpo"]["0"]["train/reward_final"]
+
+
+def test_t_interval_matches_hand_computed_values():
+    assert t_quantile(0.975, 1) == pytest.approx(math.tan(0.475 * math.pi), abs=1e-9)  # Cauchy
+    assert t_quantile(0.975, 2) == pytest.approx(4.302653, abs=1e-6)
+    assert t_quantile(0.975, 2) == pytest.approx(math.sqrt(2 / (0.05 * (2 - 0.05)) - 2), abs=1e-9)  # dof 2: closed form
+    for dof, t in ((3, 3.182446), (4, 2.776445), (5, 2.570582), (10, 2.228139), (30, 2.042272)):
+        assert t_quantile(0.975, dof) == pytest.approx(t, abs=1e-6)
+    assert t_quantile(0.975, 10 ** 6) == pytest.approx(1.959966, abs=1e-5)
+    assert t_quantile(0.025, 4) == pytest.approx(-2.776445, abs=1e-6)
+    r = mean_interval([1.0, 2.0, 3.0])
+    half = 4.302653 / math.sqrt(3)
+    assert r["mean"] == 2.0 and r["n"] == 3 and r["sd"] == pytest.approx(1.0)
+    assert r["ci95"] == pytest.approx([2 - half, 2 + half], abs=1e-5)
+    t = 2 / (1 / math.sqrt(3))
+    assert r["p"] == pytest.approx(1 - t / math.sqrt(2 + t * t), abs=1e-12)  # dof 2: P(|T|>t) = 1 - t/√(2+t²)
+    assert t_two_sided_p(0.0, 7) == pytest.approx(1.0)
+    assert mean_interval([0.4]) == {"mean": 0.4, "ci95": None, "n": 1, "sd": None, "p": None}
+    assert mean_interval([0.5, 0.5]) == {"mean": 0.5, "ci95": [0.5, 0.5], "n": 2, "sd": 0.0, "p": 0.0}
+    arm = {0: {"x": 3.0, "only_arm": 1.0}, 1: {"x": 5.0}, 2: {"x": 6.0}}
+    base = {0: {"x": 2.0}, 1: {"x": 3.0}, 2: {"x": 3.0}}
+    d = paired_differences(arm, base)
+    assert set(d) == {"x"} and d["x"]["mean"] == pytest.approx(2.0) and d["x"]["n"] == 3
+    assert d["x"]["ci95"] == pytest.approx([2 - half, 2 + half], abs=1e-5)
+
+
+@pytest.mark.parametrize("changes, expected", [
+    ({"arms": {"grpo": {"algo.advantage": "grpo"}, "typo": {"algo.advantag": "rloo"}}},
+     r"arm 'typo': unknown config key 'algo.advantag'; did you mean 'algo.advantage'\?"),
+    ({"arms": None}, r"arms must map at least two arm names"),
+    ({"arms": {"grpo": {"algo.advantage": "grpo"}}}, r"arms must map at least two arm names"),
+    ({"seeds": []}, r"seeds must be a non-empty list"),
+    ({"arms": {"grpo": {"algo.advantage": "grpo"}, "same": {}}}, r"arm 'same' names no change"),
+    ({"arms": {"a": {"algo.advantage": "grpo"}, "b": {"optim.lr": 1e-5}}}, r"arms 'a' and 'b' train the same config"),
+    ({"arms": {"a": {"algo.advantage": "grpo"}, "b": {"algo.advantage": "nope"}}},
+     r"arm 'b': config key 'algo.advantage' has unknown value 'nope'"),
+    ({"base": {**BASE, "seed": 3}}, r"'seed' is set by the study"),
+    ({"eval": {"exampels": 4}}, r"eval: unknown config key 'eval.exampels'"),
+    ({"sedes": [0]}, r"unknown key 'sedes'"),
+])
+def test_bad_spec_fails_in_one_line_before_training(tmp_path, capsys, changes, expected):
+    spec = _spec(tmp_path, **changes)
+    assert main(["compare", str(spec)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith(f"fairalign: error: spec '{spec}': "), err
+    assert re.search(expected, err), err
+    assert not (tmp_path / "study").exists()
+
+
+def test_cli_help_lists_compare(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0 and "fairalign compare SPEC.yaml" in capsys.readouterr().out
