@@ -225,3 +225,29 @@ def test_slow_reward_within_the_limit_is_fine(tmp_path):
                        SMALL + ["steps=1", "reward_timeout_s=20"] + _hanging_task(tmp_path, 0.05))
     row = Trainer(cfg, progress=False).train()[0]
     assert row["reward/slow"] == 1.0 and row["reward/errors"] == 0
+
+
+def test_sigterm_under_two_processes_stops_every_rank_at_the_same_step(tmp_path):
+    """The launcher forwards SIGTERM to both ranks; they agree on the stop step, one checkpoint is written
+    for it, and the run resumes to the end. A fresh model cache: both ranks build the tiny model (a rank
+    other than 0 used to write a folder without weights, since save_pretrained skips it)."""
+    run = tmp_path / "run"
+    env = {**os.environ, "FAIRALIGN_CACHE": str(tmp_path / "cache")}
+    p = _cli("train", "--num-processes", "2", *SMALL, "steps=8", "rollout.prompts_per_step=2",
+             f"output_dir={run}", env=env)
+    _wait_for_step(run, 2, p, timeout=400)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=300)
+    import re
+
+    found = re.findall(r"stopped by SIGTERM after step (\d+); resume with", err)
+    assert len(found) == 2, err  # one message per rank (the two may share a line), the same step on both
+    steps = set(map(int, found))
+    assert len(steps) == 1, found
+    stopped = steps.pop()
+    assert (run / "checkpoints" / f"step-{stopped}" / "COMPLETE").exists()
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == stopped
+    r = _cli("train", "--resume", str(run), "--num-processes", "2", env=env)
+    _, err = r.communicate(timeout=600)
+    assert r.returncode == 0, err
+    assert [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()] == list(range(1, 9))

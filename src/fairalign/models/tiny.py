@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from fairalign.models.cache import atomic_folder, models_cache_dir
+from fairalign.models.cache import atomic_folder, models_cache_dir, save_model_files
 
 TINY_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 TINY_VOCAB_SIZE = 1024
@@ -135,7 +135,7 @@ def build_tiny_model(path: str | Path, seed: int = 0) -> Path:
             torch.manual_seed(seed)
             model = Qwen2ForCausalLM(config)
         model.generation_config = GenerationConfig(eos_token_id=eos_id, pad_token_id=pad_id)
-        model.save_pretrained(tmp)
+        save_model_files(model, tmp)  # not save_pretrained: it skips non-zero ranks of a distributed run
         tok.save_pretrained(tmp)
     return path
 
