@@ -115,6 +115,9 @@ def cmd_train(ns, rest: list[str]) -> int:
         from fairalign.train.plots import make_plots
 
         make_plots(trainer.run_dir)
+        from fairalign.report import write_report
+
+        write_report(trainer.run_dir)
         last = rows[-1] if rows else {}
         print(f"done: {trainer.step} steps in {trainer.run_dir} "
               f"(last reward/mean {last.get('reward/mean', float('nan')):.3f})")
@@ -188,6 +191,16 @@ def cmd_eval_dialogue(ns, rest: list[str]) -> int:
     return eval_dialogue_main(rest)
 
 
+def cmd_report(ns, rest: list[str]) -> int:
+    from fairalign.report import write_report
+    from fairalign.train.config import ConfigError
+
+    if len(rest) != 1:
+        raise ConfigError("report needs one directory: fairalign report RUN_DIR_OR_STUDY_DIR")
+    print(f"wrote {write_report(rest[0])}")
+    return 0
+
+
 def cmd_simulate(ns, rest: list[str]) -> int:
     from fairalign.simulate import main as simulate_main
 
@@ -210,6 +223,7 @@ COMMANDS = {
     "config": (cmd_config, "print the fully resolved config: fairalign config [CONFIG|PRESET] [KEY=VALUE ...]"),
     "eval": (cmd_eval, "held-out reward per preference group: fairalign eval RUN_DIR_OR_MODEL [KEY=VALUE ...]"),
     "eval-dialogue": (cmd_eval_dialogue, "RLPA dialogue evaluation (AL(k), AVG, N-IR, N-R²)"),
+    "report": (cmd_report, "one self-contained report.html for a run or a study: fairalign report RUN_DIR_OR_STUDY_DIR"),
     "simulate-clipping": (cmd_simulate, "length-fairness simulation of the fixed, GSPO and FSPO clip bands"),
     "compare": (cmd_compare, "paired seed study, differences with t intervals: fairalign compare SPEC.yaml [KEY=VALUE ...]"),
 }

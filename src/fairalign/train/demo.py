@@ -91,4 +91,7 @@ def run_demo(overrides: list[str] | None = None, console=None) -> dict:
     console.print(table)
     console.print(f"wrote {run_dir}/summary.json, metrics.jsonl, samples.jsonl and plots: "
                   f"{', '.join(p.name for p in plots)}")
+    from fairalign.report import write_report
+
+    console.print(f"wrote {write_report(run_dir)} (open it in a browser)")
     return summary
