@@ -54,12 +54,13 @@ class PhaseTimer:
 def instrument(trainer, timer: PhaseTimer) -> None:
     """Wrap the update's pieces with timers (the trainer module's names are patched, not fairalign's code)."""
     import torch
+    import fairalign.train.methods as mm
     import fairalign.train.trainer as tm
 
     # grad-enabled calls only: the no-grad behaviour / reference passes belong to the "logprob" phase
     tm.sequence_logprobs = timer.wrap("  forward (sequence_logprobs)", tm.sequence_logprobs,
                                       when=torch.is_grad_enabled)
-    tm.compute_policy_loss = timer.wrap("  policy loss", tm.compute_policy_loss)
+    mm.compute_policy_loss = timer.wrap("  policy loss", mm.compute_policy_loss)  # what PolicyLoss calls
     trainer.dist.backward = timer.wrap("  backward", trainer.dist.backward)
     torch.nn.utils.clip_grad_norm_ = timer.wrap("  grad clip", torch.nn.utils.clip_grad_norm_)
     starts = []
