@@ -60,7 +60,7 @@ def test_fspo_kl_drift_is_the_whole_batch_mean_whatever_the_split(seed, micro):
         grad[rows] = gp
         total += float(part.detach())
         flags.append(st_part["clipped"])
-    assert total == pytest.approx(float(whole), rel=1e-5, abs=1e-7)
+    assert total == pytest.approx(float(whole.detach()), rel=1e-5, abs=1e-7)
     torch.testing.assert_close(grad, g_whole, rtol=1e-5, atol=1e-7)
     assert torch.equal(torch.cat(flags), st_whole["clipped"])
 
