@@ -12,7 +12,7 @@ import torch
 
 _TENSOR_FIELDS = (
     "prompt_ids", "prompt_mask", "response_ids", "response_mask", "lengths", "truncated", "index",
-    "old_logp", "ref_logp", "rewards", "advantages", "engine_logp",
+    "old_logp", "ref_logp", "rewards", "advantages", "engine_logp", "values", "returns",
 )
 _LIST_FIELDS = ("prompts", "completions", "groups")
 
@@ -34,7 +34,7 @@ class RolloutBatch:
     old_logp: torch.Tensor | None = None  # [B, R] float, behaviour-policy token log-probs
     ref_logp: torch.Tensor | None = None  # [B, R] float, reference-model token log-probs (beta > 0)
     rewards: torch.Tensor | None = None  # [B] float, total reward (filled by the task's rollout)
-    advantages: torch.Tensor | None = None  # [B] float, sequence advantages (filled by the estimator)
+    advantages: torch.Tensor | None = None  # [B] or [B, R] float, sequence or token advantages (the estimator)
     # [B, R] float, the rollout engine's own log-prob of each sampled token (vLLM; 0 on padding); only
     # a diagnostic of the train/inference mismatch, never the behaviour log-probs
     engine_logp: torch.Tensor | None = None
@@ -42,6 +42,8 @@ class RolloutBatch:
     reward_parts: dict = field(default_factory=dict)
     reward_errors: int = 0  # reward calls that failed and were scored 0 (on_reward_error=zero)
     generate_s: float = 0.0  # seconds the rollout spent in the engine's generate calls
+    values: torch.Tensor | None = None  # [B, R] float, the critic's V(s_t) before the step's updates (algo.critic)
+    returns: torch.Tensor | None = None  # [B, R] float, the critic's targets (from an estimator that uses values)
 
     def __post_init__(self) -> None:
         B, R = self.response_ids.shape
@@ -52,11 +54,13 @@ class RolloutBatch:
             )
         if self.response_mask.shape != (B, R):
             raise ValueError(f"response_mask {tuple(self.response_mask.shape)} != response_ids {(B, R)}")
-        for name in ("lengths", "truncated", "index", "rewards", "advantages"):
+        for name in ("lengths", "truncated", "index", "rewards"):
             value = getattr(self, name)
             if value is not None and tuple(value.shape) != (B,):
                 raise ValueError(f"{name} has shape {tuple(value.shape)}, expected ({B},)")
-        for name in ("old_logp", "ref_logp", "engine_logp"):
+        if self.advantages is not None and tuple(self.advantages.shape) not in ((B,), (B, R)):
+            raise ValueError(f"advantages has shape {tuple(self.advantages.shape)}, expected ({B},) or {(B, R)}")
+        for name in ("old_logp", "ref_logp", "engine_logp", "values", "returns"):
             value = getattr(self, name)
             if value is not None and tuple(value.shape) != (B, R):
                 raise ValueError(f"{name} has shape {tuple(value.shape)}, expected {(B, R)}")
