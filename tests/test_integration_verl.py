@@ -256,6 +256,15 @@ def test_length_fairness_from_verl_averaged_counts(actor_config):
     assert math.isclose(got["lre"], ref["lre"], abs_tol=1e-12) and ref["lre"] > 0
 
 
+def test_fspo_band_from_verl_keys_says_when_they_are_verls_ppo_defaults(monkeypatch, caplog):
+    monkeypatch.setattr(fv, "_warned_defaults", False)
+    assert fv.fspo_band({"clip_ratio_low": None, "clip_ratio_high": 0.03, "clip_ratio": 0.02}) == (0.02, 0.03)
+    assert not caplog.records
+    with caplog.at_level("WARNING", logger=fv.__name__):
+        assert fv.fspo_band({"clip_ratio_low": 0.2, "clip_ratio_high": 0.2}) == (0.2, 0.2)
+    assert "verl's PPO defaults 0.2/0.2" in caplog.text
+
+
 def test_fspo_bad_band_names_the_verl_key(cfg):
     bad = omega_conf_to_dataclass(_edited(cfg, "actor_rollout_ref.actor.clip_ratio_high", 0).actor_rollout_ref.actor)
     _, _, logp, old, seq_adv, mask, _ = _rollout(0)
