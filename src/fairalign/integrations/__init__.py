@@ -1,0 +1,1 @@
+"""Integrations of fairalign's methods into other training frameworks (TRL, verl)."""
