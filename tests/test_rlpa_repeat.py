@@ -1,7 +1,7 @@
 """A repeated question is a repeat (issue 14, RLPA over 10 turns): the rules judge fails a reply that
 asks again a question of an earlier assistant turn, even behind a new acknowledgement, and the rules
 user answers it with "You already asked me that." and reveals nothing. Before this, only a
-near-identical *whole* reply counted, so 93.7% of (acknowledgement, same question) pairs passed and
+near-identical *whole* reply counted, so 93.6% of (acknowledgement, same question) pairs passed and
 RL at temperature 0.8 learned to vary the wrapper, not the question (docs/evidence/rlpa/README.md)."""
 from hypothesis import given, settings
 from hypothesis import strategies as st
