@@ -1,7 +1,8 @@
 """fairalign.algos: pure tensor math for RL alignment (torch only, no other fairalign imports).
 
 Policy losses (ppo, gspo, fspo, cispo), loss aggregation, advantage estimators (grpo, dr_grpo,
-rloo, reinforce_pp_baseline, pgrpo), the stateful P-GRPO normalizer and KL estimators. Tensors in,
+rloo, reinforce_pp_baseline, pgrpo), the stateful P-GRPO normalizer, KL estimators and DAPO's
+rollout-side pieces (overlong penalty, tied-group detection and selection for dynamic sampling). Tensors in,
 tensors and plain dicts out. Definitions: DESIGN.md §1.1-1.4 and docs/algorithms.md.
 Losses and estimators are registered by name with their hyperparameters (registry.py); the
 estimator protocol (estimators.py) is how a trainer calls any of them.
@@ -10,6 +11,7 @@ estimator protocol (estimators.py) is how a trainer calls any of them.
 from .advantages import (ADVANTAGE_ESTIMATORS, compute_advantages, dr_grpo, grpo, group_stats,
                          reinforce_pp_baseline, rloo)
 from .aggregation import AGG_MODES, aggregate
+from .dapo import group_order, overlong_penalty, select_groups, tied_groups, zero_groups
 from .fspo import fspo_log_band
 from .kl import KL_ESTIMATORS, kl_penalty
 from .pgrpo import PreferenceGroupNormalizer
@@ -39,9 +41,14 @@ __all__ = [
     "compute_policy_loss",
     "dr_grpo",
     "fspo_log_band",
+    "group_order",
     "grpo",
     "group_stats",
     "kl_penalty",
+    "overlong_penalty",
     "reinforce_pp_baseline",
     "rloo",
+    "select_groups",
+    "tied_groups",
+    "zero_groups",
 ]

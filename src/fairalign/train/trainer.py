@@ -1,7 +1,9 @@
 """The trainer: a recipe over four stages that fill one `RolloutBatch` per step (docs/architecture.md).
 
-    1. rollout      batch = task.rollout(engine, examples, G, seed)      responses + rewards (task-owned)
-    2. advantages   batch.advantages = estimator(rewards, index, groups, dist)   (registered, may hold state)
+    1. rollout      pool = rollout_stage.sample(step)   task.rollout(engine, examples, G, seed) per round:
+                    responses + rewards (task-owned), rollout.* options (overlong penalty, dynamic sampling)
+    2. advantages   pool.advantages = estimator(rewards, index, groups, dist)   (registered, may hold state);
+                    batch = rollout_stage.training_batch(pool): the groups trained on, train_mask
     3. log-probs    batch.old_logp / batch.ref_logp                      (behaviour once, before any update)
     4. updates      ppo_epochs x minibatches optimizer steps of the registered policy loss
 No line here names a loss, an estimator or a task: they come from train/methods.py and the task.
@@ -37,6 +39,7 @@ from fairalign.train.dist import Dist
 from fairalign.train.logging import Progress, RunLogger, truncate_after_step
 from fairalign.train.methods import resolve_estimator, resolve_policy_loss
 from fairalign.train.reference import REFERENCE_DIR, load_reference, save_reference
+from fairalign.train.rollout_stage import RolloutStage
 from fairalign.train.run_lock import RunLock
 from fairalign.train.signals import StopRequest, StopRequested
 from fairalign.train.setup import lr_lambda, resolve_device, seed_everything, task_from_config, trim_padding
@@ -102,6 +105,7 @@ class Trainer:
         self.estimator = resolve_estimator(cfg)         # stage 2: the registered (or user) estimator
         self.skipped_prompts = self._check_prompt_lengths()
         self.sampler = PromptSampler(len(self.task.train_examples), cfg.seed)
+        self.rollout_stage = RolloutStage(cfg, self.task, self.engine, self.sampler, self.dist, self.estimator)
         if start_ckpt is not None:
             try:
                 self._restore(start_ckpt)
@@ -260,23 +264,23 @@ class Trainer:
             return self._logprobs_no_grad(self.model, batch, micro)
 
     def train_step(self) -> dict:
-        cfg, r, a = self.cfg, self.cfg.rollout, self.cfg.algo
+        cfg, a = self.cfg, self.cfg.algo
         t_start = time.perf_counter()
         step = self.step + 1
         if hasattr(self.engine, "sync_weights"):  # vLLM serves a copy: push the weights the updates produced
             self.engine.sync_weights(self.model)
         t_sync = time.perf_counter()
-        # 1. rollout: responses and rewards, owned by the task (single-turn default, or e.g. RLPA dialogues)
-        ex_idx = self.dist.shard(self.sampler.take(r.prompts_per_step))
-        examples = [self.task.train_examples[i] for i in ex_idx]
-        seed = cfg.seed * 1_000_003 + step * 101 + self.dist.rank
+        # 1. rollout: responses and rewards, owned by the task (single-turn default, or e.g. RLPA dialogues);
+        #    the rollout stage adds the rollout.* options: overlong penalty, dynamic sampling (more rounds)
         with self.dtype_ctx():
-            batch = self.task.rollout(self.engine, examples, r.generations, seed, on_reward_error=cfg.on_reward_error)
-        rewards = batch.rewards.float().to(self.device)  # [B]
+            pool = self.rollout_stage.sample(step)  # every prompt group sampled this step
         t_rew = time.perf_counter()
         # 2. advantages: the registered estimator (whole prompt groups live on one rank; cross-rank work
-        #    goes through the dist's collectives)
-        batch.advantages = self.estimator(rewards, batch.index, batch.groups, self.dist).float().to(self.device)  # [B]
+        #    goes through the dist's collectives), over every sampled group; then the groups trained on
+        pool.advantages = self.estimator(pool.rewards.float().to(self.device), pool.index, pool.groups,
+                                         self.dist).float().to(self.device)  # [B_pool]
+        batch = self.rollout_stage.training_batch(pool)  # this rank's share; train_mask: rows with loss weight
+        rewards = batch.rewards.float().to(self.device)  # [B]
         # 3. behaviour / reference log-probs, once, before the first update (only when they are not the
         #    first update's own forward)
         B = len(batch)
@@ -308,6 +312,7 @@ class Trainer:
         m["data/skipped_long_prompts"] = self.skipped_prompts
         for g, val in self.dist.group_means(batch.groups, rewards).items():
             m[f"reward/group/{g}"] = val
+        m.update(self.rollout_stage.metrics)
         m.update(upd)
         m.update(self.estimator.metrics())
         m["lr"] = self.scheduler.get_last_lr()[0]
@@ -350,6 +355,13 @@ class Trainer:
             mics += [None] * (n - len(mics))
         return mics
 
+    @staticmethod
+    def _weighted(batch, rows: torch.Tensor, r_mask: torch.Tensor) -> torch.Tensor:
+        """The response mask [b, R'] of `rows` without the rows that have no loss weight (train_mask)."""
+        if batch.train_mask is None:
+            return r_mask
+        return r_mask & batch.train_mask[rows.to(batch.train_mask.device)].to(r_mask.device)[:, None]
+
     @torch.no_grad()
     def _batch_stats(self, batch, mics: list, on_policy: bool) -> dict:
         """The whole-minibatch statistics the loss declared (e.g. FSPO drift="kl": mean log ratio), summed
@@ -365,8 +377,9 @@ class Trainer:
             if mic is None:
                 continue  # placeholder forward: counts nothing
             ell = logp - batch.old_logp[mic.to(self.device), :rlen].to(logp.device)  # [b, R']
+            r_mask = self._weighted(batch, mic, r_mask.to(logp.device))
             for name in sums:
-                num, den = BATCH_STATISTICS[name](ell, r_mask.to(logp.device))
+                num, den = BATCH_STATISTICS[name](ell, r_mask)
                 sums[name][0] += float(num)
                 sums[name][1] += float(den)
         out = {}
@@ -382,11 +395,15 @@ class Trainer:
         gen = torch.Generator().manual_seed(cfg.seed * 7919 + self.step)
         params = [p for p in self.model.parameters() if p.requires_grad]
         stats = UpdateStats()
+        w = batch.train_mask  # [B] bool or None: rows with loss weight (the others count in no normalizer)
         for epoch in range(a.ppo_epochs):
             for k_mb, mb in enumerate(self._minibatches(B, gen)):  # mb: [b] this rank's rows of the minibatch
-                on_policy = epoch == 0 and k_mb == 0  # no optimizer step on this batch yet: ratio ≡ 1
-                mb_tokens = self.dist.sum_metric(float(batch.response_mask[mb].sum()))  # global normalizers
-                mb_seqs = self.dist.sum_metric(float(len(mb)))
+                on_policy = stats.updates + stats.skipped == 0  # no optimizer step on this batch yet: ratio ≡ 1
+                weighted = batch.response_mask[mb] if w is None else batch.response_mask[mb] & w[mb, None]
+                mb_tokens = self.dist.sum_metric(float(weighted.sum()))  # global normalizers
+                mb_seqs = self.dist.sum_metric(float(len(mb) if w is None else w[mb].sum()))
+                if mb_tokens == 0:  # no row of this minibatch has loss weight, on any rank: no update
+                    continue
                 mics = self._micro_batches(mb, micro)
                 batch_stats = self._batch_stats(batch, mics, on_policy)
                 self.optimizer.zero_grad(set_to_none=True)
@@ -400,7 +417,7 @@ class Trainer:
                         continue
                     rows = mic.to(self.device)
                     logp, ent, r_mask, rlen = self._forward(model, batch, mic, with_entropy=True)  # [b, R']
-                    r_mask = r_mask.to(logp.device)
+                    r_mask = self._weighted(batch, mic, r_mask.to(logp.device))  # [b, R']
                     old = logp.detach() if batch.old_logp is None else batch.old_logp[rows, :rlen]  # [b, R']
                     if not bool(torch.isfinite(logp[r_mask]).all() & torch.isfinite(old[r_mask]).all()):
                         # a numerical fault of the forward pass, not bad input: this optimizer step is skipped
