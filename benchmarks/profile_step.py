@@ -4,12 +4,16 @@ Runs --warmup untimed steps and then --steps steps of `Trainer.train_step()` for
 the median of the trainer's own time/* metrics (generation, rewards, log-prob passes, update) with
 their share of the step, generated tokens per second, and a finer split of the update measured by
 timing wrappers: the training forward (`sequence_logprobs`), the policy loss, backward, gradient
-clipping and the optimizer step (the rest of the update is metric bookkeeping). With
+clipping and the optimizer step (the rest of the update is metric bookkeeping); with a critic
+(`algo.advantage=gae algo.critic=head|model`) also the value model's forward (`sequence_values`),
+the value loss, the value model's backward and the critic's optimizer step. The critic's no-grad
+values pass (and the value head's shared behaviour pass) is part of the "logprob" phase. With
 --torch-profile, one extra step runs under torch.profiler and the top-15 ops by self CPU time are
 printed. Any config key can be overridden with KEY=VALUE (as on the `fairalign train` command line).
 
     PYTHONPATH=src .venv/bin/python benchmarks/profile_step.py --model tiny --prompts 8 --generations 4 \
         --max-new-tokens 32 [--steps 3 --threads 2 --torch-profile] [algo.loss=fspo ...]
+    PYTHONPATH=src .venv/bin/python benchmarks/profile_step.py --model tiny algo.advantage=gae algo.critic=model
 """
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ import tempfile
 import time
 
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-PHASES = (("generate", "time/generate_s"), ("reward", "time/reward_s"), ("logprob", "time/logprob_s"),
+PHASES = (("generate", "time/generate_s"), ("reward", "time/reward_s"), ("logprob (+ critic values, advantages)", "time/logprob_s"),
           ("update", "time/update_s"))
 
 
@@ -66,6 +70,19 @@ def instrument(trainer, timer: PhaseTimer) -> None:
     starts = []
     trainer.optimizer.register_step_pre_hook(lambda *_: starts.append(time.perf_counter()))
     trainer.optimizer.register_step_post_hook(lambda *_: timer.add("  optimizer step", time.perf_counter() - starts.pop()))
+    critic = trainer.critic
+    if hasattr(critic, "optimizer"):  # algo.critic=head|model
+        import fairalign.rollout.values as vm
+        import fairalign.train.critic as cm
+
+        vm.sequence_values = timer.wrap("  critic: value model forward (sequence_values)", vm.sequence_values,
+                                        when=torch.is_grad_enabled)
+        cm.compute_value_loss = timer.wrap("  critic: value loss", cm.compute_value_loss)
+        if critic.dist is not trainer.dist:
+            critic.dist.backward = timer.wrap("  critic: value model backward", critic.dist.backward)
+        critic.optimizer.register_step_pre_hook(lambda *_: starts.append(time.perf_counter()))
+        critic.optimizer.register_step_post_hook(
+            lambda *_: timer.add("  critic: optimizer step", time.perf_counter() - starts.pop()))
 
 
 def main() -> None:
@@ -101,7 +118,7 @@ def main() -> None:
         t0 = time.perf_counter()
         trainer = Trainer(cfg, progress=False)
         print(f"model {cfg.model}, {a.prompts} prompts x {a.generations} generations, {a.max_new_tokens} new tokens, "
-              f"loss {cfg.algo.loss}/{cfg.algo.agg}, precision {cfg.precision}, threads {torch.get_num_threads()}; "
+              f"loss {cfg.algo.loss}/{cfg.algo.agg}, advantage {cfg.algo.advantage}, critic {cfg.algo.critic}, precision {cfg.precision}, threads {torch.get_num_threads()}; "
               f"setup {time.perf_counter() - t0:.1f} s")
         timer = PhaseTimer()
         instrument(trainer, timer)

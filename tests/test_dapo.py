@@ -147,7 +147,8 @@ def _spy(tr):
 def test_frac_zero_std_is_logged_for_every_estimator(tmp_path, estimator):
     """Every example every step (prompts_per_step = 4 of "TTTM"): 3 of 4 groups tie."""
     cfg = _cfg(tmp_path, task_options={"pattern": "TTTM"}, steps=2,
-               rollout={"prompts_per_step": 4}, algo={"advantage": estimator})
+               rollout={"prompts_per_step": 4},
+               algo={"advantage": estimator, **({"critic": "head"} if estimator == "gae" else {})})
     rows = Trainer(cfg).train()
     assert [r["reward/frac_zero_std"] for r in rows] == [0.75, 0.75]
     assert not any(k.startswith("dynamic/") for k in rows[0])  # dynamic sampling is off
@@ -452,3 +453,31 @@ def test_dynamic_sampling_with_rlpa_dialogues(tmp_path):
     assert m["dynamic/filler_groups"] == 4 and m["loss/masked_frac"] == 1.0
     assert len(seen["pools"][0]) == 16 and len(seen["batches"][0]) == 8  # 2 rounds x 2 dialogues x 2 turns x G
     assert tr.sampler.offset == 4
+
+
+# ----------------------------------------------------------------------------- with a critic (gae)
+def test_dynamic_sampling_advantage_with_gae_is_a_config_error(tmp_path):
+    cfg = _cfg(tmp_path, "gae-adv", rollout={"dynamic_sampling": "advantage"},
+               algo={"advantage": "gae", "critic": "head", "loss": "ppo"})
+    with pytest.raises(ConfigError, match="rollout.dynamic_sampling=advantage.*use rollout.dynamic_sampling=reward"):
+        Trainer(cfg)
+
+
+def test_gae_with_dynamic_sampling_and_truncation_mask_trains(tmp_path):
+    """The critic's values and GAE are computed on the rows trained on (after the rollout stage's
+    selection); masked rows get zero advantages and returns and take no part in the whitening."""
+    cfg = _cfg(tmp_path, "gae-dyn", steps=2, task_options={"pattern": "TM", "repeat": 4},
+               rollout={"dynamic_sampling": "reward", "mask_truncated": True, "max_new_tokens": 4},
+               algo={"advantage": "gae", "critic": "head", "loss": "ppo"})
+    tr = _replay(Trainer(cfg), width=4)
+    seen = _spy(tr)
+    tr.train()
+    for batch in seen["batches"]:
+        assert batch.values is not None and batch.values.shape == batch.response_ids.shape
+        assert batch.advantages.shape == batch.response_ids.shape  # [B, R] token advantages
+        if batch.train_mask is not None and (~batch.train_mask).any():
+            off = ~batch.train_mask
+            assert float(batch.advantages[off].abs().sum()) == 0.0
+            assert float(batch.returns[off].abs().sum()) == 0.0
+    rows = [json.loads(x) for x in (tmp_path / "gae-dyn" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all("critic/value_loss" in r and "reward/frac_zero_std" in r for r in rows)

@@ -16,6 +16,14 @@ Each estimator declares its *scope*, i.e. what it must see to be exact:
   from before the step; then every rank folds the whole global batch into it, in rank order, so
   every rank holds the state one process would hold.
 
+Per-token inputs: an estimator declares the ones it needs in `requires` (registry.ESTIMATOR_INPUTS):
+`"values"` (a critic's V(s_t) [N, T]) and `"mask"` (the response mask [N, T]). A trainer passes each as
+a keyword argument and calls `advantages_and_targets`, which returns (advantages, value targets):
+    adv, returns = est.advantages_and_targets(rewards, index, groups, collectives, values=V, mask=m)
+An estimator that requires `values` returns `(advantages [N, T], returns [N, T])` from `estimate`
+and the critic is trained towards `returns` (gae); every other estimator returns advantages [N] (or
+[N, T]) and the targets are None. Token advantages [N, T] go to the policy loss as they are.
+
 `collectives` is any object with `rank`, `world` and `all_gather_objects(obj) -> [obj per rank]`
 (fairalign's `Dist` is one; `LOCAL` is the one-process identity). That is all the cross-rank work an
 estimator may do; a trainer never names an estimator.
@@ -32,6 +40,7 @@ import torch
 
 from ._validate import check_name
 from .advantages import dr_grpo, grpo, reinforce_pp_baseline, rloo
+from .gae import compute_gae, last_token_rewards, masked_moments, whiten_with_moments
 from .pgrpo import PreferenceGroupNormalizer
 from .registry import ESTIMATOR_REGISTRY, register_estimator
 
@@ -52,10 +61,28 @@ class AdvantageEstimator:
     """Base class. Subclasses implement `estimate`; stateful ones also the state methods."""
     name = "custom"
     scope = "prompt_group"
+    requires: tuple[str, ...] = ()  # per-token inputs (registry.ESTIMATOR_INPUTS), passed as keywords
 
-    def __call__(self, rewards: torch.Tensor, index: torch.Tensor, groups: Sequence, collectives=LOCAL):
-        """Advantages [N] for this rank's rewards [N] (prompt index [N], preference group per sample)."""
-        return self.estimate(rewards, index, list(groups), collectives)
+    def __call__(self, rewards: torch.Tensor, index: torch.Tensor, groups: Sequence, collectives=LOCAL,
+                 **inputs):
+        """Advantages [N] for this rank's rewards [N] (prompt index [N], preference group per sample);
+        with `values` required: (advantages [N, T], returns [N, T])."""
+        missing = [k for k in self.requires if inputs.get(k) is None]
+        extra = sorted(set(inputs) - set(self.requires))
+        if missing or extra:
+            raise ValueError(f"advantage estimator {self.name!r} requires the inputs {list(self.requires)}; "
+                             f"missing {missing}, unexpected {extra}")
+        return self.estimate(rewards, index, list(groups), collectives, **inputs)
+
+    def advantages_and_targets(self, rewards, index, groups, collectives=LOCAL, **inputs):
+        """(advantages [N] or [N, T], value targets [N, T] or None): how a trainer calls any estimator."""
+        out = self(rewards, index, groups, collectives, **inputs)
+        if "values" not in self.requires:
+            return out, None
+        if not (isinstance(out, tuple) and len(out) == 2):
+            raise ValueError(f"advantage estimator {self.name!r} requires values, so it must return "
+                             f"(advantages, returns), got {type(out).__name__}")
+        return out
 
     def estimate(self, rewards, index, groups, collectives) -> torch.Tensor:
         raise NotImplementedError
@@ -153,6 +180,26 @@ class PGRPO(AdvantageEstimator):
             out[f"pgrpo/{g}/mean"] = mean
             out[f"pgrpo/{g}/std"] = std
         return out
+
+
+@register_estimator("gae", scope="batch", requires=("values", "mask"), gamma=1.0, lam=0.95, whiten=True)
+class GAE(AdvantageEstimator):
+    """GAE over response tokens from a critic's values, the reward on the last token (PPO; see gae.py)."""
+
+    def __init__(self, gamma: float = 1.0, lam: float = 0.95, whiten: bool = True):
+        if not isinstance(whiten, bool):
+            raise ValueError(f"whiten must be true or false, got {whiten!r}")
+        compute_gae(torch.zeros(1, 1), torch.zeros(1, 1), torch.ones(1, 1), gamma, lam)  # checks gamma, lam
+        self.gamma, self.lam, self.whiten = gamma, lam, whiten
+
+    def estimate(self, rewards, index, groups, collectives, *, values, mask):
+        token_rewards = last_token_rewards(rewards.to(values.dtype), mask)  # [N, T]
+        adv, returns = compute_gae(token_rewards, values, mask, self.gamma, self.lam, whiten=False)  # [N, T]
+        if self.whiten:  # over the valid tokens of the whole global batch
+            moments = [float(x) for x in masked_moments(adv, mask)]
+            parts = collectives.all_gather_objects(moments) if collectives.world > 1 else [moments]
+            adv = whiten_with_moments(adv, mask, [sum(p[k] for p in parts) for k in range(3)])
+        return adv, returns
 
 
 class _UserFunction(AdvantageEstimator):

@@ -42,11 +42,18 @@ class EstimatorSpec:
     scope: str  # "prompt_group" | "batch" | "preference_history"
     doc: str = ""
     config_prefix: str = ""  # config keys of its hyperparameters: algo.<prefix><hparam>
+    requires: tuple[str, ...] = ()  # per-token inputs beyond the rewards (ESTIMATOR_INPUTS)
 
 
 POLICY_LOSS_REGISTRY: dict[str, PolicyLossSpec] = {}
 ESTIMATOR_REGISTRY: dict[str, EstimatorSpec] = {}
 ESTIMATOR_SCOPES = ("prompt_group", "batch", "preference_history")
+# what an estimator may declare in `requires`; a trainer passes each as a keyword argument
+ESTIMATOR_INPUTS = {
+    "values": "a critic's values V(s_t) [N, T] of the states the responses were sampled in; an estimator that "
+              "requires them returns (advantages, returns) and the critic is trained towards `returns`",
+    "mask": "the response mask [N, T] (bool)",
+}
 
 
 def _first_line(fn) -> str:
@@ -67,15 +74,20 @@ def register_policy_loss(name: str, *, batch_stats: Callable[[dict], tuple[str, 
     return deco
 
 
-def register_estimator(name: str, *, scope: str, config_prefix: str = "", **hparams: Any):
-    """Class decorator: register an AdvantageEstimator subclass as estimator `name`."""
+def register_estimator(name: str, *, scope: str, config_prefix: str = "", requires: tuple[str, ...] = (),
+                       **hparams: Any):
+    """Class decorator: register an AdvantageEstimator subclass as estimator `name`; `requires` names
+    the per-token inputs it needs (ESTIMATOR_INPUTS)."""
     if scope not in ESTIMATOR_SCOPES:
         raise ValueError(f"estimator {name!r}: scope must be one of {ESTIMATOR_SCOPES}, got {scope!r}")
+    unknown = [r for r in requires if r not in ESTIMATOR_INPUTS]
+    if unknown:
+        raise ValueError(f"estimator {name!r}: unknown input(s) {unknown}; known: {', '.join(ESTIMATOR_INPUTS)}")
 
     def deco(cls):
-        cls.name, cls.scope = name, scope
+        cls.name, cls.scope, cls.requires = name, scope, tuple(requires)
         ESTIMATOR_REGISTRY[name] = EstimatorSpec(name, cls, dict(hparams), scope, _first_line(cls),
-                                                 config_prefix)
+                                                 config_prefix, tuple(requires))
         return cls
     return deco
 

@@ -12,7 +12,7 @@ import torch
 
 _TENSOR_FIELDS = (
     "prompt_ids", "prompt_mask", "response_ids", "response_mask", "lengths", "truncated", "index",
-    "old_logp", "ref_logp", "rewards", "advantages", "engine_logp", "train_mask",
+    "old_logp", "ref_logp", "rewards", "advantages", "engine_logp", "train_mask", "values", "returns",
 )
 _LIST_FIELDS = ("prompts", "completions", "groups")
 
@@ -34,7 +34,7 @@ class RolloutBatch:
     old_logp: torch.Tensor | None = None  # [B, R] float, behaviour-policy token log-probs
     ref_logp: torch.Tensor | None = None  # [B, R] float, reference-model token log-probs (beta > 0)
     rewards: torch.Tensor | None = None  # [B] float, total reward (filled by the task's rollout)
-    advantages: torch.Tensor | None = None  # [B] float, sequence advantages (filled by the estimator)
+    advantages: torch.Tensor | None = None  # [B] or [B, R] float, sequence or token advantages (the estimator)
     # [B, R] float, the rollout engine's own log-prob of each sampled token (vLLM; 0 on padding); only
     # a diagnostic of the train/inference mismatch, never the behaviour log-probs
     engine_logp: torch.Tensor | None = None
@@ -45,6 +45,8 @@ class RolloutBatch:
     # [B] bool, the rows that take part in the loss (None = all); rows with False get zero loss weight
     # (truncated completions under rollout.mask_truncated, dynamic sampling's fillers)
     train_mask: torch.Tensor | None = None
+    values: torch.Tensor | None = None  # [B, R] float, the critic's V(s_t) before the step's updates (algo.critic)
+    returns: torch.Tensor | None = None  # [B, R] float, the critic's targets (from an estimator that uses values)
 
     def __post_init__(self) -> None:
         B, R = self.response_ids.shape
@@ -55,11 +57,13 @@ class RolloutBatch:
             )
         if self.response_mask.shape != (B, R):
             raise ValueError(f"response_mask {tuple(self.response_mask.shape)} != response_ids {(B, R)}")
-        for name in ("lengths", "truncated", "index", "rewards", "advantages", "train_mask"):
+        for name in ("lengths", "truncated", "index", "rewards", "train_mask"):
             value = getattr(self, name)
             if value is not None and tuple(value.shape) != (B,):
                 raise ValueError(f"{name} has shape {tuple(value.shape)}, expected ({B},)")
-        for name in ("old_logp", "ref_logp", "engine_logp"):
+        if self.advantages is not None and tuple(self.advantages.shape) not in ((B,), (B, R)):
+            raise ValueError(f"advantages has shape {tuple(self.advantages.shape)}, expected ({B},) or {(B, R)}")
+        for name in ("old_logp", "ref_logp", "engine_logp", "values", "returns"):
             value = getattr(self, name)
             if value is not None and tuple(value.shape) != (B, R):
                 raise ValueError(f"{name} has shape {tuple(value.shape)}, expected {(B, R)}")

@@ -3,10 +3,11 @@ back for an exact resume.
 
 Layout of `checkpoints/step-N/`: `model/` (HF folder or LoRA adapter, safetensors),
 `optimizer.pt`, `scheduler.pt`, `rng.pt` (torch RNG), `trainer_state.json` (step, data position,
-advantage-estimator state, python/numpy RNG, skip counter), `config.yaml`, `CHECKSUMS.json` (size and
-SHA-256 of every other file) and `COMPLETE` written last. A folder without `COMPLETE` is never used;
-one whose files do not match their checksums is reported as damaged and skipped for the previous
-one (`newest_valid_checkpoint`). Checkpoints written before checksums existed are trusted as they
+advantage-estimator state, python/numpy RNG, skip counter), `critic.pt` (with `algo.critic`: the value
+head / value model weights, its optimizer and scheduler; any `extra` component is `<name>.pt`),
+`config.yaml`, `CHECKSUMS.json` (size and SHA-256 of every other file) and `COMPLETE` written last.
+A folder without `COMPLETE` is never used; one whose files do not match their checksums is reported
+as damaged and skipped for the previous one (`newest_valid_checkpoint`). Checkpoints written before checksums existed are trusted as they
 are. Every `torch.load` uses `weights_only=True`.
 An OSError while writing (a full disk, a read-only folder) removes the partial temp folder and
 raises `CheckpointWriteError` naming the path: the previous checkpoint is untouched.
@@ -130,16 +131,18 @@ def set_rng_state(state: dict, torch_state: torch.Tensor | None) -> None:
 
 def save_checkpoint(run_dir: Path, step: int, *, model, optimizer, scheduler, trainer_state: dict,
                     config_yaml: str, keep_last: int, model_state: dict | None = None,
-                    optimizer_state: dict | None = None, tokenizer=None) -> Path:
+                    optimizer_state: dict | None = None, tokenizer=None, extra: dict | None = None) -> Path:
     """Write checkpoints/step-<step>/ atomically and prune old ones. Returns the final path.
-    `model_state` / `optimizer_state` (full state dicts) replace the model's and optimizer's own."""
+    `model_state` / `optimizer_state` (full state dicts) replace the model's and optimizer's own;
+    `extra` maps a component name to its state (tensors, numbers, lists, dicts), saved as `<name>.pt`."""
     ckpt_root = Path(run_dir) / "checkpoints"
     final = ckpt_root / f"step-{step}"
     tmp = ckpt_root / f".tmp-step-{step}"
     try:
         return _write(ckpt_root, final, tmp, step, model=model, optimizer=optimizer, scheduler=scheduler,
                       trainer_state=trainer_state, config_yaml=config_yaml, keep_last=keep_last,
-                      model_state=model_state, optimizer_state=optimizer_state, tokenizer=tokenizer)
+                      model_state=model_state, optimizer_state=optimizer_state, tokenizer=tokenizer,
+                      extra=extra or {})
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         where = e.filename or tmp
@@ -150,17 +153,19 @@ def save_checkpoint(run_dir: Path, step: int, *, model, optimizer, scheduler, tr
 
 
 def _write(ckpt_root, final, tmp, step, *, model, optimizer, scheduler, trainer_state, config_yaml, keep_last,
-           model_state, optimizer_state, tokenizer) -> Path:
+           model_state, optimizer_state, tokenizer, extra) -> Path:
     ckpt_root.mkdir(parents=True, exist_ok=True)
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    extra = {} if model_state is None else {"state_dict": model_state}
-    model.save_pretrained(tmp / "model", safe_serialization=True, **extra)
+    full = {} if model_state is None else {"state_dict": model_state}
+    model.save_pretrained(tmp / "model", safe_serialization=True, **full)
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp / "model")
     torch.save(optimizer.state_dict() if optimizer_state is None else optimizer_state, tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    for name, component in extra.items():
+        torch.save(component, tmp / f"{name}.pt")
     torch.save({"torch": torch.get_rng_state()}, tmp / "rng.pt")
     state = dict(trainer_state)
     state["rng"] = rng_state()
@@ -197,6 +202,12 @@ def prune(ckpt_root: Path, keep_last: int) -> None:
     for p in ckpt_root.iterdir():  # leftovers of an interrupted write
         if p.name.startswith(".tmp-step-"):
             shutil.rmtree(p, ignore_errors=True)
+
+
+def load_component(path: Path, name: str) -> dict | None:
+    """The `extra` component `name` saved with the checkpoint (None if it has none)."""
+    f = Path(path) / f"{name}.pt"
+    return torch.load(f, weights_only=True, map_location="cpu") if f.is_file() else None
 
 
 def load_training_state(path: Path) -> dict:

@@ -46,6 +46,13 @@ class AlgoConfig:
     pgrpo_eps: Optional[float] = None     # added to the group std (None = the estimator's default)
     pgrpo_decay: Optional[float] = None   # forgetting factor in (0, 1] for non-stationary rewards (None = cumulative)
     pgrpo_min_std: Optional[float] = None  # a group history with std <= this falls back to GRPO statistics (None = the estimator's default)
+    gamma: Optional[float] = None          # GAE discount γ over response tokens, in [0, 1] (None = the estimator's default)
+    lam: Optional[float] = None            # GAE λ in [0, 1] (None = the estimator's default)
+    whiten: Optional[bool] = None          # GAE: whiten the advantages over the batch's response tokens (None = the estimator's default)
+    critic: str = "none"                   # learned value function (needed by algo.advantage=gae): none | head (a value head on the policy's shared trunk) | model (a separate value model built from the same model files)
+    vf_coef: float = 0.1                   # critic: coefficient of the value loss (head: added to the policy loss; model: scales the value model's own loss)
+    value_clip: Optional[float] = 0.5      # critic: new values are clipped to the behaviour values ± this in the value loss (null = no clipping)
+    critic_lr: Optional[float] = None      # critic: AdamW learning rate of the value head / value model (None = optim.lr)
 
 
 @dataclass
@@ -149,6 +156,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "algo.advantage": tuple(ESTIMATOR_REGISTRY),
     "algo.drift": tuple(FSPO_DRIFTS),
     "algo.kl": tuple(KL_ESTIMATORS),
+    "algo.critic": ("none", "head", "model"),
     "rollout.engine": ("hf", "vllm"),
     "rollout.chat_template": ("auto", "none"),
     "rollout.dynamic_sampling": ("none", "advantage", "reward"),
@@ -362,6 +370,22 @@ def _positive(key: str, value: float, allow_zero: bool = False) -> None:
         raise ConfigError(f"config key '{key}' must be {bound}, got {value}")
 
 
+CRITIC_KEYS = ("vf_coef", "value_clip", "critic_lr")  # what only a critic uses
+
+
+def _check_critic_keys(a: AlgoConfig) -> None:
+    _positive("algo.vf_coef", a.vf_coef)
+    for key in ("value_clip", "critic_lr"):
+        if getattr(a, key) is not None:
+            _positive(f"algo.{key}", getattr(a, key))
+    if a.critic == "none":
+        defaults = AlgoConfig()
+        for key in CRITIC_KEYS:
+            if getattr(a, key) != getattr(defaults, key):
+                raise ConfigError(f"config key 'algo.{key}' applies only to a critic, but algo.critic=none; "
+                                  f"set algo.critic=head or model (with algo.advantage=gae) or remove it")
+
+
 def validate(cfg: Config) -> None:
     for key in CHOICES:
         obj: Any = cfg
@@ -421,9 +445,10 @@ def validate(cfg: Config) -> None:
     if a.minibatches > batch:
         raise ConfigError(f"config key 'algo.minibatches' ({a.minibatches}) exceeds the batch size "
                           f"prompts_per_step*generations = {batch}")
+    _check_critic_keys(a)
     from fairalign.train.methods import check_methods
 
-    check_methods(a)  # method names, hyperparameters that belong to them, estimator values
+    check_methods(a)  # method names, hyperparameters that belong to them, estimator values, critic
     _positive("lora.r", cfg.lora.r)
     _positive("lora.alpha", cfg.lora.alpha)
     if not 0 <= cfg.lora.dropout < 1:

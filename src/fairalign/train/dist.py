@@ -171,6 +171,8 @@ class Dist:
         optimizer.load_state_dict(state)
 
     # ------------------------------------------------------------------ gradients
+    backward_scale = 1  # what `backward` multiplies the loss by (so a module outside the strategy can undo it)
+
     def backward(self, loss: torch.Tensor, model, sync: bool = True) -> None:
         """`sync`: whether this is the minibatch's last micro-batch (the strategies that reduce inside
         backward reduce then); here a plain backward."""
@@ -416,6 +418,10 @@ class DeepSpeedDist(Dist):
 
     def load_optimizer_state(self, model, optimizer, state: dict) -> None:
         self._engine().load_full_optimizer_state(state)
+
+    @property
+    def backward_scale(self) -> int:
+        return self.world  # DeepSpeed averages over ranks: the loss is multiplied by the world size
 
     def backward(self, loss: torch.Tensor, model, sync: bool = True) -> None:
         """Through the engine; `sync` marks the accumulation boundary."""

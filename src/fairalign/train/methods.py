@@ -9,6 +9,8 @@ Config keys and hyperparameters:
   a field of AlgoConfig, and can always be given as `algo.loss_args.<name>`; `None` = the loss's
   registered default;
 - an estimator hyperparameter has the key `algo.<prefix><name>` (P-GRPO: `algo.pgrpo_min_count`);
+- `algo.critic` goes with an estimator that requires a critic's values (`requires` has "values": gae):
+  one without the other is an error;
 - a key that belongs to another method than the chosen one is an error — unless it holds that
   method's registered default, which changes nothing (configs written by earlier versions list
   every key with its default).
@@ -112,6 +114,17 @@ def check_methods(a: AlgoConfig) -> None:
                 build_estimator(a.advantage, **{hp: value})
             except (ValueError, TypeError) as e:
                 raise ConfigError(f"config key 'algo.{spec.config_prefix}{hp}': {e}") from None
+        check_critic(a, spec.requires)
+
+
+def check_critic(a: AlgoConfig, requires: tuple[str, ...]) -> None:
+    """A critic exactly when the estimator uses its values (ConfigError naming algo.critic)."""
+    if "values" in requires and a.critic == "none":
+        raise ConfigError(f"config key 'algo.critic' is 'none' but algo.advantage={a.advantage} needs a critic's "
+                          f"values: set algo.critic=head (value head on the policy) or model (separate value model)")
+    if "values" not in requires and a.critic != "none":
+        raise ConfigError(f"config key 'algo.critic' is '{a.critic}' but algo.advantage={a.advantage} does not use "
+                          f"values: set algo.advantage=gae or algo.critic=none")
 
 
 class PolicyLoss:
@@ -149,5 +162,7 @@ def resolve_policy_loss(cfg) -> PolicyLoss:
 def resolve_estimator(cfg) -> AdvantageEstimator:
     a = cfg.algo
     if is_user_spec(a.advantage):
-        return build_estimator(load_callable(a.advantage, "config key 'algo.advantage'"))
+        est = build_estimator(load_callable(a.advantage, "config key 'algo.advantage'"))
+        check_critic(a, tuple(est.requires))
+        return est
     return build_estimator(a.advantage, **estimator_hparams(a))

@@ -29,6 +29,10 @@ PRESETS: dict[str, dict] = {
     "fspo": {"algo": {"loss": "fspo", "advantage": "grpo", "agg": "token-mean", "drift": "none"}},
     # CISPO (MiniMax-M1): clipped, stop-gradient IS weight times log-prob.
     "cispo": {"algo": {"loss": "cispo", "advantage": "grpo", "agg": "token-mean"}},
+    # PPO with a learned critic (RLHF's PPO; what the RLPA paper trains with): a separate value model built
+    # from the policy's model files, GAE (γ 1, λ 0.95) token advantages, the clipped token loss. The
+    # critic-free clipped loss alone stays `algo.loss=ppo` (the grpo preset).
+    "ppo": {"algo": {"loss": "ppo", "advantage": "gae", "critic": "model", "agg": "token-mean"}},
     # P-GRPO advantages with the GRPO loss.
     "pgrpo": {"algo": {"loss": "ppo", "advantage": "pgrpo", "agg": "token-mean"}},
     # P-GRPO advantages with the FSPO loss: fairalign's flagship combination.

@@ -73,6 +73,12 @@ class RolloutStage:
     def __init__(self, cfg, task, engine, sampler, dist, estimator):
         self.cfg, self.task, self.engine, self.sampler = cfg, task, engine, sampler
         self.dist, self.estimator = dist, estimator
+        if cfg.rollout.dynamic_sampling == "advantage" and estimator.requires:
+            from fairalign.train.config import ConfigError
+
+            raise ConfigError(f"config key 'rollout.dynamic_sampling=advantage' needs advantages before the "
+                              f"update, but algo.advantage={estimator.name} needs the critic's values of the "
+                              f"rows trained on; use rollout.dynamic_sampling=reward")
         self.metrics: dict[str, float] = {}
         self._plan: dict = {}
 

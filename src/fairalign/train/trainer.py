@@ -3,10 +3,13 @@
     1. rollout      pool = rollout_stage.sample(step)   task.rollout(engine, examples, G, seed) per round:
                     responses + rewards (task-owned), rollout.* options (overlong penalty, dynamic sampling)
     2. advantages   pool.advantages = estimator(rewards, index, groups, dist)   (registered, may hold state);
-                    batch = rollout_stage.training_batch(pool): the groups trained on, train_mask
+                    batch = rollout_stage.training_batch(pool): the groups trained on, train_mask.
+                    An estimator that requires a critic's values (gae) runs after the selection, on the
+                    batch's values, and also returns the critic's targets (batch.returns)
     3. log-probs    batch.old_logp / batch.ref_logp                      (behaviour once, before any update)
-    4. updates      ppo_epochs x minibatches optimizer steps of the registered policy loss
-No line here names a loss, an estimator or a task: they come from train/methods.py and the task.
+    4. updates      ppo_epochs x minibatches optimizer steps of the registered policy loss (+ the critic's)
+No line here names a loss, an estimator, a critic kind or a task: they come from train/methods.py,
+train/critic.py and the task.
 
 Simplifications, on purpose:
 - The policy stays in eval mode (dropout off) for generation *and* updates, so the behaviour
@@ -34,6 +37,7 @@ from fairalign.models import load_policy
 from fairalign.rollout import HFGenerationEngine, sequence_logprobs
 from fairalign.train import checkpoint as ckpt
 from fairalign.train.config import Config, ConfigError, dump_yaml
+from fairalign.train.critic import build_critic
 from fairalign.train.data import PromptSampler
 from fairalign.train.dist import Dist
 from fairalign.train.logging import Progress, RunLogger, truncate_after_step
@@ -43,7 +47,7 @@ from fairalign.train.rollout_stage import RolloutStage
 from fairalign.train.run_lock import RunLock
 from fairalign.train.signals import StopRequest, StopRequested
 from fairalign.train.setup import lr_lambda, resolve_device, seed_everything, task_from_config, trim_padding
-from fairalign.train.update_stats import UpdateStats
+from fairalign.train.update_stats import UpdateStats, sequence_advantages
 
 
 class TrainingError(RuntimeError):
@@ -103,6 +107,7 @@ class Trainer:
         self.optimizer = self.dist.prepare_optimizer(self.model, self.optimizer)  # DeepSpeed: ZeRO engine
         self.loss = resolve_policy_loss(cfg)            # stage 4: the registered (or user) policy loss
         self.estimator = resolve_estimator(cfg)         # stage 2: the registered (or user) estimator
+        self.critic = build_critic(self, start_ckpt)    # algo.critic: the value function (NoCritic for none)
         self.skipped_prompts = self._check_prompt_lengths()
         self.sampler = PromptSampler(len(self.task.train_examples), cfg.seed)
         self.rollout_stage = RolloutStage(cfg, self.task, self.engine, self.sampler, self.dist, self.estimator)
@@ -240,13 +245,15 @@ class Trainer:
         t = self.cfg.rollout.temperature
         return t if t > 0 else 1.0
 
-    def _forward(self, model, batch, rows: torch.Tensor, with_entropy: bool):
-        """Token log-probs (and entropy) of `rows` of the batch: (logp [b, R'], ent, response mask [b, R'], R')."""
+    def _forward(self, model, batch, rows: torch.Tensor, with_entropy: bool, with_hidden: bool = False):
+        """Token log-probs (and entropy) of `rows` of the batch: (logp [b, R'], ent, response mask [b, R'], R'),
+        and with `with_hidden` the final hidden states [b, R', H] as a fifth item (a value head reads them)."""
         p_ids, p_mask, r_ids, r_mask, rlen = trim_padding(batch, rows)
         with self.dtype_ctx():
-            logp, ent = sequence_logprobs(model, p_ids, p_mask, r_ids, r_mask, with_entropy=with_entropy,
-                                          temperature=self._logp_temperature(), all_ranks=self.dist.all_ranks)
-        return logp.float(), ent, r_mask, rlen
+            out = sequence_logprobs(model, p_ids, p_mask, r_ids, r_mask, with_entropy=with_entropy,
+                                    temperature=self._logp_temperature(), all_ranks=self.dist.all_ranks,
+                                    with_hidden=with_hidden)
+        return (out[0].float(), out[1], r_mask, rlen) + tuple(out[2:])
 
     @torch.no_grad()
     def _logprobs_no_grad(self, model, batch, micro: int) -> torch.Tensor:
@@ -276,16 +283,31 @@ class Trainer:
             pool = self.rollout_stage.sample(step)  # every prompt group sampled this step
         t_rew = time.perf_counter()
         # 2. advantages: the registered estimator (whole prompt groups live on one rank; cross-rank work
-        #    goes through the dist's collectives), over every sampled group; then the groups trained on
-        pool.advantages = self.estimator(pool.rewards.float().to(self.device), pool.index, pool.groups,
-                                         self.dist).float().to(self.device)  # [B_pool]
+        #    goes through the dist's collectives). An estimator without per-token inputs sees every sampled
+        #    group (P-GRPO's history holds every reward), then the rollout stage picks the groups trained
+        #    on; one that requires per-token inputs (a critic's values V(s_t) [B, R]: gae) gets them for the
+        #    rows trained on only (a value head's pass also yields the behaviour log-probs).
+        reuse = a.ppo_epochs * a.minibatches > 1  # behaviour log-probs are not the first update's own forward
+        if not self.estimator.requires:
+            pool.advantages = self.estimator(pool.rewards.float().to(self.device), pool.index, pool.groups,
+                                             self.dist).float().to(self.device)  # [B_pool]
         batch = self.rollout_stage.training_batch(pool)  # this rank's share; train_mask: rows with loss weight
         rewards = batch.rewards.float().to(self.device)  # [B]
-        # 3. behaviour / reference log-probs, once, before the first update (only when they are not the
-        #    first update's own forward)
         B = len(batch)
         micro = a.micro_batch_size or B
-        if a.ppo_epochs * a.minibatches > 1:
+        batch.values, logp = self.critic.behaviour_pass(batch, micro)
+        batch.old_logp = logp if reuse else None
+        if self.estimator.requires:
+            mask = batch.response_mask.to(self.device)  # [B, R]
+            if batch.train_mask is not None:  # rows without loss weight take no part in GAE's whitening
+                mask = mask & batch.train_mask.to(self.device)[:, None]
+            inputs = {"values": batch.values, "mask": mask}
+            batch.advantages, batch.returns = self.estimator.advantages_and_targets(
+                rewards, batch.index, batch.groups, self.dist, **{k: inputs[k] for k in self.estimator.requires})
+            batch.advantages = batch.advantages.float().to(self.device)  # [B, R]
+        # 3. behaviour / reference log-probs, once, before the first update (only when they are not the
+        #    first update's own forward)
+        if reuse and batch.old_logp is None:
             batch.old_logp = self._logprobs_no_grad(self.model, batch, micro)  # [B, R]
         if a.beta > 0:
             batch.ref_logp = self._ref_logprobs(batch, micro)  # [B, R]
@@ -297,7 +319,7 @@ class Trainer:
         self.step = step
         self._data_state = self.sampler.state_dict()
         self._estimator_state = self.estimator.state_dict()
-        adv = batch.advantages
+        adv = sequence_advantages(batch.advantages, batch.response_mask)  # [B]
         m = {"step": step}
         lengths = batch.lengths.float()
         m.update(self.dist.mean_metrics({
@@ -315,6 +337,7 @@ class Trainer:
         m.update(self.rollout_stage.metrics)
         m.update(upd)
         m.update(self.estimator.metrics())
+        m.update(self.critic.step_metrics(batch))
         m["lr"] = self.scheduler.get_last_lr()[0]
         step_s = time.perf_counter() - t_start
         n_tokens = self.dist.sum_metric(float(batch.lengths.sum().item()))
@@ -407,6 +430,8 @@ class Trainer:
                 mics = self._micro_batches(mb, micro)
                 batch_stats = self._batch_stats(batch, mics, on_policy)
                 self.optimizer.zero_grad(set_to_none=True)
+                self.critic.zero_grad()
+                norms = {"on_policy": on_policy, "global_tokens": mb_tokens, "global_seqs": mb_seqs}
                 mb_loss = 0.0
                 for k_mic, mic in enumerate(mics):
                     last = k_mic == len(mics) - 1  # FSDP2: reduce once, on the last micro-batch
@@ -414,20 +439,24 @@ class Trainer:
                     if mic is None:  # placeholder: a zero-weighted pass keeps the ranks' collectives matched
                         logp, _, _, _ = self._forward(model, batch, torch.zeros(1, dtype=torch.long), with_entropy=False)
                         self.dist.backward(logp.sum() * 0.0, self.model, sync=last)
+                        self.critic.own_pass(batch, None, sync=last)
                         continue
                     rows = mic.to(self.device)
-                    logp, ent, r_mask, rlen = self._forward(model, batch, mic, with_entropy=True)  # [b, R']
+                    logp, ent, r_mask, rlen, *hidden = self._forward(model, batch, mic, with_entropy=True,
+                                                                     with_hidden=self.critic.reads_policy_hidden)
                     r_mask = self._weighted(batch, mic, r_mask.to(logp.device))  # [b, R']
                     old = logp.detach() if batch.old_logp is None else batch.old_logp[rows, :rlen]  # [b, R']
                     if not bool(torch.isfinite(logp[r_mask]).all() & torch.isfinite(old[r_mask]).all()):
                         # a numerical fault of the forward pass, not bad input: this optimizer step is skipped
                         # (every rank still runs its backward so collectives stay matched)
                         self.dist.backward(torch.nan_to_num(logp).sum() * 0.0, self.model, sync=last)
+                        self.critic.own_pass(batch, None, sync=last)
                         mb_loss = float("nan")
                         continue
                     if batch.engine_logp is not None and epoch == 0:  # |engine − training-model| log-probs
                         stats.add_mismatch((batch.engine_logp[rows, :rlen].to(old.device) - old).abs()[r_mask])
-                    adv = batch.advantages[rows]  # [b]
+                    adv = batch.advantages[rows]  # [b] or [b, R]
+                    adv = adv[:, :rlen] if adv.dim() == 2 else adv  # token advantages: [b, R']
                     loss, loss_stats = self.loss(logp, old, adv, r_mask, global_tokens=mb_tokens,
                                                  global_seqs=mb_seqs, batch_stats=batch_stats)
                     kl = None
@@ -435,16 +464,21 @@ class Trainer:
                         kl = kl_penalty(logp, batch.ref_logp[rows, :rlen], kind=a.kl)  # [b, R']
                         loss = loss + a.beta * aggregate(kl, r_mask, a.agg, horizon=self.loss.horizon,
                                                          global_tokens=mb_tokens, global_seqs=mb_seqs)
-                    self.dist.backward(loss, self.model, sync=last)
+                    # the critic: a value head's loss joins this backward (shared trunk); a value model runs its own
+                    term = self.critic.policy_loss_term(batch, mic, *hidden, r_mask=r_mask, rlen=rlen, **norms)
+                    self.dist.backward(loss if term is None else loss + term, self.model, sync=last)
+                    self.critic.own_pass(batch, mic, sync=last, r_mask=r_mask, rlen=rlen, **norms)
                     mb_loss += float(loss.detach())
                     stats.add(loss_stats, r_mask, ent, adv, off_policy=not on_policy, kl=kl)
                 mb_loss = self.dist.sum_metric(mb_loss)  # global: every rank makes the same skip decision
                 self.dist.sync_gradients(self.model)
                 gn = self.dist.clip_grad_norm(params, cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf"))
-                if not (math.isfinite(mb_loss) and torch.isfinite(gn)):
+                critic_gn = self.critic.finish_minibatch(cfg.optim.grad_clip)
+                if not (math.isfinite(mb_loss) and torch.isfinite(gn) and torch.isfinite(critic_gn)):
                     stats.skipped += 1
                     self.consecutive_skips += 1
                     self.optimizer.zero_grad(set_to_none=True)
+                    self.critic.zero_grad()
                     if self.consecutive_skips >= cfg.max_skipped_updates:
                         self.save_checkpoint()
                         raise TrainingError(
@@ -458,6 +492,7 @@ class Trainer:
                 stats.grad_norms.append(float(gn))
                 self.optimizer.step()
                 self.scheduler.step()
+                self.critic.step()
         return stats.finish(self.dist, cfg.log.length_bins, with_kl=batch.ref_logp is not None,
                             with_mismatch=batch.engine_logp is not None)
 
@@ -473,6 +508,7 @@ class Trainer:
         # FSDP2: gather the full model and optimizer state (collectives: every rank; None under DDP)
         model_state = self.dist.full_model_state(self.model)
         optim_state = self.dist.full_optimizer_state(self.model, self.optimizer)
+        critic_state = self.critic.full_state()  # a collective; None without a critic and off rank 0
         path, error = None, None
         if self.dist.is_main:
             try:
@@ -481,7 +517,8 @@ class Trainer:
                                             trainer_state=self.trainer_state(), config_yaml=dump_yaml(self.cfg),
                                             keep_last=self.cfg.keep_last, model_state=model_state,
                                             optimizer_state=optim_state,
-                                            tokenizer=None if self.cfg.lora.enabled else self.tokenizer)
+                                            tokenizer=None if self.cfg.lora.enabled else self.tokenizer,
+                                            extra=None if critic_state is None else {"critic": critic_state})
             except ckpt.CheckpointWriteError as e:
                 error = str(e)
         if not self.dist.all_true(error is None):

@@ -8,6 +8,8 @@ Simplifications (fairalign's rules, docs/length_fairness.md):
   update per batch it is 0 and no clip metric is logged.
 - The clip unit is the sequence for every loss: a token-level loss's [B, T] flags count a sequence
   by its share of clipped tokens. A user loss that reports no `clipped` contributes nothing.
+- With token advantages [B, T] (gae), a sequence's advantage for the upper / lower clip split is the
+  mean of its tokens' advantages (`sequence_advantages`).
 - Sums are local; `finish` reduces them over ranks with the generic collectives only.
 """
 from __future__ import annotations
@@ -26,6 +28,14 @@ def sequence_clip_weight(clipped: torch.Tensor, mask: torch.Tensor) -> torch.Ten
     return ((clipped.detach().bool() & m).sum(1).double() / lengths.double()).cpu()
 
 
+def sequence_advantages(adv: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[B]: sequence advantages as they are, or the token-mean of token advantages [B, T] over `mask`."""
+    if adv.dim() == 1:
+        return adv
+    m = mask.bool().to(adv.device)
+    return (adv * m).sum(1) / m.sum(1).clamp(min=1)  # [B]
+
+
 class UpdateStats:
     def __init__(self):
         self.sums = {"tok": 0.0, "clip_tok": 0.0, "clip_frac": 0.0, "approx_kl": 0.0, "entropy": 0.0, "kl": 0.0,
@@ -37,7 +47,7 @@ class UpdateStats:
 
     def add(self, stats: dict, mask: torch.Tensor, ent: torch.Tensor, adv: torch.Tensor, *, off_policy: bool,
             kl: torch.Tensor | None = None) -> None:
-        """One micro-batch: stats from the loss, mask [B, T], entropy [B, T], advantages [B]."""
+        """One micro-batch: stats from the loss, mask [B, T], entropy [B, T], advantages [B] or [B, T]."""
         m = mask.bool()
         ntok = float(m.sum())
         self.sums["tok"] += ntok
@@ -51,7 +61,7 @@ class UpdateStats:
             rows = m.any(1).cpu()  # a row without loss weight (all-zero mask) is no sequence of the update
             self._lengths.append(m.sum(1).cpu()[rows])
             self._clip.append(sequence_clip_weight(stats["clipped"], m)[rows])
-            self._adv.append(adv.detach().float().cpu()[rows])
+            self._adv.append(sequence_advantages(adv.detach(), m).float().cpu()[rows])
 
     def add_mismatch(self, gap: torch.Tensor) -> None:
         """|engine − training| log-prob gaps of response tokens (1-D)."""
