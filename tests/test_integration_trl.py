@@ -7,7 +7,7 @@ the optimizer step, FSPO's drift from the whole step), the advantages with a fre
 `PreferenceGroupNormalizer` and, for one history-normalized sample, with a hand computation. Also: the
 P-GRPO state survives `resume_from_checkpoint` exactly, the logged clip metrics are fairalign's, bad
 fields are one-line errors, and docs/integrations.md's script and diff are what the test runs.
-The tiny model's generation config stops on ~120 token ids, so completion lengths vary.
+The tiny model is saved with a generation config that stops on ~120 token ids, so completion lengths vary.
 """
 import difflib
 import json
@@ -50,11 +50,21 @@ def _args(out, **kw):
     return FairGRPOConfig(**{**base, **kw})
 
 
-def _trainer(model_dir, args, **kw):
-    model = AutoModelForCausalLM.from_pretrained(model_dir)
+@pytest.fixture(scope="module")
+def model_dir(tiny_model_dir, tmp_path_factory):
+    """The tiny model saved as a hub folder is (with its architecture, so TRL can load it by path; needed
+    for TRL's reference model), stopping on STOP_IDS."""
+    path = tmp_path_factory.mktemp("model")
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     model.generation_config.eos_token_id = STOP_IDS
-    return FairGRPOTrainer(model=model, processing_class=AutoTokenizer.from_pretrained(model_dir),
-                           reward_funcs=reward_fit, args=args, train_dataset=kw.pop("train_dataset", _dataset()), **kw)
+    model.save_pretrained(path)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(path)
+    return path
+
+
+def _trainer(model_dir, args, **kw):
+    return FairGRPOTrainer(model=str(model_dir), reward_funcs=reward_fit, args=args,
+                           train_dataset=kw.pop("train_dataset", _dataset()), **kw)
 
 
 def _record(tr):
@@ -66,7 +76,7 @@ def _record(tr):
 
     def calc_rec(inputs, *a):
         out = calc(inputs, *a)
-        rec["gen"].append({"groups": [x["persona"] for x in inputs], "rpf": out.clone()})
+        rec["gen"].append({"groups": [x["persona"] for x in inputs], "rpf": out.clone(), "train": tr.model.training})
         return out
 
     def gen_rec(inputs):
@@ -82,7 +92,8 @@ def _record(tr):
 
     def loss_rec(model, inputs, *a, **k):
         out = loss(model, inputs, *a, **k)
-        rec["mic"].append({"inputs": inputs, "logp": rec.pop("logp"), "loss": out.detach().clone()})
+        rec["mic"].append({"inputs": inputs, "logp": rec.pop("logp"), "loss": out.detach().clone(),
+                           "train": tr.model.training})
         return out
 
     tr._calculate_rewards, tr._generate_and_score_completions = calc_rec, gen_rec
@@ -91,10 +102,10 @@ def _record(tr):
 
 
 @pytest.fixture(scope="module")
-def fspo_pgrpo_run(tiny_model_dir, tmp_path_factory):
+def fspo_pgrpo_run(model_dir, tmp_path_factory):
     args = _args(tmp_path_factory.mktemp("fspo"), fair_loss="fspo", fair_loss_kwargs={"drift": "kl"},
                  pgrpo_group_column="persona", pgrpo_min_count=2)
-    tr = _trainer(tiny_model_dir, args)
+    tr = _trainer(model_dir, args)
     rec = _record(tr)
     tr.train()
     return tr, rec
@@ -169,7 +180,33 @@ def test_logged_clip_metrics_are_fairaligns(fspo_pgrpo_run):
         assert logs[step]["clip/sequences"] == 4
 
 
-def test_resume_restores_pgrpo_state_exactly(tiny_model_dir, tmp_path):
+def test_kl_term_sequence_mean_and_evaluation(model_dir, tmp_path):
+    """ppo + beta·k3 (TRL's reference model, its bias correction) with seq-mean-token-mean over the
+    optimizer step's sequences; evaluation scores with P-GRPO but never moves its history."""
+    args = _args(tmp_path, fair_loss="ppo", fair_agg="seq-mean-token-mean", beta=0.04, pgrpo_group_column="persona",
+                 pgrpo_min_count=2, eval_strategy="steps", eval_steps=2, per_device_eval_batch_size=4)
+    tr = _trainer(model_dir, args, eval_dataset=_dataset(4))
+    rec = _record(tr)
+    tr.train()
+    train = [m for m in rec["mic"] if m["train"]]
+    assert len(train) == 8 and len(rec["mic"]) > 8  # evaluation ran (twice) through the same loss
+    for k in range(4):
+        mics = train[2 * k:2 * k + 2]
+        seqs = sum(int((m["inputs"]["completion_mask"].sum(1) > 0).sum()) for m in mics)
+        for m in mics:
+            inp, logp, mask = m["inputs"], m["logp"], m["inputs"]["completion_mask"].bool()
+            d = inp["ref_per_token_logps"] - logp
+            k3 = (torch.exp(d) - d - 1) * torch.exp(logp - inp["old_per_token_logps"])  # TRL's bias-corrected k3
+            want = compute_policy_loss("ppo", logp, inp["old_per_token_logps"], inp["advantages"], mask,
+                                       "seq-mean-token-mean", global_seqs=seqs)[0]
+            want = want + 0.04 * aggregate(k3, mask, "seq-mean-token-mean", global_seqs=seqs)
+            torch.testing.assert_close(m["loss"], want.detach(), rtol=1e-5, atol=1e-7)
+    assert sum(tr._pgrpo.state_dict()["n"]) == 16  # the two training batches only
+    assert sum(not g["train"] for g in rec["gen"]) == 4  # 2 evaluations x (8 rows / 4 per batch)
+    assert [h["step"] for h in tr.state.log_history if "eval_loss" in h] == [2, 4]
+
+
+def test_resume_restores_pgrpo_state_exactly(model_dir, tmp_path):
     saved, resumed = {}, {}
 
     class Snap(TrainerCallback):
@@ -183,19 +220,19 @@ def test_resume_restores_pgrpo_state_exactly(tiny_model_dir, tmp_path):
             self.into["begin"] = json.loads(json.dumps(tr._pgrpo.state_dict()))
 
     kw = dict(fair_loss="fspo", pgrpo_group_column="persona", pgrpo_min_count=2, save_strategy="steps", save_steps=2)
-    tr = _trainer(tiny_model_dir, _args(tmp_path, **kw), callbacks=[Snap(saved)])
+    tr = _trainer(model_dir, _args(tmp_path, **kw), callbacks=[Snap(saved)])
     tr.train()
     ckpt = tmp_path / "checkpoint-2"
     assert json.loads((ckpt / PGRPO_STATE_FILE).read_text()) == saved[2]
     assert sum(saved[2]["n"]) == 8 and sum(saved[4]["n"]) == 16  # one generation batch of 8 per 2 steps
 
-    tr = _trainer(tiny_model_dir, _args(tmp_path, **kw), callbacks=[Snap(resumed)])
+    tr = _trainer(model_dir, _args(tmp_path, **kw), callbacks=[Snap(resumed)])
     tr.train(resume_from_checkpoint=str(ckpt))
     assert resumed["begin"] == saved[2]  # exactly: groups, n, mean, m2
     assert resumed[4] == saved[4]  # and the resumed run continues as the uninterrupted one did
 
     (ckpt / PGRPO_STATE_FILE).unlink()
-    tr = _trainer(tiny_model_dir, _args(tmp_path, **kw))
+    tr = _trainer(model_dir, _args(tmp_path, **kw))
     with pytest.raises(ConfigError, match=PGRPO_STATE_FILE):
         tr.train(resume_from_checkpoint=str(ckpt))
 
@@ -220,9 +257,9 @@ def test_bad_field_is_one_line_error(tmp_path, fields, named):
     assert named in str(err.value) and "\n" not in str(err.value)
 
 
-def test_missing_group_column_is_one_line_error(tiny_model_dir, tmp_path):
+def test_missing_group_column_is_one_line_error(model_dir, tmp_path):
     with pytest.raises(ConfigError, match="pgrpo_group_column='user'.*train_dataset") as err:
-        _trainer(tiny_model_dir, _args(tmp_path, pgrpo_group_column="user"))
+        _trainer(model_dir, _args(tmp_path, pgrpo_group_column="user"))
     assert "\n" not in str(err.value)
 
 
@@ -272,13 +309,9 @@ def test_doc_tables_match_the_registries():
     assert all(f"`{key}`" in refused for key in [*_LOSS_OWNED, *_PGRPO_OWNED])
 
 
-def test_doc_script_trains(tiny_model_dir, tmp_path, monkeypatch):
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)  # saved with its architecture, as a hub folder is
-    model.generation_config.eos_token_id = STOP_IDS
-    model.save_pretrained(tmp_path / "model")
-    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(tmp_path / "model")
+def test_doc_script_trains(model_dir, tmp_path, monkeypatch):
     _, _, fair, _ = _doc_blocks()
-    for old, new in (('"Qwen/Qwen2.5-0.5B-Instruct"', repr(str(tmp_path / "model"))),
+    for old, new in (('"Qwen/Qwen2.5-0.5B-Instruct"', repr(str(model_dir))),
                      ("per_device_train_batch_size=8", "per_device_train_batch_size=2"),
                      ("num_generations=4", "num_generations=2"), ("max_completion_length=128", "max_completion_length=8"),
                      ("max_steps=100", "max_steps=2"), ("logging_steps=1,", "logging_steps=1, use_cpu=True,")):
@@ -289,3 +322,60 @@ def test_doc_script_trains(tiny_model_dir, tmp_path, monkeypatch):
     trainer = runpy.run_path(str(tmp_path / "fair_grpo_personas.py"))["trainer"]
     logs = [h for h in trainer.state.log_history if "loss" in h]
     assert trainer.state.global_step == 2 and "lre" in logs[1] and "pgrpo/history_frac" in logs[0]
+
+
+# ---------------------------------------------------------------------- two processes (gloo, CPU)
+WORKER = '''
+import json, sys, torch
+from test_integration_trl import _args, _record, _trainer
+out, model_dir = sys.argv[1], sys.argv[2]
+# 3 prompts x 4 generations per generation batch, 6 rows per process: the middle prompt straddles them
+args = _args(out, fair_loss="fspo", pgrpo_group_column="persona", pgrpo_min_count=2, num_generations=4,
+             gradient_accumulation_steps=1, steps_per_generation=3, max_steps=6)
+tr = _trainer(model_dir, args)
+rec = _record(tr)
+tr.train()
+rank = tr.accelerator.process_index
+mics = [{"logp": m["logp"].detach(), "loss": m["loss"], **{k: m["inputs"][k] for k in
+         ("old_per_token_logps", "advantages", "completion_mask")}} for m in rec["mic"]]
+torch.save({"gen": rec["gen"], "mic": mics, "state": tr._pgrpo.state_dict(), "logs": tr.state.log_history},
+           f"{out}/rank{rank}.pt")
+'''
+
+
+def _pad_cat(tensors):
+    width = max(t.shape[1] for t in tensors)
+    return torch.cat([torch.nn.functional.pad(t, (0, width - t.shape[1])) for t in tensors])
+
+
+def test_two_processes_share_pgrpo_state_and_global_loss(model_dir, tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    (tmp_path / "worker.py").write_text(f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})\n" + WORKER)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
+                          "127.0.0.1", "--master_port", str(port), str(tmp_path / "worker.py"), str(tmp_path),
+                          str(model_dir)], capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
+    ref = PreferenceGroupNormalizer(min_count=2)
+    for g0, g1 in zip(r0["gen"], r1["gen"]):
+        torch.testing.assert_close(g0["rpf"], g1["rpf"])  # TRL gathers every process's rewards
+        groups = g0["groups"] + g1["groups"]  # global order: process 0's rows, then process 1's
+        want = ref(g0["rpf"].sum(1), groups, torch.arange(len(groups)) // 4).float()
+        torch.testing.assert_close(torch.cat([g0["adv"], g1["adv"]]), want, rtol=1e-5, atol=1e-6)
+    assert r0["state"] == r1["state"] == json.loads(json.dumps(ref.state_dict()))
+    for m0, m1 in zip(r0["mic"], r1["mic"]):  # one micro-batch per optimizer step per process
+        whole, _ = compute_policy_loss("fspo", _pad_cat([m0["logp"], m1["logp"]]),
+                                       _pad_cat([m0["old_per_token_logps"], m1["old_per_token_logps"]]),
+                                       torch.cat([m0["advantages"], m1["advantages"]]),
+                                       _pad_cat([m0["completion_mask"], m1["completion_mask"]]).bool())
+        torch.testing.assert_close((m0["loss"] + m1["loss"]) / 2, whole, rtol=1e-5, atol=1e-6)  # DDP averages
+    clip_logs = [h for h in r0["logs"] if "lre" in h]
+    assert [h["step"] for h in clip_logs] == [2, 3, 5, 6] and all(h["clip/sequences"] == 4 for h in clip_logs)
