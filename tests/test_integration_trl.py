@@ -24,10 +24,11 @@ import torch  # noqa: E402
 from datasets import Dataset  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback  # noqa: E402
 
-from fairalign.algos import POLICY_LOSS_REGISTRY, PreferenceGroupNormalizer, aggregate, compute_policy_loss  # noqa: E402
+from fairalign.algos import (POLICY_LOSS_REGISTRY, PreferenceGroupNormalizer, aggregate, build_estimator,  # noqa: E402
+                             compute_policy_loss)
 from fairalign.diagnostics import clip_rate_metrics  # noqa: E402
 from fairalign.integrations.trl import (PGRPO_STATE_FILE, FairGRPOConfig, FairGRPOTrainer,  # noqa: E402
-                                        sampler_weighted_advantages)
+                                        pgrpo_advantages, sampler_weighted_advantages)
 from fairalign.train.config import ConfigError  # noqa: E402
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "integrations.md"
@@ -181,11 +182,15 @@ def test_logged_clip_metrics_are_fairaligns(fspo_pgrpo_run):
 
 
 def test_kl_term_sequence_mean_and_evaluation(model_dir, tmp_path):
-    """ppo + beta·k3 (TRL's reference model, its bias correction) with seq-mean-token-mean over the
-    optimizer step's sequences; evaluation scores with P-GRPO but never moves its history."""
+    """ppo + beta·k3 (TRL's bias correction; with PEFT the reference is the model without its adapter)
+    with seq-mean-token-mean over the optimizer step's sequences; evaluation scores with P-GRPO but never
+    moves its history."""
+    from peft import LoraConfig
+
     args = _args(tmp_path, fair_loss="ppo", fair_agg="seq-mean-token-mean", beta=0.04, pgrpo_group_column="persona",
                  pgrpo_min_count=2, eval_strategy="steps", eval_steps=2, per_device_eval_batch_size=4)
-    tr = _trainer(model_dir, args, eval_dataset=_dataset(4))
+    tr = _trainer(model_dir, args, eval_dataset=_dataset(4),
+                  peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
     rec = _record(tr)
     tr.train()
     train = [m for m in rec["mic"] if m["train"]]
@@ -204,6 +209,8 @@ def test_kl_term_sequence_mean_and_evaluation(model_dir, tmp_path):
     assert sum(tr._pgrpo.state_dict()["n"]) == 16  # the two training batches only
     assert sum(not g["train"] for g in rec["gen"]) == 4  # 2 evaluations x (8 rows / 4 per batch)
     assert [h["step"] for h in tr.state.log_history if "eval_loss" in h] == [2, 4]
+    assert tr.ref_model is None and any("lora_" in n for n, p in tr.model.named_parameters() if p.requires_grad)
+    assert any(float(m["inputs"]["ref_per_token_logps"].sub(m["logp"]).abs().max()) > 0 for m in train[2:])
 
 
 def test_resume_restores_pgrpo_state_exactly(model_dir, tmp_path):
@@ -279,6 +286,16 @@ def test_sampler_weights_as_advantages_weight_the_token_loss(name):
         got, _ = compute_policy_loss(name, logp, old, sampler_weighted_advantages(adv, w, mask), mask)
         loss_mat, _ = POLICY_LOSS_REGISTRY[name].fn(logp, old, adv, mask, **POLICY_LOSS_REGISTRY[name].hparams)
         torch.testing.assert_close(got, aggregate(loss_mat * w, mask), rtol=1e-5, atol=1e-7)
+
+
+def test_unscored_completions_get_zero_and_stay_out_of_the_history():
+    est = build_estimator("pgrpo", min_count=2)
+    rpf = torch.tensor([[1.0, float("nan")], [0.0, 2.0], [float("nan"), float("nan")], [3.0, 1.0]])  # [N, F]
+    adv = pgrpo_advantages(est, rpf, torch.tensor([1.0, 0.5]), ["a", "a", "a", "a"], num_generations=2)
+    # weighted nansum: 1, 1, (unscored), 3.5; prompt groups {0, 1} and {3} (row 2 left out)
+    want = torch.tensor([0.0, 0.0, 0.0, 3.5 / (1 + 1e-6)])  # cold start = GRPO: equal pair -> 0; a group of one: mean 0, std 1
+    torch.testing.assert_close(adv, want)
+    assert est.normalizer.stats()["a"][0] == 3 and est.normalizer.stats()["a"][1] == pytest.approx(5.5 / 3)
 
 
 # ---------------------------------------------------------------------- docs/integrations.md

@@ -92,7 +92,7 @@ class FairGRPOTrainer(GRPOTrainer):
         a = self.args
         if not isinstance(a, FairGRPOConfig):
             raise ConfigError(f"FairGRPOTrainer needs args=FairGRPOConfig(...), got {type(a).__name__}")
-        check_fair_fields(a)  # again: fields may have been changed after the config was built
+        check_fair_fields(a, warn=False)  # again: fields may have been changed after the config was built
         self._fair_hp = resolved_loss_hparams(a) if a.fair_loss else {}
         self._fair_stat_names = tuple(POLICY_LOSS_REGISTRY[a.fair_loss].batch_stats(self._fair_hp)) if a.fair_loss else ()
         if a.fair_loss and self.aux_loss_enabled:

@@ -15,7 +15,7 @@ Every bad value is one `ConfigError` line naming the field. A TRL field that fai
 override is an error when it holds anything but TRL's own default (read from `GRPOConfig`, so a new TRL
 default cannot make the check lie). Simplifications: the checks run in `__post_init__`, i.e. once, on
 the values the config was built with; a field changed afterwards is checked again when the trainer
-is built (it calls `check_fair_fields`).
+is built (it calls `check_fair_fields` without repeating the warning).
 """
 from __future__ import annotations
 
@@ -75,7 +75,7 @@ def resolved_loss_hparams(args) -> dict:
     return {**spec.hparams, **(args.fair_loss_kwargs or {})}
 
 
-def _check_loss(args) -> None:
+def _check_loss(args, warn: bool) -> None:
     if args.fair_loss not in POLICY_LOSS_REGISTRY:
         _fail(f"fair_loss={args.fair_loss!r} is not a fairalign policy loss; valid: {_names(POLICY_LOSS_REGISTRY)}")
     spec = POLICY_LOSS_REGISTRY[args.fair_loss]
@@ -96,7 +96,7 @@ def _check_loss(args) -> None:
     if spg % ga:
         _fail(f"steps_per_generation={spg} must be a multiple of gradient_accumulation_steps={ga} with fair_loss "
               f"(each optimizer step's global token count must be known when it starts)")
-    if spg == ga and args.num_iterations == 1:
+    if warn and spg == ga and args.num_iterations == 1:
         warnings.warn(f"FairGRPOConfig: fair_loss={args.fair_loss!r} with steps_per_generation == "
                       f"gradient_accumulation_steps and num_iterations=1: every update is on-policy (ratio = 1), so "
                       f"every loss gives the same update and nothing is clipped; set steps_per_generation to a "
@@ -125,8 +125,9 @@ def pgrpo_hparams(args) -> dict:
     return {hp: getattr(args, f"pgrpo_{hp}") for hp in _PGRPO}
 
 
-def check_fair_fields(args) -> None:
-    """Raise ConfigError (one line, naming the field) for a bad or unhonourable combination."""
+def check_fair_fields(args, warn: bool = True) -> None:
+    """Raise ConfigError (one line, naming the field) for a bad or unhonourable combination; `warn`:
+    also warn when fair_loss is set but every update is on-policy."""
     if isinstance(args.fair_loss_kwargs, str):
         try:
             args.fair_loss_kwargs = json.loads(args.fair_loss_kwargs)
@@ -135,7 +136,7 @@ def check_fair_fields(args) -> None:
     if args.fair_loss_kwargs is not None and not isinstance(args.fair_loss_kwargs, dict):
         _fail(f"fair_loss_kwargs must be a dict or a JSON object string, got {args.fair_loss_kwargs!r}")
     if args.fair_loss is not None:
-        _check_loss(args)
+        _check_loss(args, warn)
     else:
         for name, default in (("fair_loss_kwargs", None), ("fair_agg", "token-mean"), ("fair_length_edges", None)):
             if getattr(args, name) not in (default, {}):
