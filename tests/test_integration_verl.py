@@ -31,7 +31,7 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-DOC = ROOT / "docs" / "integrations_verl.md"
+DOC = ROOT / "docs" / "integrations.md"
 
 
 class _RayPlaceholder(types.ModuleType):

@@ -6,7 +6,7 @@ Importing this module registers, in verl's own registries (verl.trainer.ppo.core
   estimator   "pgrpo" (algorithm.adv_estimator=pgrpo);
 and defines PGRPOCheckpointCallback (trainer.checkpoint_callback_class=...), which records each prompt's
 preference group and keeps P-GRPO's statistics in verl's checkpoints. The user's diff, the config keys
-and a command line: docs/integrations_verl.md.
+and a command line: docs/integrations.md (section verl).
 
 How verl 0.9.1 calls them (the contract this file implements):
 - loss: verl.workers.utils.losses.ppo_loss, in every actor worker, once per micro-batch:
