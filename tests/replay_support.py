@@ -19,9 +19,10 @@ def write_worker(path: Path, source: str) -> Path:
     return path
 
 
-def replay_engine(engine, vocab_size: int):
-    """A drop-in for `engine.generate`: each (prompt, j) gets responses of 2..10 tokens derived from a
-    hash of the prompt text, so every rank and process count sees the same samples."""
+def replay_engine(engine, vocab_size: int, width: int = 10, truncation: bool = False):
+    """A drop-in for `engine.generate`: each (prompt, j) gets responses of 2..`width` tokens derived from
+    a hash of the prompt text, so every rank and process count sees the same samples. `truncation`:
+    a response of `width` tokens counts as truncated (no EOS within max_new_tokens = width)."""
     from fairalign.rollout import RolloutBatch
 
     def generate(prompts, generations=1, groups=None, generator_seed=None, **kw):
@@ -31,13 +32,13 @@ def replay_engine(engine, vocab_size: int):
             for j in range(generations):
                 h = int(hashlib.sha256(f"{p}|{j}".encode()).hexdigest(), 16)
                 g = torch.Generator().manual_seed(h % (2**31))
-                rows.append(torch.randint(10, vocab_size, (10,), generator=g))
-                masks.append(torch.arange(10) < 2 + h % 9)  # response length 2..10
+                rows.append(torch.randint(10, vocab_size, (width,), generator=g))
+                masks.append(torch.arange(width) < 2 + h % (width - 1))  # response length 2..width
         R, M = torch.stack(rows), torch.stack(masks)
         return RolloutBatch(prompt_ids=ids.repeat_interleave(generations, 0),
                             prompt_mask=mask.repeat_interleave(generations, 0),
                             response_ids=R, response_mask=M, lengths=M.sum(1),
-                            truncated=torch.zeros(len(R), dtype=torch.bool),
+                            truncated=(M.sum(1) == width) if truncation else torch.zeros(len(R), dtype=torch.bool),
                             prompts=[p for p in prompts for _ in range(generations)],
                             completions=[f"reply {int(r.sum())} " * int(m.sum()) for r, m in zip(R, M)],
                             index=torch.arange(len(prompts)).repeat_interleave(generations),

@@ -60,3 +60,30 @@ def test_deterministic_and_prefix_checked():
     assert a == b
     with pytest.raises(ValueError, match="completion_prefix"):
         oracle_demonstrations(profiles, max_turns=2, completion_prefix="<response>")
+
+
+@pytest.mark.parametrize("n_profiles,turns", [(200, 10), (12, 16)])
+def test_oracle_never_asks_a_question_twice_and_always_passes_the_judge(n_profiles, turns):
+    """The warm-up must not teach repetition: over whole dialogues (16 turns: every slot gets known and
+    the oracle runs out of slot questions) no question is asked twice and every turn passes the judge."""
+    from fairalign.envs.rlpa import DialogueBatch
+    from fairalign.envs.rlpa.rewards import repeats_earlier
+
+    profiles = get_profiles("train")[:n_profiles]
+    demos = oracle_demonstrations(profiles, max_turns=turns, seed=0, completion_prefix="<profile>")
+    batch = DialogueBatch(profiles, max_turns=turns, seed=0, completion_prefix="<profile>")
+    for k in range(1, turns + 1):
+        scores = batch.step([[d["completion"]] for d in demos if d["turn"] == k])
+        assert all(row[0]["response"] == 1.0 for row in scores), \
+            [(row[0]["reply"], row[0]["reason"]) for row in scores if row[0]["response"] != 1.0][:3]
+    for h in batch.transcripts():
+        said = [m["content"] for m in h if m["role"] == "assistant"]
+        assert not any(repeats_earlier(r, said[:k]) for k, r in enumerate(said)), said
+
+
+def test_follow_ups_target_no_slot_and_differ():
+    from fairalign.envs.rlpa.oracle import FOLLOW_UPS
+    from fairalign.envs.rlpa.rewards import repeats_earlier
+
+    assert all(slots_mentioned(q) == [] for q in FOLLOW_UPS)
+    assert not any(repeats_earlier(a, [b]) for a in FOLLOW_UPS for b in FOLLOW_UPS if a != b)

@@ -445,3 +445,18 @@ def test_task_factory_from_a_module_or_file(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="bad task 'my_factory:nope': module 'my_factory' has no attribute 'nope'"):
         get_task("my_factory:nope")
     sys.modules.pop("my_factory", None)
+
+
+def test_personas_binary_reward_is_one_only_when_every_rule_is_met():
+    from fairalign.envs.personas import binary_score
+    full = "Sleep at the same time every night and keep your room dark."   # 12 words, calm
+    assert score_reply(full, "concise") == 1.0 and binary_score(full, "concise") == 1.0
+    almost = full[:-1] + "!"                                                # one "!" breaks "calm"
+    assert 0.0 < score_reply(almost, "concise") < 1.0 and binary_score(almost, "concise") == 0.0
+    t = get_task("personas", n_train=20, n_test=5, reward="binary")
+    ex = t.train_examples[0]
+    spec = t.rewards[0]
+    assert spec.name == "persona_binary_reward"
+    assert spec.func(prompts=[ex["prompt"]], completions=[full], persona=["concise"]) == [1.0]
+    with pytest.raises(ValueError, match="reward must be 'graded' or 'binary'"):
+        get_task("personas", reward="sparse")

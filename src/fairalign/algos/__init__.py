@@ -1,7 +1,8 @@
 """fairalign.algos: pure tensor math for RL alignment (torch only, no other fairalign imports).
 
 Policy losses (ppo, gspo, fspo, cispo), loss aggregation, advantage estimators (grpo, dr_grpo,
-rloo, reinforce_pp_baseline, pgrpo, gae), the stateful P-GRPO normalizer, KL estimators, and the
+rloo, reinforce_pp_baseline, pgrpo, gae), the stateful P-GRPO normalizer, KL estimators, DAPO's
+rollout-side pieces (overlong penalty, tied-group detection and selection for dynamic sampling) and the
 critic's pieces: GAE (gae.py) and the clipped value loss (value_loss.py). Tensors in,
 tensors and plain dicts out. Definitions: DESIGN.md §1.1-1.4 and docs/algorithms.md.
 Losses and estimators are registered by name with their hyperparameters (registry.py); the
@@ -11,6 +12,7 @@ estimator protocol (estimators.py) is how a trainer calls any of them.
 from .advantages import (ADVANTAGE_ESTIMATORS, compute_advantages, dr_grpo, grpo, group_stats,
                          reinforce_pp_baseline, rloo)
 from .aggregation import AGG_MODES, aggregate
+from .dapo import group_order, overlong_penalty, select_groups, tied_groups, zero_groups
 from .fspo import fspo_log_band
 from .gae import compute_gae, last_token_rewards, masked_moments, whiten_with_moments
 from .kl import KL_ESTIMATORS, kl_penalty
@@ -50,9 +52,14 @@ __all__ = [
     "compute_policy_loss",
     "dr_grpo",
     "fspo_log_band",
+    "group_order",
     "grpo",
     "group_stats",
     "kl_penalty",
+    "overlong_penalty",
     "reinforce_pp_baseline",
     "rloo",
+    "select_groups",
+    "tied_groups",
+    "zero_groups",
 ]

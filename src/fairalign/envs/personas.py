@@ -12,6 +12,9 @@ Simplifications (fairalign's choices):
   so a 135M model gets signal; they do not judge helpfulness. A reply with no words scores 0.
 - Questions come from templates x everyday topics; train and test use disjoint topics (and so
   disjoint questions), chosen by `seed`.
+- `reward="binary"` (a variant for P-GRPO studies, docs/evidence/pgrpo): 1 when the reply meets every
+  rule of its persona in full (graded score 1), else 0. Successes are rare for hard tastes, so many
+  prompt groups tie at 0 and group-normalized advantages carry no signal there.
 """
 from __future__ import annotations
 
@@ -181,6 +184,17 @@ def persona_reward(prompts, completions, persona, **kwargs) -> list[float]:
     return [score_reply(completion_text(c), p) for c, p in zip(completions, persona)]
 
 
+def binary_score(text: str, persona: str) -> float:
+    """1.0 when the reply meets every rule of its persona in full (graded score 1), else 0.0."""
+    return 1.0 if score_reply(text, persona) >= 1.0 - 1e-9 else 0.0
+
+
+@register_reward("persona_binary")
+def persona_binary_reward(prompts, completions, persona, **kwargs) -> list[float]:
+    """TRL-style reward: 1 if a completion meets all of its persona's rules in full, else 0."""
+    return [binary_score(completion_text(c), p) for c, p in zip(completions, persona)]
+
+
 # ----------------------------------------------------------------------------- dataset
 def resolve_shares(default: dict, shares: dict | None, what: str) -> dict:
     """The sampling share of each kind: `default`, or the user's `shares` (unlisted kinds get 0)."""
@@ -227,13 +241,16 @@ def _build_split(rng: random.Random, topics: list[str], counts: list[int], chat:
 @register_task("personas")
 def make_personas_task(*, seed: int = 0, n_train: int = 512, n_test: int = 128, chat: bool = True,
                        test_mix: str = "population", test_topics: float = 0.2,
-                       shares: dict | None = None) -> Task:
+                       shares: dict | None = None, reward: str = "graded") -> Task:
     """Build the personas task.
 
     n_train / n_test: examples per split; chat: prompts as chat messages (else plain strings);
     test_mix: "population" (test shares = train shares) or "balanced" (equal count per persona);
-    test_topics: fraction of topics held out for the test split; shares: persona id -> share.
+    test_topics: fraction of topics held out for the test split; shares: persona id -> share;
+    reward: "graded" (rule scores in [0, 1]) or "binary" (1 only when every rule is met in full).
     """
+    if reward not in ("graded", "binary"):
+        raise ValueError(f"reward must be 'graded' or 'binary', got {reward!r}")
     if test_mix not in ("population", "balanced"):
         raise ValueError(f"test_mix must be 'population' or 'balanced', got {test_mix!r}")
     if not 0 < test_topics < 1:
@@ -252,7 +269,8 @@ def make_personas_task(*, seed: int = 0, n_train: int = 512, n_test: int = 128, 
     test = _build_split(rng, test_t, allocate(n_test, test_shares), chat)
     return Task(
         name="personas", train_examples=train, test_examples=test,
-        rewards=[RewardSpec("persona_reward", persona_reward, 1.0)],
+        rewards=[RewardSpec("persona_reward", persona_reward, 1.0) if reward == "graded"
+                 else RewardSpec("persona_binary_reward", persona_binary_reward, 1.0)],
         description="five personas with conflicting reply-style tastes, imbalanced (64/12/8/8/8%)",
         info={"shares": share, "train_topics": train_t, "test_topics": test_t},
     )

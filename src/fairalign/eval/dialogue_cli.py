@@ -3,7 +3,10 @@
 Plays `eval.examples` test profiles x `task_options.eval_turns` turns with the task's simulated
 user and judge, the policy answering greedily (or sampling `eval.generations` candidates, the best
 continuing), and reports AL(k) per turn (x100), AVG, N-IR, N-R² and profile F1 per turn; writes
-dialogue_eval.json and dialogue_al.png into the run directory (or --out).
+dialogue_eval.json (with one record per dialogue and turn, for paired comparisons over profiles)
+and dialogue_al.png into the run directory (or --out). `--checkpoint N` evaluates the run's
+checkpoints/step-N model instead of final/ (step 0: right after the sft.* warm-up). Replies cut at
+max_new_tokens fail the turn contract (score 0); their share per turn is reported and warned about.
 
 Settings come from the run directory's `config.yaml` (or the defaults, for a model name), then the
 KEY=VALUE overrides (the syntax of `fairalign train`), then the flags, which are aliases:
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 # flag name -> config key it stands for
@@ -59,6 +63,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--completion-prefix", help="task_options.completion_prefix")
     p.add_argument("--seed", type=int, help="seed")
     p.add_argument("--batch-size", type=int, help="dialogues generated together (eval.batch_size)")
+    p.add_argument("--checkpoint", type=int, metavar="STEP",
+                   help="evaluate the run's checkpoints/step-STEP model instead of final/ (0 = right after the "
+                        "sft.* warm-up); the output defaults to RUN_DIR/eval-step-STEP")
     p.add_argument("--out", default=None, help="folder for the JSON and PNG (default: the run dir or runs/eval-dialogue)")
     return p
 
@@ -75,21 +82,27 @@ def remote_options(args: argparse.Namespace) -> dict:
                               ("api_key_env", args.api_key_env)) if v is not None}
 
 
-def resolve(target: str, overrides: list[str], remote: dict | None = None):
+def resolve(target: str, overrides: list[str], remote: dict | None = None, checkpoint: int | None = None):
     """(config, model path, default output folder) for a run directory or a model name; `remote`
-    (OpenAIChat options) is merged into task_options.user_options and judge_options."""
+    (OpenAIChat options) is merged into task_options.user_options and judge_options; `checkpoint`
+    picks the run's checkpoints/step-N model instead of final/."""
     from fairalign.train.config import ConfigError, build_config, load_yaml
 
     run = Path(target)
     if remote:  # merged key by key, so e.g. --api-key-env alone keeps the config's base_url
-        cfg = resolve(target, overrides)[0]
+        cfg = resolve(target, overrides, checkpoint=checkpoint)[0]
         merged = {k: {**(cfg.task_options.get(k) or {}), **remote} for k in ("user_options", "judge_options")}
         overrides = [*overrides, *(f"task_options.{k}={json.dumps(v)}" for k, v in merged.items())]
+    if checkpoint is not None and not (run / "config.yaml").is_file():
+        raise ConfigError(f"eval-dialogue: --checkpoint needs a run directory; '{target}' has no config.yaml")
     if (run / "config.yaml").is_file():
         cfg = build_config(load_yaml(run / "config.yaml"), overrides)
-        if not (run / "final").is_dir():
+        if checkpoint is not None:
+            model_path, out_dir = _checkpoint_model(run, checkpoint, cfg), run / f"eval-step-{checkpoint}"
+        elif not (run / "final").is_dir():
             raise ConfigError(f"eval-dialogue: run '{target}' has no final model (is it finished?)")
-        model_path, out_dir = str(run / "final"), run
+        else:
+            model_path, out_dir = str(run / "final"), run
     else:
         cfg = build_config({"task": "rlpa", "model": target}, overrides)
         model_path, out_dir = cfg.model, Path("runs/eval-dialogue")
@@ -97,6 +110,37 @@ def resolve(target: str, overrides: list[str], remote: dict | None = None):
         raise ConfigError(f"eval-dialogue evaluates the rlpa task; '{target}' has task '{cfg.task}' "
                           f"(use `fairalign eval`)")
     return cfg, model_path, out_dir
+
+
+def _checkpoint_model(run: Path, step: int, cfg) -> str:
+    """The model folder of the run's complete checkpoint step-`step`, or a ConfigError naming what exists."""
+    from fairalign.train.checkpoint import list_checkpoints
+    from fairalign.train.config import ConfigError
+
+    found = dict(list_checkpoints(run))
+    if step not in found:
+        have = ", ".join(str(s) for s in sorted(found)) or "none"
+        raise ConfigError(f"eval-dialogue: --checkpoint {step}: run '{run}' has no complete checkpoint step-{step} "
+                          f"(complete checkpoints: {have}; keep_last prunes older ones)")
+    if cfg.lora.enabled:
+        raise ConfigError("eval-dialogue: --checkpoint on a LoRA run is not handled (its checkpoint holds an adapter); "
+                          "evaluate a merged model folder")
+    return str(found[step] / "model")
+
+
+def per_dialogue(run, truncated: list[list[bool]], generations: int, first: int = 0) -> list[dict]:
+    """One entry per dialogue of a `DialogueRun` (in order; `first` = index of its first dialogue overall):
+    profile_id, group and a record per turn (total, profile, response, reply, user_reply, ...) with
+    `truncated` = whether the chosen reply hit max_new_tokens; `truncated[t]` holds the engine's flags of
+    turn t+1, [n_dialogues * generations], one dialogue's candidates adjacent."""
+    out: dict[int, dict] = {}
+    for r in run.records:
+        i = r["dialogue"]
+        d = out.setdefault(i, {"dialogue": first + i, "profile_id": r["profile_id"], "group": r["group"], "turns": []})
+        rec = {k: v for k, v in r.items() if k not in ("dialogue", "profile_id", "group")}
+        rec["truncated"] = bool(truncated[r["turn"] - 1][i * generations + (r["chosen"] or 0)])
+        d["turns"].append(rec)
+    return [out[i] for i in sorted(out)]
 
 
 def evaluate_dialogues(model, tokenizer, *, profiles=32, max_turns: int = 10, generations: int = 1,
@@ -116,27 +160,43 @@ def evaluate_dialogues(model, tokenizer, *, profiles=32, max_turns: int = 10, ge
     test = get_profiles("test")[:profiles] if isinstance(profiles, int) else list(profiles)
     if not test:
         raise ValueError("eval-dialogue: no test profiles to evaluate")
-    runs = []
+    runs, dialogues = [], []
     for s in range(0, len(test), batch_size):
-        def policy(prompts, G, _s=s):
+        cut: list[list[bool]] = []  # per turn: the engine's truncated flags [n * G]
+
+        def policy(prompts, G, _s=s, _cut=cut):
             b = engine.generate(prompts, generations=G, generator_seed=seed * 7 + _s + len(prompts[0]))
+            _cut.append(b.truncated.tolist())
             return [b.completions[i * G:(i + 1) * G] for i in range(len(prompts))]
         runs.append(run_dialogues(policy, test[s:s + batch_size], user=user, judge=judge, max_turns=max_turns,
                                   G=generations, seed=seed + s, completion_prefix=completion_prefix))
+        dialogues += per_dialogue(runs[-1], cut, generations, first=s)
     n = [len(test[s:s + batch_size]) for s in range(0, len(test), batch_size)]
 
     def pooled(attr):
         return [sum(getattr(r, attr)[k] * w for r, w in zip(runs, n)) / sum(n) for k in range(max_turns)]
 
     al, f1, resp = pooled("al_by_turn"), pooled("profile_f1_by_turn"), pooled("response_by_turn")
+    cut_by_turn = [100.0 * sum(d["turns"][k]["truncated"] for d in dialogues) / len(dialogues) for k in range(max_turns)]
     out = {"profiles": len(test), "max_turns": max_turns, "al_by_turn": al, "profile_f1_by_turn": f1,
-           "response_pass_by_turn": resp}
+           "response_pass_by_turn": resp, "truncated_by_turn": cut_by_turn}
     out.update(dialogue_metrics(al) if max_turns >= 2 else {})
     out["settings"] = {"generations": generations, "temperature": temperature, "max_new_tokens": max_new_tokens,
                        "completion_prefix": completion_prefix, "seed": seed, "batch_size": batch_size,
                        "user": _public(user), "judge": _public(judge)}
     out["example_transcript"] = runs[0].transcripts[0] if runs else []
+    out["dialogues"] = dialogues
     return out
+
+
+def truncation_warning(result: dict) -> str | None:
+    """One line naming the turns whose replies were cut at max_new_tokens, or None."""
+    cut = [(k, v) for k, v in enumerate(result.get("truncated_by_turn", []), 1) if v > 0]
+    if not cut:
+        return None
+    turns = ", ".join(f"turn {k} {v:.0f}%" for k, v in cut)
+    return (f"eval-dialogue: warning: replies cut at max_new_tokens={result['settings']['max_new_tokens']} "
+            f"({turns}); a cut turn fails the format and scores 0: raise --max-new-tokens")
 
 
 def _public(spec):
@@ -171,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     from fairalign.models import load_policy
 
     args = _parser().parse_intermixed_args(argv)
-    cfg, model_path, out_dir = resolve(args.target, list(args.overrides) + flag_overrides(args), remote_options(args))
+    cfg, model_path, out_dir = resolve(args.target, list(args.overrides) + flag_overrides(args), remote_options(args),
+                                       checkpoint=args.checkpoint)
     out_dir = Path(args.out) if args.out else out_dir
     task = get_task("rlpa", seed=cfg.seed, **cfg.task_options)
     e = cfg.eval
@@ -188,10 +249,14 @@ def main(argv: list[str] | None = None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "dialogue_eval.json").write_text(json.dumps(res, indent=2))
     plot_al(res, out_dir / "dialogue_al.png")
-    print("turn  AL(k)  profile-F1  response-pass")
-    for k, (a, f, r) in enumerate(zip(res["al_by_turn"], res["profile_f1_by_turn"], res["response_pass_by_turn"]), 1):
-        print(f"{k:4d}  {a:5.2f}  {f:10.2f}  {r:13.2f}")
+    print("turn  AL(k)  profile-F1  response-pass  cut-at-max%")
+    for k, (a, f, r, c) in enumerate(zip(res["al_by_turn"], res["profile_f1_by_turn"], res["response_pass_by_turn"],
+                                         res["truncated_by_turn"]), 1):
+        print(f"{k:4d}  {a:5.2f}  {f:10.2f}  {r:13.2f}  {c:11.1f}")
     if "avg" in res:
         print(f"AVG {res['avg']:.2f}  N-IR {res['n_ir']:.3f}  N-R² {res['n_r2']:.3f}")
+    warning = truncation_warning(res)
+    if warning:
+        print(warning, file=sys.stderr)
     print(f"wrote {out_dir / 'dialogue_eval.json'} and {out_dir / 'dialogue_al.png'}")
     return 0

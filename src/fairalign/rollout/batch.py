@@ -12,7 +12,7 @@ import torch
 
 _TENSOR_FIELDS = (
     "prompt_ids", "prompt_mask", "response_ids", "response_mask", "lengths", "truncated", "index",
-    "old_logp", "ref_logp", "rewards", "advantages", "engine_logp", "values", "returns",
+    "old_logp", "ref_logp", "rewards", "advantages", "engine_logp", "train_mask", "values", "returns",
 )
 _LIST_FIELDS = ("prompts", "completions", "groups")
 
@@ -42,6 +42,9 @@ class RolloutBatch:
     reward_parts: dict = field(default_factory=dict)
     reward_errors: int = 0  # reward calls that failed and were scored 0 (on_reward_error=zero)
     generate_s: float = 0.0  # seconds the rollout spent in the engine's generate calls
+    # [B] bool, the rows that take part in the loss (None = all); rows with False get zero loss weight
+    # (truncated completions under rollout.mask_truncated, dynamic sampling's fillers)
+    train_mask: torch.Tensor | None = None
     values: torch.Tensor | None = None  # [B, R] float, the critic's V(s_t) before the step's updates (algo.critic)
     returns: torch.Tensor | None = None  # [B, R] float, the critic's targets (from an estimator that uses values)
 
@@ -54,7 +57,7 @@ class RolloutBatch:
             )
         if self.response_mask.shape != (B, R):
             raise ValueError(f"response_mask {tuple(self.response_mask.shape)} != response_ids {(B, R)}")
-        for name in ("lengths", "truncated", "index", "rewards"):
+        for name in ("lengths", "truncated", "index", "rewards", "train_mask"):
             value = getattr(self, name)
             if value is not None and tuple(value.shape) != (B,):
                 raise ValueError(f"{name} has shape {tuple(value.shape)}, expected ({B},)")
@@ -96,7 +99,8 @@ class RolloutBatch:
 
 def concat_batches(batches: Sequence[RolloutBatch], pad_token_id: int) -> RolloutBatch:
     """One batch from several (e.g. the turns of a dialogue rollout): prompts re-padded on the left,
-    responses on the right; `index` values are offset so prompt groups stay distinct."""
+    responses on the right; `index` values are offset so prompt groups stay distinct. Per-sample
+    fields that only some batches hold are dropped (`train_mask`: None counts as all True)."""
     if not batches:
         raise ValueError("concat_batches needs at least one batch")
     P = max(b.prompt_ids.shape[1] for b in batches)
@@ -131,6 +135,10 @@ def concat_batches(batches: Sequence[RolloutBatch], pad_token_id: int) -> Rollou
         engine_logp=None if any(b.engine_logp is None for b in batches)
         else cat([right(b.engine_logp, R, 0.0) for b in batches]),
         rewards=None if any(b.rewards is None for b in batches) else cat([b.rewards for b in batches]),
+        advantages=None if any(b.advantages is None for b in batches) else cat([b.advantages for b in batches]),
+        train_mask=None if all(b.train_mask is None for b in batches) else cat(
+            [torch.ones(len(b), dtype=torch.bool, device=b.lengths.device) if b.train_mask is None
+             else b.train_mask for b in batches]),
         reward_parts={k: cat([b.reward_parts[k] for b in batches]) for k in batches[0].reward_parts
                       if all(k in b.reward_parts for b in batches)},
         reward_errors=sum(b.reward_errors for b in batches),

@@ -66,6 +66,11 @@ class RolloutConfig:
     chat_template: str = "auto"            # auto (use the tokenizer's chat template if it has one) | none (raw prompt text)
     vllm_gpu_memory_utilization: float = 0.3  # engine=vllm: share of GPU memory vLLM may take (weights + KV cache), in (0, 1]
     vllm_enforce_eager: bool = False       # engine=vllm: no CUDA graphs (faster start, slower decoding)
+    dynamic_sampling: str = "none"         # DAPO dynamic sampling: none | advantage (leave out prompt groups whose advantages under algo.advantage are all 0; sample more) | reward (leave out groups whose rewards all tie, whatever the estimator)
+    dynamic_max_extra_rounds: int = 4      # dynamic sampling: at most this many extra generation rounds (prompts_per_step new prompts each) per step; then the step trains on the informative groups it has
+    overlong_buffer_frac: float = 0.0      # DAPO soft overlong penalty: its buffer L_cache as a share of max_new_tokens (= L_max), in [0, 1]; the penalty ramps from 0 at L_max − L_cache to -overlong_penalty at L_max (0 = off)
+    overlong_penalty: float = 1.0          # overlong penalty factor: a response of max_new_tokens tokens gets -overlong_penalty added to its reward
+    mask_truncated: bool = False           # zero loss weight for completions that hit max_new_tokens without EOS (DAPO's overlong filtering)
 
 
 @dataclass
@@ -154,6 +159,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "algo.critic": ("none", "head", "model"),
     "rollout.engine": ("hf", "vllm"),
     "rollout.chat_template": ("auto", "none"),
+    "rollout.dynamic_sampling": ("none", "advantage", "reward"),
     "optim.schedule": ("constant", "linear", "cosine"),
     "precision": ("fp32", "bf16"),
     "device": ("auto", "cpu", "cuda"),
@@ -407,6 +413,14 @@ def validate(cfg: Config) -> None:
     _positive("rollout.temperature", r.temperature, allow_zero=True)
     if not 0 < r.top_p <= 1:
         raise ConfigError(f"config key 'rollout.top_p' must be in (0, 1], got {r.top_p}")
+    _positive("rollout.dynamic_max_extra_rounds", r.dynamic_max_extra_rounds, allow_zero=True)
+    if r.dynamic_sampling != "none" and r.generations < 2:
+        raise ConfigError(f"config key 'rollout.generations' must be >= 2 for rollout.dynamic_sampling="
+                          f"{r.dynamic_sampling} (a group of one has nothing to compare), got {r.generations}")
+    if not 0 <= r.overlong_buffer_frac <= 1:
+        raise ConfigError(f"config key 'rollout.overlong_buffer_frac' must be in [0, 1] (a share of "
+                          f"rollout.max_new_tokens), got {r.overlong_buffer_frac}")
+    _positive("rollout.overlong_penalty", r.overlong_penalty, allow_zero=True)
     if a.advantage in GROUP_ESTIMATORS and r.generations < 2:
         raise ConfigError(f"config key 'rollout.generations' must be >= 2 for the group estimator "
                           f"'{a.advantage}', got {r.generations}")

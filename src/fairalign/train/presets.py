@@ -3,8 +3,9 @@
 Each algorithm preset is the published recipe's *loss-side* settings; rollout sizes and the model
 stay the defaults. Every loss preset reuses each rollout batch for at least two optimizer steps
 (the default `algo.minibatches=2`, DESIGN §1.5b), so the importance ratio leaves 1 and the losses
-really differ (tests/test_offpolicy_defaults.py checks every preset). Task presets (`rlpa-smollm2-cpu`) are whole documented configs. Parts of a recipe that are not loss settings (DAPO's
-dynamic sampling and overlong shaping) are not included; docs/algorithms.md says so.
+really differ (tests/test_offpolicy_defaults.py checks every preset). Task presets (`rlpa-smollm2-cpu`) are whole documented configs. Rollout-side parts of a recipe are included
+when fairalign has them as options (DAPO's dynamic sampling, overlong penalty and truncation mask:
+rollout.* keys, docs/algorithms.md).
 """
 from __future__ import annotations
 
@@ -13,9 +14,13 @@ import copy
 PRESETS: dict[str, dict] = {
     # GRPO (DeepSeekMath): token-level PPO clip 0.2, group-normalized advantages, token-mean.
     "grpo": {"algo": {"loss": "ppo", "advantage": "grpo", "agg": "token-mean"}},
-    # DAPO: clip-higher (0.2 / 0.28) and token-mean aggregation.
+    # DAPO: clip-higher (0.2 / 0.28), token-mean aggregation, dynamic sampling (prompt groups with
+    # all-zero advantages left out, up to 4 extra rounds), the soft overlong penalty (a buffer of 20% of
+    # max_new_tokens: the paper's 4096 of 20480) and truncated completions masked.
     "dapo": {"algo": {"loss": "ppo", "advantage": "grpo", "agg": "token-mean",
-                      "clip_low": 0.2, "clip_high": 0.28}},
+                      "clip_low": 0.2, "clip_high": 0.28},
+             "rollout": {"dynamic_sampling": "advantage", "dynamic_max_extra_rounds": 4,
+                         "overlong_buffer_frac": 0.2, "overlong_penalty": 1.0, "mask_truncated": True}},
     # Dr. GRPO: no std normalization, constant-horizon token sum.
     "dr_grpo": {"algo": {"loss": "ppo", "advantage": "dr_grpo", "agg": "seq-mean-token-sum-norm"}},
     # GSPO: sequence ratio on the mean log ratio, tiny band, sequence-mean aggregation.

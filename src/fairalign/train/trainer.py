@@ -1,9 +1,11 @@
 """The trainer: a recipe over four stages that fill one `RolloutBatch` per step (docs/architecture.md).
 
-    1. rollout      batch = task.rollout(engine, examples, G, seed)      responses + rewards (task-owned)
-    2. advantages   batch.advantages = estimator(rewards, index, groups, dist)   (registered, may hold state);
-                    an estimator that requires a critic's values (gae) gets batch.values first and also
-                    returns the critic's targets (batch.returns)
+    1. rollout      pool = rollout_stage.sample(step)   task.rollout(engine, examples, G, seed) per round:
+                    responses + rewards (task-owned), rollout.* options (overlong penalty, dynamic sampling)
+    2. advantages   pool.advantages = estimator(rewards, index, groups, dist)   (registered, may hold state);
+                    batch = rollout_stage.training_batch(pool): the groups trained on, train_mask.
+                    An estimator that requires a critic's values (gae) runs after the selection, on the
+                    batch's values, and also returns the critic's targets (batch.returns)
     3. log-probs    batch.old_logp / batch.ref_logp                      (behaviour once, before any update)
     4. updates      ppo_epochs x minibatches optimizer steps of the registered policy loss (+ the critic's)
 No line here names a loss, an estimator, a critic kind or a task: they come from train/methods.py,
@@ -41,6 +43,7 @@ from fairalign.train.dist import Dist
 from fairalign.train.logging import Progress, RunLogger, truncate_after_step
 from fairalign.train.methods import resolve_estimator, resolve_policy_loss
 from fairalign.train.reference import REFERENCE_DIR, load_reference, save_reference
+from fairalign.train.rollout_stage import RolloutStage
 from fairalign.train.run_lock import RunLock
 from fairalign.train.signals import StopRequest, StopRequested
 from fairalign.train.setup import lr_lambda, resolve_device, seed_everything, task_from_config, trim_padding
@@ -107,6 +110,7 @@ class Trainer:
         self.critic = build_critic(self, start_ckpt)    # algo.critic: the value function (NoCritic for none)
         self.skipped_prompts = self._check_prompt_lengths()
         self.sampler = PromptSampler(len(self.task.train_examples), cfg.seed)
+        self.rollout_stage = RolloutStage(cfg, self.task, self.engine, self.sampler, self.dist, self.estimator)
         if start_ckpt is not None:
             try:
                 self._restore(start_ckpt)
@@ -267,32 +271,40 @@ class Trainer:
             return self._logprobs_no_grad(self.model, batch, micro)
 
     def train_step(self) -> dict:
-        cfg, r, a = self.cfg, self.cfg.rollout, self.cfg.algo
+        cfg, a = self.cfg, self.cfg.algo
         t_start = time.perf_counter()
         step = self.step + 1
         if hasattr(self.engine, "sync_weights"):  # vLLM serves a copy: push the weights the updates produced
             self.engine.sync_weights(self.model)
         t_sync = time.perf_counter()
-        # 1. rollout: responses and rewards, owned by the task (single-turn default, or e.g. RLPA dialogues)
-        ex_idx = self.dist.shard(self.sampler.take(r.prompts_per_step))
-        examples = [self.task.train_examples[i] for i in ex_idx]
-        seed = cfg.seed * 1_000_003 + step * 101 + self.dist.rank
+        # 1. rollout: responses and rewards, owned by the task (single-turn default, or e.g. RLPA dialogues);
+        #    the rollout stage adds the rollout.* options: overlong penalty, dynamic sampling (more rounds)
         with self.dtype_ctx():
-            batch = self.task.rollout(self.engine, examples, r.generations, seed, on_reward_error=cfg.on_reward_error)
-        rewards = batch.rewards.float().to(self.device)  # [B]
+            pool = self.rollout_stage.sample(step)  # every prompt group sampled this step
         t_rew = time.perf_counter()
+        # 2. advantages: the registered estimator (whole prompt groups live on one rank; cross-rank work
+        #    goes through the dist's collectives). An estimator without per-token inputs sees every sampled
+        #    group (P-GRPO's history holds every reward), then the rollout stage picks the groups trained
+        #    on; one that requires per-token inputs (a critic's values V(s_t) [B, R]: gae) gets them for the
+        #    rows trained on only (a value head's pass also yields the behaviour log-probs).
+        reuse = a.ppo_epochs * a.minibatches > 1  # behaviour log-probs are not the first update's own forward
+        if not self.estimator.requires:
+            pool.advantages = self.estimator(pool.rewards.float().to(self.device), pool.index, pool.groups,
+                                             self.dist).float().to(self.device)  # [B_pool]
+        batch = self.rollout_stage.training_batch(pool)  # this rank's share; train_mask: rows with loss weight
+        rewards = batch.rewards.float().to(self.device)  # [B]
         B = len(batch)
         micro = a.micro_batch_size or B
-        reuse = a.ppo_epochs * a.minibatches > 1  # behaviour log-probs are not the first update's own forward
-        # 2. advantages: the registered estimator (whole prompt groups live on one rank; cross-rank work
-        #    goes through the dist's collectives), given the per-token inputs it requires: the critic's
-        #    values V(s_t) [B, R] (a value head's pass also yields the behaviour log-probs) and the mask
         batch.values, logp = self.critic.behaviour_pass(batch, micro)
         batch.old_logp = logp if reuse else None
-        inputs = {"values": batch.values, "mask": batch.response_mask.to(self.device)}
-        batch.advantages, batch.returns = self.estimator.advantages_and_targets(
-            rewards, batch.index, batch.groups, self.dist, **{k: inputs[k] for k in self.estimator.requires})
-        batch.advantages = batch.advantages.float().to(self.device)  # [B] or [B, R]
+        if self.estimator.requires:
+            mask = batch.response_mask.to(self.device)  # [B, R]
+            if batch.train_mask is not None:  # rows without loss weight take no part in GAE's whitening
+                mask = mask & batch.train_mask.to(self.device)[:, None]
+            inputs = {"values": batch.values, "mask": mask}
+            batch.advantages, batch.returns = self.estimator.advantages_and_targets(
+                rewards, batch.index, batch.groups, self.dist, **{k: inputs[k] for k in self.estimator.requires})
+            batch.advantages = batch.advantages.float().to(self.device)  # [B, R]
         # 3. behaviour / reference log-probs, once, before the first update (only when they are not the
         #    first update's own forward)
         if reuse and batch.old_logp is None:
@@ -322,6 +334,7 @@ class Trainer:
         m["data/skipped_long_prompts"] = self.skipped_prompts
         for g, val in self.dist.group_means(batch.groups, rewards).items():
             m[f"reward/group/{g}"] = val
+        m.update(self.rollout_stage.metrics)
         m.update(upd)
         m.update(self.estimator.metrics())
         m.update(self.critic.step_metrics(batch))
@@ -365,6 +378,13 @@ class Trainer:
             mics += [None] * (n - len(mics))
         return mics
 
+    @staticmethod
+    def _weighted(batch, rows: torch.Tensor, r_mask: torch.Tensor) -> torch.Tensor:
+        """The response mask [b, R'] of `rows` without the rows that have no loss weight (train_mask)."""
+        if batch.train_mask is None:
+            return r_mask
+        return r_mask & batch.train_mask[rows.to(batch.train_mask.device)].to(r_mask.device)[:, None]
+
     @torch.no_grad()
     def _batch_stats(self, batch, mics: list, on_policy: bool) -> dict:
         """The whole-minibatch statistics the loss declared (e.g. FSPO drift="kl": mean log ratio), summed
@@ -380,8 +400,9 @@ class Trainer:
             if mic is None:
                 continue  # placeholder forward: counts nothing
             ell = logp - batch.old_logp[mic.to(self.device), :rlen].to(logp.device)  # [b, R']
+            r_mask = self._weighted(batch, mic, r_mask.to(logp.device))
             for name in sums:
-                num, den = BATCH_STATISTICS[name](ell, r_mask.to(logp.device))
+                num, den = BATCH_STATISTICS[name](ell, r_mask)
                 sums[name][0] += float(num)
                 sums[name][1] += float(den)
         out = {}
@@ -397,11 +418,15 @@ class Trainer:
         gen = torch.Generator().manual_seed(cfg.seed * 7919 + self.step)
         params = [p for p in self.model.parameters() if p.requires_grad]
         stats = UpdateStats()
+        w = batch.train_mask  # [B] bool or None: rows with loss weight (the others count in no normalizer)
         for epoch in range(a.ppo_epochs):
             for k_mb, mb in enumerate(self._minibatches(B, gen)):  # mb: [b] this rank's rows of the minibatch
-                on_policy = epoch == 0 and k_mb == 0  # no optimizer step on this batch yet: ratio ≡ 1
-                mb_tokens = self.dist.sum_metric(float(batch.response_mask[mb].sum()))  # global normalizers
-                mb_seqs = self.dist.sum_metric(float(len(mb)))
+                on_policy = stats.updates + stats.skipped == 0  # no optimizer step on this batch yet: ratio ≡ 1
+                weighted = batch.response_mask[mb] if w is None else batch.response_mask[mb] & w[mb, None]
+                mb_tokens = self.dist.sum_metric(float(weighted.sum()))  # global normalizers
+                mb_seqs = self.dist.sum_metric(float(len(mb) if w is None else w[mb].sum()))
+                if mb_tokens == 0:  # no row of this minibatch has loss weight, on any rank: no update
+                    continue
                 mics = self._micro_batches(mb, micro)
                 batch_stats = self._batch_stats(batch, mics, on_policy)
                 self.optimizer.zero_grad(set_to_none=True)
@@ -419,7 +444,7 @@ class Trainer:
                     rows = mic.to(self.device)
                     logp, ent, r_mask, rlen, *hidden = self._forward(model, batch, mic, with_entropy=True,
                                                                      with_hidden=self.critic.reads_policy_hidden)
-                    r_mask = r_mask.to(logp.device)
+                    r_mask = self._weighted(batch, mic, r_mask.to(logp.device))  # [b, R']
                     old = logp.detach() if batch.old_logp is None else batch.old_logp[rows, :rlen]  # [b, R']
                     if not bool(torch.isfinite(logp[r_mask]).all() & torch.isfinite(old[r_mask]).all()):
                         # a numerical fault of the forward pass, not bad input: this optimizer step is skipped

@@ -58,9 +58,10 @@ class UpdateStats:
         if off_policy and "clipped" in stats:
             self.sums["clip_tok"] += ntok
             self.sums["clip_frac"] += float(stats.get("clip_frac", 0.0)) * ntok
-            self._lengths.append(m.sum(1).cpu())
-            self._clip.append(sequence_clip_weight(stats["clipped"], m))
-            self._adv.append(sequence_advantages(adv.detach(), m).float().cpu())
+            rows = m.any(1).cpu()  # a row without loss weight (all-zero mask) is no sequence of the update
+            self._lengths.append(m.sum(1).cpu()[rows])
+            self._clip.append(sequence_clip_weight(stats["clipped"], m)[rows])
+            self._adv.append(sequence_advantages(adv.detach(), m).float().cpu()[rows])
 
     def add_mismatch(self, gap: torch.Tensor) -> None:
         """|engine − training| log-prob gaps of response tokens (1-D)."""

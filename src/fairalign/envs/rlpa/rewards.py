@@ -8,9 +8,11 @@ for Age the first integer ("34 years old" = 34). Optionally an `EmbeddingMatcher
 pairs whose sentence-embedding cosine is above a threshold (one-to-one, greedy by similarity).
 
 Response reward (fairalign's rules judge, a cheap stand-in for the paper's LLM judge): 1 if the
-reply is non-empty, short (<= 3 sentences, <= 60 words), not a near-repeat of an earlier assistant
-reply (word-set Jaccard >= 0.8), and engages: it mentions an inferred profile item or asks a
-question about a slot the inferred profile does not fill yet (list slots always count as open).
+reply is non-empty, short (<= 3 sentences, <= 60 words), not a repeat (`repeats_earlier`: neither the
+reply nor any question in it has word-set Jaccard >= 0.8 with an earlier assistant reply or a
+question in one, so a question asked again behind a new acknowledgement is a repeat), and engages:
+it mentions an inferred profile item or asks a question about a slot the inferred profile does not
+fill yet (list slots always count as open).
 
 Total = profile + response in [0, 2]; a format failure scores 0 everywhere.
 """
@@ -204,6 +206,35 @@ def _word_set(text: str) -> set[str]:
     return set(_fold(text).split())
 
 
+_QUESTION = re.compile(r"[^.!?\n]*\?")
+
+
+def questions(text: str) -> list[str]:
+    """The question sentences of `text` (each up to and including its first "?")."""
+    return [q.strip() for q in _QUESTION.findall(text or "") if re.search(r"\w", q)]
+
+
+def _jaccard(a: set[str], b: set[str]) -> float:
+    union = a | b
+    return len(a & b) / len(union) if union else 0.0
+
+
+def repeats_earlier(reply: str, earlier: Sequence[str], threshold: float = 0.8) -> bool:
+    """Does `reply` repeat an earlier assistant message: word-set Jaccard >= threshold with one, or a
+    question of `reply` with Jaccard >= threshold to a question of one? (The rules judge's gate and the
+    rules user's "You already asked me that.")"""
+    words = _word_set(reply)
+    asked = [_word_set(q) for q in questions(reply)]
+    for prev in earlier:
+        if _jaccard(words, _word_set(prev)) >= threshold:
+            return True
+        for old in questions(prev):
+            old_words = _word_set(old)
+            if any(_jaccard(q, old_words) >= threshold for q in asked):
+                return True
+    return False
+
+
 def _assistant_replies(history: Sequence[dict] | None) -> list[str]:
     return [m.get("content", "") for m in (history or []) if m.get("role") == "assistant"]
 
@@ -221,14 +252,7 @@ class RulesJudge:
         reply = reply or ""
         nonempty = re.search(r"\w\w", reply) is not None
         short = count_sentences(reply) <= self.max_sentences and len(reply.split()) <= self.max_words
-        words = _word_set(reply)
-        not_repeat = True
-        for prev in _assistant_replies(history):
-            prev_words = _word_set(prev)
-            union = words | prev_words
-            if union and len(words & prev_words) / len(union) >= self.repeat_jaccard:
-                not_repeat = False
-                break
+        not_repeat = not repeats_earlier(reply, _assistant_replies(history), self.repeat_jaccard)
         slots = _slot_values(inferred)
         mentions = any(item_mentioned(s, v, reply) for s, vals in slots.items() for v in vals)
         open_slots = {s for s in SLOTS if s in LIST_SLOTS or s not in slots}

@@ -10,7 +10,8 @@ Backends:
   `budget = max(1, round(reveal_fraction * n_items))` items (15% by default), preferring
   unrevealed items of the slots the assistant's message mentions (keyword match), else volunteering
   one random unrevealed item. It says "you already asked me that" and reveals nothing when the
-  assistant near-repeats itself (word-set Jaccard >= 0.8), shrugs off flattery, and only ever
+  assistant repeats itself (`rewards.repeats_earlier`: the whole message, or a question in it, has
+  word-set Jaccard >= 0.8 with an earlier message or a question in one), shrugs off flattery, and only ever
   states values from its profile, verbatim, inside fixed templates.
 - `hf` / `openai`: an LLM role-plays the profile from `prompts.user_system_prompt`, through
   `backends.HFChat` / `backends.OpenAIChat`. Revealed items are detected by text match (approximate).
@@ -26,7 +27,7 @@ from typing import Any, Sequence
 from .backends import HFChat, OpenAIChat
 from .profile import Profile, slots_mentioned
 from .prompts import user_system_prompt
-from .rewards import _word_set, item_mentioned
+from .rewards import item_mentioned, repeats_earlier
 
 OPENING = "Hello"
 
@@ -118,12 +119,9 @@ class RulesUser(SimulatedUser):
     def _reply_one(self, st: RulesUserState, history: Sequence[dict]) -> str:
         said = [m.get("content", "") for m in history if m.get("role") == "assistant"]
         msg = said[-1] if said else ""
-        words = _word_set(msg)
-        for prev in said[:-1]:
-            union = words | _word_set(prev)
-            if union and len(words & _word_set(prev)) / len(union) >= self.repeat_jaccard:
-                st.revealed_by_turn.append([])
-                return st.rng.choice(REPEAT_REPLIES)
+        if repeats_earlier(msg, said[:-1], self.repeat_jaccard):
+            st.revealed_by_turn.append([])
+            return st.rng.choice(REPEAT_REPLIES)
         parts: list[str] = []
         if _FLATTERY.search(msg):
             parts.append(st.rng.choice(FLATTERY_REPLIES))
