@@ -99,6 +99,10 @@ def test_comparison_numbers_follow_from_the_run_files(study):
                 k = sum(r.get("clip_clipped/len/4-8", 0) for r in rows)
                 assert m["clip_rate/len/4-8"] == pytest.approx(k / n)
                 assert "lre/pooled" in m
+            tot = sum(v for r in rows for k, v in r.items() if k.startswith("clip_count/len/"))
+            if tot:  # the overall clip rate (sequence units) pooled over every bin and step
+                hit = sum(v for r in rows for k, v in r.items() if k.startswith("clip_clipped/len/"))
+                assert m["clip_rate/pooled"] == pytest.approx(hit / tot)
     diffs = c["differences"]
     assert set(diffs) == {"rloo"} and "heldout/reward" in diffs["rloo"] and "train/reward_final" in diffs["rloo"]
     for metric, dm in diffs["rloo"].items():

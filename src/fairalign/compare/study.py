@@ -240,6 +240,7 @@ def run_metrics(run_dir: Path, cfg: Config) -> dict:
                 clipped[b] = clipped.get(b, 0.0) + (c if _num(c) else 0.0)
     if any(v > 0 for v in counts.values()):
         m["lre/pooled"] = lre_from_pooled_counts(counts, clipped)
+        m["clip_rate/pooled"] = sum(clipped.values()) / sum(counts.values())  # every bin, sequence units
         for b in sorted(counts, key=lambda x: int(x.split("-")[0])):
             if counts[b] > 0:
                 m[f"clip_rate/len/{b}"] = clipped[b] / counts[b]
