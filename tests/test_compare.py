@@ -242,3 +242,36 @@ def test_cli_help_lists_compare(capsys):
     with pytest.raises(SystemExit) as e:
         main(["--help"])
     assert e.value.code == 0 and "fairalign compare SPEC.yaml" in capsys.readouterr().out
+
+
+def test_sigterm_in_a_runs_last_step_stops_the_study(tmp_path, monkeypatch, tiny_model_dir):
+    """A signal that arrives during a run's last step: that run finishes (final/ written), and the study
+    stops there instead of training the next run; a rerun evaluates it and goes on."""
+    import os
+    import signal
+
+    from fairalign.train.signals import StopRequested
+    from fairalign.train.trainer import Trainer
+
+    spec = _spec(tmp_path)
+    real = Trainer.train_step
+    calls = []
+
+    def term_in_the_second_step(self):
+        calls.append(1)
+        if len(calls) == 2:  # grpo seed 0's last step
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(self)
+
+    monkeypatch.setattr(Trainer, "train_step", term_in_the_second_step)
+    with pytest.raises(StopRequested) as e:
+        run_study(spec, stream=io.StringIO())
+    assert e.value.exit_code == 143 and "grpo seed 0" in str(e.value) and "fairalign compare" in str(e.value)
+    done = tmp_path / "study" / "grpo" / "seed-0"
+    assert (done / "final").exists() and len(calls) == 2
+    assert not (tmp_path / "study" / "rloo").exists()  # the next run never started
+
+    monkeypatch.setattr(Trainer, "train_step", real)
+    out = io.StringIO()
+    run_study(spec, stream=out)
+    assert "1 to evaluate" in out.getvalue() and "3 trained" in out.getvalue()

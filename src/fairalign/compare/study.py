@@ -16,6 +16,7 @@ import gc
 import json
 import math
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -141,13 +142,17 @@ def train_run(study: Study, arm: str, seed: int, resume: bool, progress: StudyPr
 
     trainer.train_step = step_with_progress
     last[0] = time.perf_counter()
+    again = " ".join(["fairalign compare", str(study.path), *study.command_line])
     try:
         trainer.train()
     except StopRequested as e:  # a signal: the run wrote a checkpoint; the study resumes it when rerun
-        again = " ".join(["fairalign compare", str(study.path), *study.command_line])
         raise StopRequested(f"{str(e).split('; resume with')[0]}; rerun `{again}` to continue the study",
                             e.exit_code - 128) from None
     trainer.dist.close()
+    if trainer.stopped_by is not None:  # the signal came in the run's last step
+        name = signal.Signals(trainer.stopped_by).name
+        raise StopRequested(f"stopped by {name} after [{arm} seed {seed}] finished its last step (not evaluated "
+                            f"yet); rerun `{again}` to continue the study", trainer.stopped_by)
     return trainer.dist.unwrap(trainer.model), trainer.tokenizer
 
 

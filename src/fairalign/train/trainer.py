@@ -76,6 +76,7 @@ class Trainer:
         self.step = 0
         self.consecutive_skips = 0
         self.sft_done = cfg.sft.steps == 0  # the supervised warm-up (sft.*) runs once, before step 1
+        self.stopped_by: int | None = None  # the signal that came during the last step of train()
         start_ckpt = None
         if self.dist.is_main:  # one live run per directory (a killed run's lock is released by the OS)
             try:
@@ -545,7 +546,8 @@ class Trainer:
     def train(self, stop_after: int | None = None) -> list[dict]:
         """Run until cfg.steps (or `stop_after` more steps); returns this call's metric rows.
         SIGTERM / Ctrl-C: the current step finishes, every rank stops at the same step, a checkpoint is
-        written and StopRequested is raised (the CLI exits 143 / 130)."""
+        written and StopRequested is raised (the CLI exits 143 / 130). A signal during the last step
+        lets the run finish normally and is left in `self.stopped_by` (the signal number, else None)."""
         cfg = self.cfg
         rows = []
         end = cfg.steps if stop_after is None else min(cfg.steps, self.step + stop_after)
@@ -578,6 +580,9 @@ class Trainer:
                     self._stop(stop)
             finally:
                 bar.close()
+        # a signal during the last step: the run finished and was saved; a driver of several runs
+        # (fairalign compare) reads this to stop before the next one
+        self.stopped_by = stop.signum
         if self.logger is not None:
             self.logger.close()
         return rows
