@@ -89,3 +89,14 @@ def test_sft_only_run_and_config_errors(tmp_path):
         _cfg(tmp_path, sft={"batch_size": 0})
     with pytest.raises(ValueError, match="demonstrations"):
         Trainer(_cfg(tmp_path, task="arithmetic", task_options={})).train()
+
+
+def test_keep_last_never_prunes_the_warmup_checkpoint(tmp_path):
+    """checkpoints/step-0 is the warm-up-only policy (`eval-dialogue RUN --checkpoint 0`): pruning to
+    keep_last keeps it beside the newest ones, also across a stop and resume."""
+    cfg = _cfg(tmp_path, steps=4, save_every=1, keep_last=1)
+    Trainer(cfg).train(stop_after=2)
+    ckpts = tmp_path / "run" / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["step-0", "step-2"]
+    Trainer(cfg, resume=True).train()
+    assert sorted(p.name for p in ckpts.iterdir()) == ["step-0", "step-4"]

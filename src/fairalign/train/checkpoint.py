@@ -1,5 +1,5 @@
 """Checkpoints: written atomically (temp folder, fsync, rename), pruned to `keep_last`, and read
-back for an exact resume.
+back for an exact resume. Pruning keeps `step-0`, the supervised warm-up's result.
 
 Layout of `checkpoints/step-N/`: `model/` (HF folder or LoRA adapter, safetensors),
 `optimizer.pt`, `scheduler.pt`, `rng.pt` (torch RNG), `trainer_state.json` (step, data position,
@@ -196,7 +196,9 @@ def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
 
 
 def prune(ckpt_root: Path, keep_last: int) -> None:
-    ckpts = list_checkpoints(ckpt_root.parent)
+    """Keep the newest `keep_last` checkpoints, and step-0 (the supervised warm-up's result, written
+    only by a run with `sft.steps`: the warm-up-only policy is an arm of its own)."""
+    ckpts = [c for c in list_checkpoints(ckpt_root.parent) if c[0] != 0]
     for _step, path in ckpts[:-keep_last] if keep_last > 0 else []:
         shutil.rmtree(path, ignore_errors=True)
     for p in ckpt_root.iterdir():  # leftovers of an interrupted write
