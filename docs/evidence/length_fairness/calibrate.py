@@ -60,8 +60,8 @@ def band(rule, k):
     out = dict(hp)
     for low, high in (("clip_low", "clip_high"), ("eps_low", "eps_high")):
         if low in hp:
-            out[low] = min(1.0 - (1.0 - hp[low]) ** k, 1.0 - 1e-12)  # the ratio's lower bound stays > 0
-            out[high] = (1.0 + hp[high]) ** k - 1.0
+            out[low] = min(-math.expm1(k * math.log1p(-hp[low])), 1.0 - 1e-12)  # the lower bound stays > 0
+            out[high] = math.expm1(min(k * math.log1p(hp[high]), 700.0))  # no float overflow
     for key in ("c_low", "c_high"):
         if key in hp:
             out[key] = hp[key] * k
@@ -106,7 +106,7 @@ def calibrate(rule, calls, bins, target, iters=40):
             lo = mid
         else:
             hi = mid
-    return math.exp((lo + hi) / 2)
+    return math.exp(hi)  # the side whose clip rate is at most the target
 
 
 def main(argv=None):
