@@ -123,6 +123,8 @@ def test_two_processes_equal_one(tmp_path, agg):
     for a, b in zip(one["rows"], r0["rows"]):
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
         assert a["reward/mean"] == pytest.approx(b["reward/mean"], abs=1e-6)
+        for key in ("reward/std", "advantage/std"):  # over every rank's samples, not a mean of per-rank stds
+            assert a[key] == pytest.approx(b[key], abs=1e-6), key
         assert ("clip_frac" in a) == ("clip_frac" in b)   # absent when every update is on-policy
         assert a.get("clip_frac", 0.0) == pytest.approx(b.get("clip_frac", 0.0), abs=1e-6)
         assert {k for k in a if k.startswith("reward/group/")} == {k for k in b if k.startswith("reward/group/")}

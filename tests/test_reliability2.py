@@ -163,6 +163,52 @@ def test_disk_full_during_save_keeps_the_previous_checkpoint(tmp_path, monkeypat
     assert rows[-1]["step"] == 3
 
 
+def test_disk_full_as_torch_reports_it_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    """On a real full disk torch.save's zip writer raises RuntimeError (no errno), not OSError: the
+    run must still stop with one line, remove its partial folder and keep the previous checkpoint."""
+    cfg, root = _two_checkpoints(tmp_path)
+    real, real_usage = torch.save, ckpt.shutil.disk_usage
+
+    def full(obj, f, *a, **kw):
+        if "optimizer" in str(f):
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1026715072 vs 1026714964")
+        return real(obj, f, *a, **kw)
+
+    tr = Trainer(cfg, resume=True, progress=False)
+    monkeypatch.setattr(ckpt.torch, "save", full)
+    monkeypatch.setattr(ckpt.shutil, "disk_usage", lambda p: real_usage(p)._replace(free=660 * 1024))
+    with pytest.raises(TrainingError, match="No space left on device") as e:
+        tr.train()
+    assert "checkpoint step-3" in str(e.value) and "previous checkpoint step-2 is intact" in str(e.value)
+    assert [s for s, _ in ckpt.list_checkpoints(tmp_path / "run")] == [1, 2]
+    assert not any(p.name.startswith(".tmp") for p in root.iterdir())
+    # with space left, the same RuntimeError is not a disk problem: it is raised as it is
+    monkeypatch.setattr(ckpt.shutil, "disk_usage", real_usage)
+    with pytest.raises(RuntimeError, match="inline_container"):
+        Trainer(cfg, resume=True, progress=False).train()
+
+
+def test_disk_full_while_writing_final_is_one_line(tmp_path, monkeypatch):
+    cfg, root = _two_checkpoints(tmp_path)
+    tr = Trainer(cfg, resume=True, progress=False)
+    model = tr.dist.unwrap(tr.model)
+    real_usage = ckpt.shutil.disk_usage
+
+    real_save = model.save_pretrained
+
+    def full(folder, *a, **kw):  # the checkpoint is written; then the disk fills while final/ is
+        if ".tmp-final" in str(folder):
+            ckpt.shutil.disk_usage = lambda p: real_usage(p)._replace(free=0)
+            raise RuntimeError("Error while serializing: IoError(Os { code: 28, kind: StorageFull })")
+        return real_save(folder, *a, **kw)
+
+    monkeypatch.setattr(model, "save_pretrained", full)
+    monkeypatch.setattr(ckpt.shutil, "disk_usage", real_usage)  # restored by monkeypatch afterwards
+    with pytest.raises(TrainingError, match="cannot write the final model: No space left on device"):
+        tr.train()
+    assert not (tmp_path / "run" / ".tmp-final").exists() and not (tmp_path / "run" / "final").exists()
+
+
 # ------------------------------------------------------------------ one run per directory
 def test_second_run_on_a_live_directory_refuses(tmp_path):
     run = tmp_path / "run"

@@ -9,8 +9,9 @@ head / value model weights, its optimizer and scheduler; any `extra` component i
 A folder without `COMPLETE` is never used; one whose files do not match their checksums is reported
 as damaged and skipped for the previous one (`newest_valid_checkpoint`). Checkpoints written before checksums existed are trusted as they
 are. Every `torch.load` uses `weights_only=True`.
-An OSError while writing (a full disk, a read-only folder) removes the partial temp folder and
-raises `CheckpointWriteError` naming the path: the previous checkpoint is untouched.
+An OSError while writing (a full disk, a read-only folder), or any error while the disk is full (torch's
+zip writer reports ENOSPC as a RuntimeError), removes the partial temp folder and raises
+`CheckpointWriteError` naming the path: the previous checkpoint is untouched.
 The files do not depend on the process count or strategy: a sharded (FSDP2) run passes its gathered
 full model / optimizer state (`model_state`, `optimizer_state`), written in the 1-process format.
 """
@@ -143,13 +144,35 @@ def save_checkpoint(run_dir: Path, step: int, *, model, optimizer, scheduler, tr
                       trainer_state=trainer_state, config_yaml=config_yaml, keep_last=keep_last,
                       model_state=model_state, optimizer_state=optimizer_state, tokenizer=tokenizer,
                       extra=extra or {})
-    except OSError as e:
+    except Exception as e:
+        reason = write_failure(e, tmp)
+        if reason is None:
+            raise
         shutil.rmtree(tmp, ignore_errors=True)
-        where = e.filename or tmp
         previous = [p.name for _s, p in list_checkpoints(run_dir)]
         kept = f"the previous checkpoint {previous[-1]} is intact" if previous else "no earlier checkpoint exists"
-        raise CheckpointWriteError(f"cannot write checkpoint {final.name}: {e.strerror or e} ('{where}'); "
-                                   f"{kept}") from e
+        raise CheckpointWriteError(f"cannot write checkpoint {final.name}: {reason}; {kept}") from e
+
+
+LOW_SPACE_BYTES = 256 * 2**20  # a write that fails with less free than this is taken for a full disk
+
+
+def write_failure(e: BaseException, folder: Path) -> str | None:
+    """'<reason> ('<path>')' when `e` is a failed write: any OSError, or an error of another type (torch's
+    zip writer raises RuntimeError, safetensors its own error, neither with an errno) raised while the
+    disk holding `folder` is (almost) full. None: not a write failure, re-raise it as it is."""
+    if isinstance(e, OSError):
+        return f"{e.strerror or e} ('{e.filename or folder}')"
+    probe = Path(folder)
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        free = shutil.disk_usage(probe).free
+    except OSError:
+        return None
+    if free >= LOW_SPACE_BYTES:
+        return None
+    return f"No space left on device ('{folder}': {free / 2**20:.1f} MiB free; {type(e).__name__})"
 
 
 def _write(ckpt_root, final, tmp, step, *, model, optimizer, scheduler, trainer_state, config_yaml, keep_last,

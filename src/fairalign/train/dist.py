@@ -253,6 +253,23 @@ class Dist:
         torch.distributed.all_reduce(t)
         return {k: float(v) / self.world for k, v in zip(keys, t.tolist())}
 
+    def std_metrics(self, values: dict) -> dict:
+        """{name: the sample std (n - 1) of the 1-D tensor over every rank's values} (a collective;
+        0.0 with fewer than 2 values in all). Not a mean of per-rank stds."""
+        keys = sorted(values)
+        rows = []
+        for k in keys:
+            x = values[k].detach().double().reshape(-1).cpu()
+            rows.append([float(x.numel()), float(x.sum()), float((x * x).sum())])
+        t = torch.tensor(rows, dtype=torch.float64).reshape(len(keys), 3)
+        if self.world > 1:
+            torch.distributed.all_reduce(t)
+        out = {}
+        for k, (n, s1, s2) in zip(keys, t.tolist()):
+            var = (s2 - s1 * s1 / n) / (n - 1) if n > 1 else 0.0
+            out[k] = max(var, 0.0) ** 0.5
+        return out
+
     def group_means(self, groups: list, rewards: torch.Tensor) -> dict:
         """Mean reward per preference group over every rank's samples."""
         pairs = [(str(g), float(r)) for g, r in zip(groups, rewards.tolist())]

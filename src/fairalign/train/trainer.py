@@ -324,12 +324,14 @@ class Trainer:
         m = {"step": step}
         lengths = batch.lengths.float()
         m.update(self.dist.mean_metrics({
-            "reward/mean": rewards.mean().item(), "reward/std": rewards.std().item() if B > 1 else 0.0,
+            "reward/mean": rewards.mean().item(),
             **{f"reward/{k}": v.float().mean().item() for k, v in batch.reward_parts.items()},
             "response_length/mean": lengths.mean().item(),
             "truncated_frac": batch.truncated.float().mean().item(),
-            "advantage/mean": adv.mean().item(), "advantage/std": adv.std().item() if B > 1 else 0.0,
+            "advantage/mean": adv.mean().item(),
         }))
+        stds = self.dist.std_metrics({"reward/std": rewards, "advantage/std": adv})  # over all ranks' samples
+        m["reward/std"], m["advantage/std"] = stds["reward/std"], stds["advantage/std"]
         m["response_length/max"] = self.dist.max_metric(lengths.max().item())
         m["reward/errors"] = self.dist.sum_metric(float(batch.reward_errors))
         m["data/skipped_long_prompts"] = self.skipped_prompts
@@ -536,9 +538,17 @@ class Trainer:
         import shutil
 
         shutil.rmtree(tmp, ignore_errors=True)
-        self.dist.unwrap(self.model).save_pretrained(tmp, safe_serialization=True,
-                                                     **({} if state is None else {"state_dict": state}))
-        self.tokenizer.save_pretrained(tmp)
+        try:
+            self.dist.unwrap(self.model).save_pretrained(tmp, safe_serialization=True,
+                                                         **({} if state is None else {"state_dict": state}))
+            self.tokenizer.save_pretrained(tmp)
+        except Exception as e:
+            reason = ckpt.write_failure(e, tmp)
+            if reason is None:
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise TrainingError(f"cannot write the final model: {reason}; the last checkpoint is intact: free "
+                                f"space, then resume with: fairalign train --resume {self.run_dir}") from e
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
         return final
