@@ -85,6 +85,9 @@ def test_signal_stops_after_the_step_with_a_checkpoint_then_resume_is_exact(tmp_
 def test_second_ctrl_c_exits_at_once(tmp_path):
     from fairalign.train.signals import StopRequest
 
+    # the handler in place before: Python's default_int_handler, or SIG_IGN when pytest was started in
+    # the background by a non-interactive shell (which ignores SIGINT for its background jobs)
+    before = signal.getsignal(signal.SIGINT)
     stop = StopRequest()
     with stop.installed():
         os.kill(os.getpid(), signal.SIGINT)
@@ -92,7 +95,7 @@ def test_second_ctrl_c_exits_at_once(tmp_path):
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(0.1)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is before  # restored
 
 
 # ------------------------------------------------------------------ damaged checkpoints
