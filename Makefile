@@ -27,6 +27,7 @@ demo: $(STAMP)
 	$(BIN)/fairalign demo
 
 test: $(STAMP)
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
 
 test-slow: $(STAMP)

@@ -58,7 +58,7 @@ class PhaseTimer:
 def instrument(trainer, timer: PhaseTimer) -> None:
     """Wrap the update's pieces with timers (the trainer module's names are patched, not fairalign's code)."""
     import torch
-    import fairalign.train.methods as mm
+    import fairalign.config.methods as mm
     import fairalign.train.trainer as tm
 
     # grad-enabled calls only: the no-grad behaviour / reference passes belong to the "logprob" phase
@@ -104,7 +104,7 @@ def main() -> None:
     for k, v in OFFLINE_ENV.items():
         os.environ.setdefault(k, v)
     import torch
-    from fairalign.train.config import build_config
+    from fairalign.config import build_config
     from fairalign.train.trainer import Trainer
 
     torch.set_num_threads(a.threads)

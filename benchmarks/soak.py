@@ -35,7 +35,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from fairalign.train.config import build_config
+    from fairalign.config import build_config
     from fairalign.train.trainer import Trainer
 
     shutil.rmtree(args.out, ignore_errors=True)

@@ -81,7 +81,7 @@ def prompt_order(seed: int, n_steps: int, prompts_per_step: int) -> list[dict]:
 # ------------------------------------------------------------------------------------- children
 def child_fairalign(a) -> dict:
     import torch
-    from fairalign.train.config import build_config
+    from fairalign.config import build_config
     from fairalign.train.trainer import Trainer
 
     with tempfile.TemporaryDirectory() as out:

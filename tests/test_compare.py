@@ -250,7 +250,7 @@ def test_sigterm_in_a_runs_last_step_stops_the_study(tmp_path, monkeypatch, tiny
     import os
     import signal
 
-    from fairalign.train.signals import StopRequested
+    from fairalign.errors import StopRequested
     from fairalign.train.trainer import Trainer
 
     spec = _spec(tmp_path)

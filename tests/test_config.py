@@ -1,8 +1,9 @@
 """Config tree: YAML + presets + dotted overrides, validation messages, field docs."""
 import pytest
 
-from fairalign.train.config import Config, ConfigError, build_config, field_docs, parse_override
-from fairalign.train.presets import PRESETS, get_preset
+from fairalign.config import Config, build_config, field_docs, parse_override
+from fairalign.errors import ConfigError
+from fairalign.config.presets import PRESETS, get_preset
 
 
 def test_defaults_and_overrides_parse_yaml_scalars():
@@ -87,7 +88,7 @@ def test_nested_section_must_be_mapping():
 def test_device_resolution_without_a_gpu(monkeypatch):
     import torch
 
-    from fairalign.train.setup import resolve_device
+    from fairalign.models import resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert resolve_device("auto") == torch.device("cpu") and resolve_device("cpu") == torch.device("cpu")

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from fairalign.train.config import ConfigError, build_config
-from fairalign.train.presets import get_preset, merge
+from fairalign.errors import ConfigError
+from fairalign.config import build_config
+from fairalign.config.presets import get_preset, merge
 from fairalign.train.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -18,7 +18,7 @@ from test_fsdp import _launch
 WORKER = textwrap.dedent('''
     import os, sys, torch
     from replay_support import replay_engine
-    from fairalign.train.config import build_config
+    from fairalign.config import build_config
     from fairalign.train.trainer import Trainer
 
     out, tag, strategy, critic = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]

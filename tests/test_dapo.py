@@ -21,9 +21,10 @@ from hypothesis import strategies as st
 
 from fairalign.algos import (ESTIMATOR_REGISTRY, PreferenceGroupNormalizer, group_order, overlong_penalty,
                              select_groups, tied_groups, zero_groups)
-from fairalign.train.config import ConfigError, build_config
+from fairalign.errors import ConfigError
+from fairalign.config import build_config
 from fairalign.train.data import PromptSampler
-from fairalign.train.presets import get_preset, merge
+from fairalign.config.presets import get_preset, merge
 from fairalign.train.rollout_stage import split_contiguous
 from fairalign.train.trainer import Trainer
 
@@ -362,7 +363,7 @@ WORKER = textwrap.dedent('''
     import sys, torch
     from dapo_support import task_spec
     from replay_support import replay_engine
-    from fairalign.train.config import build_config
+    from fairalign.config import build_config
     from fairalign.train.trainer import Trainer
 
     out, mode = sys.argv[1], sys.argv[2]

@@ -21,7 +21,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fairalign.train.dist import Dist, make_dist, resolve_strategy
+from fairalign.dist import Dist, make_dist, resolve_strategy
 from replay_support import assert_loaded_equals_checkpoint, write_worker
 from test_fsdp import _launch
 
@@ -84,7 +84,7 @@ def test_one_process_is_plain_and_missing_package_is_one_line(monkeypatch):
     d = make_dist(0, 1, "deepspeed", {"zero_stage": 3})  # one process: nothing to partition
     assert type(d) is Dist and d.strategy == "deepspeed" and d.all_ranks is bool
     assert d.prepare_optimizer(model, opt) is opt and d.for_training(model) is model
-    from fairalign.train.deepspeed_zero import import_deepspeed
+    from fairalign.dist.deepspeed import import_deepspeed
 
     monkeypatch.setitem(sys.modules, "deepspeed", None)  # import fails as if not installed
     with pytest.raises(ValueError) as e:
@@ -97,8 +97,8 @@ def test_one_process_is_plain_and_missing_package_is_one_line(monkeypatch):
 WORKER = textwrap.dedent('''
     import copy, os, sys, torch
     from replay_support import fairalign_attrs, replay_engine
-    from fairalign.train.config import build_config
-    from fairalign.train.dist import DeepSpeedDist
+    from fairalign.config import build_config
+    from fairalign.dist import DeepSpeedDist
     from fairalign.train.trainer import Trainer
 
     out, tag, run_dir, steps, resume = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5] == "1"

@@ -1,5 +1,5 @@
 """Tests for fairalign.diagnostics: hand-computed clip rates / LRE, edge cases, and hypothesis
-properties against a plain-Python reference written from DESIGN §1.5."""
+properties against a plain-Python reference written from docs/length_fairness.md."""
 import math
 
 import pytest

@@ -1,4 +1,4 @@
-"""fairalign.eval.dialogue: AL(k), AVG, N-IR, N-R² — the paper's RLPA row and a numpy reference."""
+"""fairalign.envs.rlpa.metrics: AL(k), AVG, N-IR, N-R² — the paper's RLPA row and a numpy reference."""
 
 import math
 
@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fairalign.eval import alignment_by_turn, dialogue_metrics
+from fairalign.envs.rlpa.metrics import alignment_by_turn, dialogue_metrics
 
 PAPER_RLPA_AL = [62.16, 68.92, 70.27, 74.32, 72.97, 74.32, 75.68, 78.38, 77.03, 79.73]
 

@@ -1,11 +1,10 @@
 """Data parallelism on CPU (gloo, tiny model): one global batch split over 2 processes gives the
 same loss, gradients, updated parameters and P-GRPO state as 1 process with the same batch.
-Also: `Dist.from_env` returns one class per strategy (plain `Dist` for one process), and which
+Also: `fairalign.dist.from_env` returns one class per strategy (plain `Dist` for one process), and which
 strategies make `all_ranks` a collective.
 
 Sampling is made identical with a replay engine: each (prompt, generation) gets fixed response
 tokens derived from a hash of the prompt, so the batch does not depend on how it is split."""
-import json
 import os
 import socket
 import subprocess
@@ -16,12 +15,12 @@ import pytest
 import torch
 from replay_support import write_worker
 
-from fairalign.train.dist import DDPDist, DeepSpeedDist, Dist, FSDP2Dist, make_dist
+from fairalign.dist import DDPDist, DeepSpeedDist, Dist, FSDP2Dist, from_env, make_dist
 
 WORKER = textwrap.dedent('''
     import json, sys, torch
     from replay_support import replay_engine
-    from fairalign.train.config import build_config
+    from fairalign.config import build_config
     from fairalign.train.trainer import Trainer
 
     out, mode = sys.argv[1], sys.argv[2]
@@ -64,21 +63,21 @@ WORKER = textwrap.dedent('''
 def test_from_env_picks_the_class_per_strategy(monkeypatch, configured, env, cls, strategy):
     """One process: the plain `Dist` whatever the strategy; several: the strategy's class (the process
     group is faked: `from_env` only asks it for the rank and world size)."""
-    import fairalign.train.deepspeed_zero as dz
+    import fairalign.dist.deepspeed as dz
 
     for var in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED", "ACCELERATE_DEEPSPEED_ZERO_STAGE"):
         monkeypatch.delenv(var, raising=False)
     for var, value in env.items():
         monkeypatch.setenv(var, value)
     monkeypatch.setenv("WORLD_SIZE", "1")
-    one = Dist.from_env(configured)
+    one = from_env(configured)
     assert type(one) is Dist and one.strategy == strategy and (one.rank, one.world) == (0, 1)
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setattr(dz, "import_deepspeed", lambda: None)   # the package is not needed to pick the class
     monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
     monkeypatch.setattr(torch.distributed, "get_rank", lambda: 1)
     monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 2)
-    many = Dist.from_env(configured)
+    many = from_env(configured)
     assert type(many) is cls and many.strategy == strategy and (many.rank, many.world) == (1, 2)
     if cls is DeepSpeedDist:
         assert many.zero_stage == int(env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2"))

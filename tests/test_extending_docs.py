@@ -46,3 +46,20 @@ def test_every_documented_command_trains(tmp_path, k, capsys):
         assert "running_mean/baseline" in rows[-1]
     if "guess_game" in " ".join(argv):
         assert "reward/blue" in rows[0]
+
+
+def test_the_guess_game_is_evaluated_by_fairalign_eval_with_its_own_rollout(tmp_path, capsys):
+    """A multi-turn task of the user's own is evaluated by `fairalign eval RUN` with no code beyond the task:
+    Task.evaluate runs the task's rollout on the held-out examples (4 examples x 2 turns x 1 generation)."""
+    _files(tmp_path)
+    run = tmp_path / "run"
+    assert main(["train", f"task={tmp_path / 'guess_game.py'}:make_task", *SMALL, "steps=1",
+                 f"output_dir={run}"]) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    assert main(["eval", str(run), "eval.examples=4"]) == 0, capsys.readouterr().err
+    printed = json.loads(capsys.readouterr().out)
+    saved = json.loads((run / "eval.json").read_text())
+    assert printed["kind"] == saved["kind"] == "heldout"
+    assert saved["n"] == 8 and set(saved["by_reward"]) == {"blue"} and set(saved["by_group"]) == {"all"}
+    assert saved["metrics"]["heldout/reward"] == pytest.approx(saved["mean"])
+    assert 0.0 <= saved["mean"] <= 0.5  # only turn-2 answers can score

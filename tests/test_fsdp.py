@@ -3,7 +3,7 @@
 - `resolve_strategy`: how `dist_strategy` and accelerate's FSDP_* variables select a strategy, and the
   one-line errors for FSDP1, a DeepSpeed launcher with dist_strategy=fsdp2 and unsupported FSDP options
   (DeepSpeed itself: test_deepspeed.py).
-- Collectives: `Dist.from_env` gives `FSDP2Dist`, whose sharding attaches nothing to the model; with
+- Collectives: `fairalign.dist.from_env` gives `FSDP2Dist`, whose sharding attaches nothing to the model; with
   its `all_ranks` a sharded model makes the same forward calls on every rank even when the ranks' data
   would make them differ (the decode loop's stop, the prompt-sharing log-prob path); results equal an
   unsharded copy of the model, and the summed gradients equal the unsharded sum.
@@ -26,7 +26,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fairalign.train.dist import resolve_strategy
+from fairalign.dist import resolve_strategy
 from replay_support import assert_loaded_equals_checkpoint, write_worker
 from test_distributed import _free_port
 
@@ -87,7 +87,7 @@ def test_strategy_errors_are_one_line(configured, env, needle):
 
 
 def test_layers_to_shard(tiny_policy):
-    from fairalign.train.dist import FSDP2Dist
+    from fairalign.dist import FSDP2Dist
 
     model, _ = tiny_policy
     decoder = list(model.model.layers)
@@ -128,9 +128,9 @@ COLLECTIVES = textwrap.dedent('''
     from replay_support import fairalign_attrs
     from fairalign.models import load_policy
     from fairalign.rollout import HFGenerationEngine, sequence_logprobs
-    from fairalign.train.dist import Dist, FSDP2Dist
+    from fairalign.dist import FSDP2Dist, from_env
 
-    dist = Dist.from_env("fsdp2")   # joins the torchrun group (gloo)
+    dist = from_env("fsdp2")   # joins the torchrun group (gloo)
     assert type(dist) is FSDP2Dist and dist.world == 2 and dist.all_ranks == dist.all_true
     rank = dist.rank
     model, tok = load_policy(sys.argv[1])
@@ -176,7 +176,7 @@ COLLECTIVES = textwrap.dedent('''
 
 
 def test_sharded_model_keeps_ranks_in_step(tmp_path, tiny_model_dir):
-    """Also: `Dist.from_env` gives `FSDP2Dist`, whose `prepare_model` attaches nothing to the model."""
+    """Also: `fairalign.dist.from_env` gives `FSDP2Dist`, whose `prepare_model` attaches nothing to the model."""
     script = tmp_path / "collectives.py"
     write_worker(script, COLLECTIVES)
     _launch(script, [tiny_model_dir], 2, tmp_path)
@@ -187,7 +187,7 @@ def test_sharded_model_keeps_ranks_in_step(tmp_path, tiny_model_dir):
 WORKER = textwrap.dedent('''
     import copy, json, os, sys, torch
     from replay_support import fairalign_attrs, replay_engine
-    from fairalign.train.config import build_config
+    from fairalign.config import build_config
     from fairalign.train.trainer import Trainer
 
     out, tag, run_dir, steps, resume = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5] == "1"

@@ -20,7 +20,8 @@ import pytest
 import torch
 
 from fairalign.algos import ESTIMATOR_REGISTRY, LOCAL, build_estimator
-from fairalign.train.config import build_config
+from fairalign.config import build_config
+from fairalign.train.policy import Policy
 from fairalign.train.trainer import Trainer
 
 DEVICE = os.environ.get("GPU_CHECK_DEVICE", "cuda")
@@ -49,12 +50,12 @@ def _on_device(t: torch.Tensor) -> bool:
 
 
 class _Spy:
-    """Records what `Trainer._logprobs_no_grad` returns, and every batch the task's rollout returns."""
+    """Records what `Policy.logprobs` returns, and every batch the task's rollout returns."""
 
     def __init__(self, monkeypatch, trainer: Trainer):
         self.logprobs: list[torch.Tensor] = []
         self.batches = []
-        real_lp = Trainer._logprobs_no_grad
+        real_lp = Policy.logprobs
         spy = self
 
         def logprobs_no_grad(self_, model, batch, micro):
@@ -62,7 +63,7 @@ class _Spy:
             spy.logprobs.append(out)
             return out
 
-        monkeypatch.setattr(Trainer, "_logprobs_no_grad", logprobs_no_grad)
+        monkeypatch.setattr(Policy, "logprobs", logprobs_no_grad)
         real_rollout = trainer.task.rollout
 
         def rollout(*args, **kwargs):
@@ -92,7 +93,7 @@ def _assert_batch_on_device(spy: _Spy, *, old: bool, ref: bool):
         assert _on_device(batch.ref_logp), f"reference log-probs on {batch.ref_logp.device}"
     assert len(spy.logprobs) == int(old) + int(ref)
     for lp in spy.logprobs:
-        assert _on_device(lp), f"_logprobs_no_grad returned a tensor on {lp.device}"
+        assert _on_device(lp), f"Policy.logprobs returned a tensor on {lp.device}"
         assert lp.dtype == torch.float32
         assert lp.shape == batch.response_ids.shape
         assert torch.isfinite(lp).all()

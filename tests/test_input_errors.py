@@ -51,7 +51,7 @@ ROWS = [
     # checkpoints and output locations
     (["train", "--resume", "afile"], "--resume: 'afile' is not a run directory (no config.yaml)"),
     (["train", *TINY, "output_dir=afile/run"], "output_dir 'afile/run' cannot be created: Not a directory"),
-    (["eval", "emptymodel"], "model folder emptymodel has no config.json"),
+    (["eval", "emptymodel"], "nor a model folder (no config.json)"),
 ]
 
 

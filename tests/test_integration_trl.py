@@ -29,7 +29,7 @@ from fairalign.algos import (POLICY_LOSS_REGISTRY, PreferenceGroupNormalizer, ag
 from fairalign.diagnostics import clip_rate_metrics  # noqa: E402
 from fairalign.integrations.trl import (PGRPO_STATE_FILE, FairGRPOConfig, FairGRPOTrainer,  # noqa: E402
                                         pgrpo_advantages, sampler_weighted_advantages)
-from fairalign.train.config import ConfigError  # noqa: E402
+from fairalign.errors import ConfigError  # noqa: E402
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "integrations.md"
 PERSONAS = ("concise", "detailed", "concise", "concise")  # unbalanced preference groups

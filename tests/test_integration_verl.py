@@ -8,7 +8,7 @@ in for that import and is removed from sys.modules right after; any other use of
 The loss goes through verl's actor loss `verl.workers.utils.losses.ppo_loss` with the ActorConfig that
 verl's worker instantiates from the documented command line (Hydra compose of verl's ppo_trainer.yaml);
 the estimator through `core_algos.get_adv_estimator_fn` with the kwargs `compute_advantage` builds. The
-references are fairalign's own functions, DESIGN's FSPO clip rule written out here, and verl's GRPO.
+references are fairalign's own functions, the FSPO clip rule of docs/algorithms.md written out here, and verl's GRPO.
 verl's v1 trainer itself (Ray, TransferQueue) cannot be imported here: a stand-in class with the one method
 the group recorder wraps returns what 0.9.1's method returns, and a source check pins the trainer facts used.
 """
@@ -156,7 +156,7 @@ def _rollout(seed, B=6, P=4, R=12, scale=0.05):
 
 
 def _fspo_clipped_by_hand(logp, old, seq_adv, mask, c_low, c_high):
-    """DESIGN §1.1: clipped_i = (A>0 and S>c_high·√L) or (A<0 and S<−c_low·√L), drift none."""
+    """docs/algorithms.md: clipped_i = (A>0 and S>c_high·√L) or (A<0 and S<−c_low·√L), drift none."""
     S = ((logp - old) * mask).sum(1).double()
     root = mask.sum(1).double().sqrt()
     return ((seq_adv > 0) & (S > c_high * root)) | ((seq_adv < 0) & (S < -c_low * root))

@@ -11,8 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fairalign.algos import PreferenceGroupNormalizer, compute_policy_loss
-from fairalign.train.config import ConfigError, build_config
-from fairalign.train.trainer import Trainer, TrainingError
+from fairalign.errors import ConfigError
+from fairalign.config import build_config
+from fairalign.train.trainer import Trainer
+from fairalign.errors import TrainingError
 
 FAST = {"model": "tiny", "task": "personas", "steps": 1, "seed": 3,
         "rollout": {"prompts_per_step": 2, "generations": 4, "max_new_tokens": 8},

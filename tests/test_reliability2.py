@@ -9,14 +9,15 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 
 from fairalign.train import checkpoint as ckpt
-from fairalign.train.config import ConfigError, build_config
-from fairalign.train.trainer import Trainer, TrainingError
+from fairalign.errors import ConfigError
+from fairalign.config import build_config
+from fairalign.train.trainer import Trainer
+from fairalign.errors import TrainingError
 
 SMALL = ["model=tiny", "rollout.prompts_per_step=2", "rollout.generations=2", "rollout.max_new_tokens=6",
          "log.tensorboard=false", "seed=4"]

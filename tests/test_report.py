@@ -249,7 +249,7 @@ def test_cli_report(tmp_path, capsys):
 
 
 def test_make_plots_still_writes_the_run_pngs(tmp_path):
-    from fairalign.train.plots import make_plots
+    from fairalign.report.run_plots import make_plots
 
     run = write_run(tmp_path / "run")
     names = sorted(p.name for p in make_plots(run))
@@ -258,7 +258,7 @@ def test_make_plots_still_writes_the_run_pngs(tmp_path):
 
 
 def test_demo_writes_the_report(tmp_path):
-    from fairalign.train.demo import run_demo
+    from fairalign.demo import run_demo
     from rich.console import Console
 
     out = tmp_path / "demo"
@@ -282,3 +282,13 @@ def test_chromium_renders_the_report(tiny_run, tmp_path):
     lo, hi = img.getextrema()
     assert hi - lo > 100
     assert len(img.getcolors(maxcolors=1 << 16) or range(1 << 16)) > 50  # text and figures, not a blank page
+
+
+def test_reward_functions_plot_holds_only_the_task_reward_parts():
+    """The rollout stage's reward/frac_zero_std (a share of tied groups) is not a reward function: the
+    "Reward functions" plot draws the per-function means only."""
+    from fairalign.report.run import _reward_functions
+
+    rows = [{"step": 1, "reward/mean": 0.5, "reward/std": 0.1, "reward/errors": 0.0, "reward/frac_zero_std": 0.25,
+             "reward/format": 1.0, "reward/length": 0.2, "reward/group/concise": 0.4}]
+    assert _reward_functions(rows) == ["reward/format", "reward/length"]

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from fairalign.envs.rlpa import POLICY_SYSTEM_PROMPT, SLOTS, DialogueBatch, get_profiles, profile_group, run_dialogues
-from fairalign.eval import dialogue_metrics
+from fairalign.envs.rlpa.metrics import dialogue_metrics
 
 QUESTIONS = {"Age": "How old are you?", "Gender": "What gender do you identify as?",
              "Interests": "What do you enjoy in your free time?", "Education": "What did you study?",

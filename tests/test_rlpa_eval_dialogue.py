@@ -7,10 +7,10 @@ import pytest
 
 from fairalign.cli import main as cli_main
 from fairalign.envs.rlpa import get_profiles, run_dialogues
-from fairalign.eval.dialogue_cli import evaluate_dialogues, per_dialogue, truncation_warning
+from fairalign.envs.rlpa.evaluate import evaluate_dialogues, per_dialogue, truncation_warning
 from fairalign.models import load_policy
 from fairalign.rollout import HFGenerationEngine
-from fairalign.train.config import build_config
+from fairalign.config import build_config
 from fairalign.train.trainer import Trainer
 
 
@@ -36,10 +36,10 @@ def test_per_dialogue_records_rebuild_al_and_pick_the_chosen_candidates_flag():
 
 def test_eval_reports_replies_cut_at_max_new_tokens(tiny_policy):
     model, tok = tiny_policy
-    out = evaluate_dialogues(model, tok, profiles=2, max_turns=2, max_new_tokens=2)
+    eng = HFGenerationEngine(model, tok, max_new_tokens=2, temperature=0.0, completion_prefix="<profile>")
+    out = evaluate_dialogues(eng, get_profiles("test")[:2], max_turns=2)
     assert len(out["dialogues"]) == 2 and all(len(d["turns"]) == 2 for d in out["dialogues"])
     # independent reference for turn 1: every dialogue's first prompt is system prompt + "Hello"
-    eng = HFGenerationEngine(model, tok, max_new_tokens=2, temperature=0.0, completion_prefix="<profile>")
     from fairalign.envs.rlpa.prompts import POLICY_SYSTEM_PROMPT
 
     ref = bool(eng.generate([[{"role": "system", "content": POLICY_SYSTEM_PROMPT},
@@ -70,7 +70,8 @@ def test_eval_dialogue_checkpoint_evaluates_that_checkpoints_model(warm_run, cap
     step0 = warm_run / "checkpoints" / "step-0" / "model"
     assert out["settings"]["model"] == str(step0) and out["settings"]["max_new_tokens"] == 6  # the run's settings
     model, tok = load_policy(step0)
-    ref = evaluate_dialogues(model, tok, profiles=2, max_turns=2, max_new_tokens=6)
+    eng = HFGenerationEngine(model, tok, max_new_tokens=6, temperature=0.0, completion_prefix="<profile>")
+    ref = evaluate_dialogues(eng, get_profiles("test")[:2], max_turns=2)
     assert [t["reply"] for d in out["dialogues"] for t in d["turns"]] == \
         [t["reply"] for d in ref["dialogues"] for t in d["turns"]]
     assert cli_main(["eval-dialogue", str(warm_run), "--checkpoint", "1", "--out", str(warm_run / "o1")]) == 0

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fairalign.train.config import build_config, dump_yaml
+from fairalign.config import build_config, dump_yaml
 
 _PATH = Path(__file__).resolve().parents[1] / "docs" / "evidence" / "rlpa" / "summarize.py"
 _spec = importlib.util.spec_from_file_location("rlpa_summarize", _PATH)

@@ -118,7 +118,7 @@ def test_jsonl_round_trip_and_line_numbered_errors(tmp_path):
         "bad json": (f"{good}\n\n{{not json\n", 3, "invalid JSON"),
         "not object": (f"{good}\n[1, 2]\n", 2, "must be a JSON object"),
         "unknown slot": (f'{good}\n{good}\n{good}\n{{"Hobby": "x"}}\n', 4, "unknown slot 'Hobby'"),
-        "bad type": (f'{{"Interests": {{"a": 1}}}}\n', 1, "must be a list of strings"),
+        "bad type": ('{"Interests": {"a": 1}}\n', 1, "must be a list of strings"),
     }
     for name, (text, line, msg) in cases.items():
         bad = tmp_path / f"{name.replace(' ', '_')}.jsonl"

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 from fairalign.cli import main as cli_main
-from fairalign.train.config import build_config, dump_yaml
+from fairalign.config import build_config, dump_yaml
 from fairalign.train.trainer import Trainer
 
 
@@ -77,17 +77,25 @@ def test_eval_dialogue_rejects_a_non_rlpa_run_and_bad_keys(tmp_path, tiny_model_
     assert "user_options needs base_url and model" in capsys.readouterr().err
 
 
-def test_fairalign_eval_points_rlpa_to_eval_dialogue():
-    res = subprocess.run([sys.executable, "-m", "fairalign", "eval", "tiny", "task=rlpa"],
+def test_fairalign_eval_evaluates_rlpa_with_the_dialogue_metrics():
+    """`fairalign eval` serves every task through Task.evaluate: an rlpa target gets AL(k), AVG, N-IR."""
+    res = subprocess.run([sys.executable, "-m", "fairalign", "eval", "tiny", "task=rlpa", "eval.examples=2",
+                          "task_options.eval_turns=2", "rollout.max_new_tokens=4"],
                          capture_output=True, text=True, timeout=300)
-    assert res.returncode == 2 and "eval-dialogue" in res.stderr
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out["kind"] == "dialogue" and out["profiles"] == 2 and len(out["al_by_turn"]) == 2
+    assert set(out["metrics"]) == {"dialogue/avg", "dialogue/n_ir", "dialogue/n_r2", "dialogue/al/1", "dialogue/al/2"}
 
 
 def test_eval_dialogue_openai_flags_merge_into_the_config():
     from fairalign.eval.dialogue_cli import resolve
 
-    cfg, model_path, _ = resolve("tiny", ["task_options.user=openai", "task_options.user_options.base_url=http://h/v1"],
-                                 {"model": "m", "api_key_env": "MY_KEY"})
-    assert model_path == "tiny" and cfg.task == "rlpa"
+    from fairalign.config import build_config
+
+    overrides = resolve("tiny", ["task_options.user=openai", "task_options.user_options.base_url=http://h/v1"],
+                        {"model": "m", "api_key_env": "MY_KEY"})
+    cfg = build_config({}, overrides)
+    assert cfg.task == "rlpa"
     assert cfg.task_options["user_options"] == {"base_url": "http://h/v1", "model": "m", "api_key_env": "MY_KEY"}
     assert cfg.task_options["judge_options"] == {"model": "m", "api_key_env": "MY_KEY"}

@@ -6,7 +6,8 @@ import json
 import pytest
 import torch
 
-from fairalign.train.config import ConfigError, build_config
+from fairalign.errors import ConfigError
+from fairalign.config import build_config
 from fairalign.train.sft import encode_completions
 from fairalign.train.trainer import Trainer
 
@@ -40,13 +41,13 @@ def _reference_nll(model, tokenizer, engine, demos):
 
 def test_warmup_loss_matches_independent_cross_entropy_and_decreases(tmp_path):
     tr = Trainer(_cfg(tmp_path, sft={"steps": 4, "batch_size": 4}))
-    demos = tr.task.info["demonstrations"](4 * 4, 0)
+    demos = tr.task.demonstrations(4 * 4, 0)
     order = torch.randperm(len(demos), generator=torch.Generator().manual_seed(0))
     first = [demos[int(i)] for i in order[:4]]
     ref_before = _reference_nll(tr.model, tr.tokenizer, tr.engine, first)
     from fairalign.train.sft import run_sft_warmup
 
-    rows = run_sft_warmup(tr)
+    rows = run_sft_warmup(tr.policy, tr.task, tr.cfg, tr.run_dir, show_progress=False)
     assert [r["sft_step"] for r in rows] == [1, 2, 3, 4]
     assert rows[0]["sft/loss"] == pytest.approx(ref_before, rel=1e-4)  # step 1 = loss before any update
     assert rows[0]["sft/tokens"] == sum(len(tr.tokenizer(d["completion"], add_special_tokens=False)["input_ids"]) + 1

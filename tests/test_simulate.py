@@ -1,4 +1,4 @@
-"""Tests for fairalign.simulate: the three bands behave as DESIGN §1.1 "Why √L" predicts, the
+"""Tests for fairalign.simulate: the three bands behave as docs/length_fairness.md, "Why √L" predicts, the
 simulated rates match the closed-form normal probabilities, and the sum-level FSPO decision equals
 the real token-level `compute_policy_loss("fspo", ...)` clip mask."""
 import json

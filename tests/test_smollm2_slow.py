@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from fairalign.train.config import build_config
+from fairalign.config import build_config
 from fairalign.train.trainer import Trainer
 
 

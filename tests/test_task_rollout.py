@@ -177,7 +177,7 @@ def test_counting_task_rollout_alone(tiny_policy, counting_task_registered):
 def test_multi_turn_task_trains_through_the_trainer(tmp_path, counting_task_registered):
     """Needs the trainer to call `task.rollout(engine, examples, G, seed)` (issue 10): until the
     trainer is wired, the task's rollout is never called and this test fails on `calls`."""
-    from fairalign.train.config import build_config
+    from fairalign.config import build_config
     from fairalign.train.trainer import Trainer
 
     cfg = build_config({"model": "tiny", "task": "counting-test", "steps": 2, "seed": 0,

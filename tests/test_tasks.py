@@ -379,15 +379,6 @@ def test_one_registry_for_eager_and_lazy_tasks(saved_registry, monkeypatch, tmp_
     sys.modules.pop("self_registering_task", None)
 
 
-def test_base_module_reexports_the_split_modules():
-    from fairalign.envs import base, file_task, registry, rewards, task
-    assert base.Task is task.Task and base.get_task is registry.get_task and base.TASKS is registry.TASKS
-    assert base.compute_rewards is rewards.compute_rewards and base.read_jsonl_objects is file_task.read_jsonl_objects
-    for name in ("RewardSpec", "RewardResult", "load_reward_function", "make_reward_specs", "collate_columns",
-                 "completion_text", "as_trl_completions", "REWARD_FUNCTIONS", "register_reward"):
-        assert getattr(base, name) is getattr(rewards, name)
-
-
 # ----------------------------------------------------------------------------- base model (slow)
 @pytest.mark.slow
 def test_base_smollm2_gets_middling_reward_with_spread():
@@ -419,7 +410,7 @@ def test_base_smollm2_gets_middling_reward_with_spread():
 
 def test_rlpa_task_is_built_in():
     t = get_task("rlpa", n_train=10, n_test=3, max_turns=2)
-    assert t.info["dialogue"]["max_turns"] == 2 and len(t.train_examples) == 10 and len(t.test_examples) == 3
+    assert t.max_turns == 2 and len(t.train_examples) == 10 and len(t.test_examples) == 3
     assert "rlpa" in known_tasks()
     with pytest.raises(ValueError, match="task option 'user' must be 'rules' or 'openai'"):
         get_task("rlpa", user="hf")

@@ -8,8 +8,8 @@ import sys
 import pytest
 import torch
 
-from fairalign.train.config import build_config
-from fairalign.train.presets import PRESETS, get_preset, merge
+from fairalign.config import build_config
+from fairalign.config.presets import PRESETS, get_preset, merge
 from fairalign.train.trainer import Trainer
 
 FAST = {"model": "tiny", "task": "personas", "steps": 2, "seed": 1,

@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 
 from fairalign.rollout import HFGenerationEngine, VLLMGenerationEngine
 from fairalign.rollout import vllm_engine as ve
-from fairalign.train.config import Config, build_config
+from fairalign.config import Config, build_config
 
 PROMPTS = ["Hello there, how are you today?", [{"role": "system", "content": "Be brief."},
                                                {"role": "user", "content": "What is 2 + 3?"}],

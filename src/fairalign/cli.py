@@ -3,7 +3,7 @@
     fairalign train [CONFIG.yaml | PRESET] [KEY=VALUE ...] [--resume RUN_DIR] [--num-processes N]
     fairalign demo [KEY=VALUE ...]
     fairalign config [CONFIG | PRESET] [KEY=VALUE ...] [--keys]
-    fairalign eval RUN_DIR_OR_MODEL [KEY=VALUE ...]
+    fairalign eval RUN_DIR_OR_MODEL [KEY=VALUE ...] [--checkpoint N] [--out DIR]
     fairalign eval-dialogue RUN_DIR_OR_MODEL [KEY=VALUE ...]
     fairalign simulate-clipping [--out DIR] ...
 
@@ -28,8 +28,9 @@ def _split_source(args: list[str]) -> tuple[str | None, list[str]]:
 
 
 def resolve_config(source: str | None, overrides: list[str]):
-    from fairalign.train.config import ConfigError, build_config, load_yaml
-    from fairalign.train.presets import PRESETS, get_preset
+    from fairalign.config import build_config, load_yaml
+    from fairalign.config.presets import PRESETS, get_preset
+    from fairalign.errors import ConfigError
 
     base: dict = {}
     if source is not None:
@@ -50,7 +51,8 @@ RESUMABLE_OVERRIDES = ("steps", "save_every", "keep_last", "log.", "dist_strateg
 
 
 def resume_config(run_dir: str, overrides: list[str]):
-    from fairalign.train.config import ConfigError, build_config, load_yaml, parse_override, to_dict
+    from fairalign.config import build_config, load_yaml, parse_override, to_dict
+    from fairalign.errors import ConfigError
 
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
@@ -112,7 +114,7 @@ def cmd_train(ns, rest: list[str]) -> int:
     trainer = Trainer(cfg, resume=bool(ns.resume))
     rows = trainer.train()
     if trainer.dist.is_main:
-        from fairalign.train.plots import make_plots
+        from fairalign.report.run_plots import make_plots
 
         make_plots(trainer.run_dir)
         from fairalign.report import write_report
@@ -126,14 +128,14 @@ def cmd_train(ns, rest: list[str]) -> int:
 
 
 def cmd_demo(ns, rest: list[str]) -> int:
-    from fairalign.train.demo import run_demo
+    from fairalign.demo import run_demo
 
     run_demo(rest)
     return 0
 
 
 def cmd_config(ns, rest: list[str]) -> int:
-    from fairalign.train.config import dump_yaml, field_docs
+    from fairalign.config import dump_yaml, field_docs
 
     if ns.keys:
         for k, doc in field_docs().items():
@@ -145,44 +147,9 @@ def cmd_config(ns, rest: list[str]) -> int:
 
 
 def cmd_eval(ns, rest: list[str]) -> int:
-    import json
+    from fairalign.eval.cli import main as eval_main
 
-    from fairalign.train.config import ConfigError, build_config, load_yaml
-    from fairalign.train.setup import task_from_config
-    from fairalign.models import load_policy
-    from fairalign.train.evaluate import evaluate_policy
-
-    if not rest:
-        raise ConfigError("eval needs RUN_DIR_OR_MODEL")
-    target, overrides = rest[0], rest[1:]
-    run_cfg = Path(target) / "config.yaml"
-    if run_cfg.is_file():
-        cfg = build_config(load_yaml(run_cfg), overrides)
-        final = Path(target) / "final"
-        if not final.is_dir():
-            raise ConfigError(f"eval: run '{target}' has no final model (is it finished?)")
-        model_path = str(final)
-    else:
-        cfg = build_config({}, overrides)
-        model_path = target
-    task = task_from_config(cfg)
-    if task.info.get("dialogue"):
-        raise ConfigError("task 'rlpa' is evaluated with `fairalign eval-dialogue RUN_DIR_OR_MODEL`")
-    if cfg.lora.enabled and run_cfg.is_file():
-        import peft
-
-        base, tok = load_policy(cfg.model, trust_remote_code=cfg.trust_remote_code)
-        model = peft.PeftModel.from_pretrained(base, model_path)
-    else:
-        model, tok = load_policy(model_path, trust_remote_code=cfg.trust_remote_code)
-    from fairalign.train.setup import resolve_device
-
-    model.to(resolve_device(cfg.device))
-    res = evaluate_policy(model, tok, task, cfg)
-    print(json.dumps(res, indent=2))
-    if run_cfg.is_file():
-        (Path(target) / "eval.json").write_text(json.dumps(res, indent=2))
-    return 0
+    return eval_main(rest)
 
 
 def cmd_eval_dialogue(ns, rest: list[str]) -> int:
@@ -192,8 +159,8 @@ def cmd_eval_dialogue(ns, rest: list[str]) -> int:
 
 
 def cmd_report(ns, rest: list[str]) -> int:
+    from fairalign.errors import ConfigError
     from fairalign.report import write_report
-    from fairalign.train.config import ConfigError
 
     if len(rest) != 1:
         raise ConfigError("report needs one directory: fairalign report RUN_DIR_OR_STUDY_DIR")
@@ -209,7 +176,7 @@ def cmd_simulate(ns, rest: list[str]) -> int:
 
 def cmd_compare(ns, rest: list[str]) -> int:
     from fairalign.compare import run_study
-    from fairalign.train.config import ConfigError
+    from fairalign.errors import ConfigError
 
     if not rest or "=" in rest[0]:
         raise ConfigError("compare needs SPEC.yaml: fairalign compare SPEC.yaml [KEY=VALUE ...]")
@@ -217,11 +184,14 @@ def cmd_compare(ns, rest: list[str]) -> int:
     return 0
 
 
+OWN_PARSERS = ("eval", "eval-dialogue", "simulate-clipping")  # commands that parse their own flags and --help
+
 COMMANDS = {
     "train": (cmd_train, "train a policy: fairalign train [CONFIG.yaml|PRESET] [KEY=VALUE ...] [--resume RUN_DIR]"),
     "demo": (cmd_demo, "the main job: P-GRPO + FSPO on 'personas' with SmolLM2-135M, before/after evaluation"),
     "config": (cmd_config, "print the fully resolved config: fairalign config [CONFIG|PRESET] [KEY=VALUE ...]"),
-    "eval": (cmd_eval, "held-out reward per preference group: fairalign eval RUN_DIR_OR_MODEL [KEY=VALUE ...]"),
+    "eval": (cmd_eval, "evaluate a run or model on its task (held-out reward per group; RLPA: AL(k), AVG, N-IR): "
+                       "fairalign eval RUN_DIR_OR_MODEL [KEY=VALUE ...] [--checkpoint N]"),
     "eval-dialogue": (cmd_eval_dialogue, "RLPA dialogue evaluation (AL(k), AVG, N-IR, N-R²)"),
     "report": (cmd_report, "one self-contained report.html for a run or a study: fairalign report RUN_DIR_OR_STUDY_DIR"),
     "simulate-clipping": (cmd_simulate, "length-fairness simulation of the fixed, GSPO and FSPO clip bands"),
@@ -233,8 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fairalign", description="RL alignment with FSPO, P-GRPO and RLPA.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_fn, help_) in COMMANDS.items():
-        sp = sub.add_parser(name, help=help_, description=help_, add_help=name not in ("simulate-clipping",
-                                                                                     "eval-dialogue"))
+        sp = sub.add_parser(name, help=help_, description=help_, add_help=name not in OWN_PARSERS)
         if name == "train":
             sp.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint")
             sp.add_argument("--num-processes", type=int, default=0,
@@ -245,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fairalign.train.config import ConfigError
+    from fairalign.errors import ConfigError, StopRequested, TrainingError
 
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -254,14 +223,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     fn = COMMANDS[ns.command][0]
-    if ns.command not in ("simulate-clipping", "eval-dialogue"):
+    if ns.command not in OWN_PARSERS:
         unknown = [a for a in rest if a.startswith("--")]
         if unknown:
             print(f"fairalign: error: unknown option {unknown[0]} for '{ns.command}'", file=sys.stderr)
             return EXIT_USAGE
     try:
         return fn(ns, rest)
-    except (ConfigError, ValueError, OSError) as e:
+    except ConfigError as e:
         if os.environ.get("FAIRALIGN_DEBUG"):
             raise
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -270,17 +239,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("fairalign: interrupted", file=sys.stderr)
         return 130
-    except RuntimeError as e:
-        from fairalign.train.signals import StopRequested
-        from fairalign.train.trainer import TrainingError
-
-        if isinstance(e, StopRequested):
-            print(str(e), file=sys.stderr)
-            return e.exit_code
-        if isinstance(e, TrainingError):
-            print(f"fairalign: error: {e}", file=sys.stderr)
-            return 1
-        raise
+    except StopRequested as e:
+        print(str(e), file=sys.stderr)
+        return e.exit_code
+    except TrainingError as e:
+        print(f"fairalign: error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

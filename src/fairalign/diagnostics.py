@@ -1,8 +1,8 @@
-"""Length-fairness diagnostics (DESIGN.md §1.5): clip rate per response-length bin and the
+"""Length-fairness diagnostics (docs/length_fairness.md, "The diagnostics"): clip rate per response-length bin and the
 length-reweighting error (LRE). Pure torch, no models, no files.
 
 A sample is "clipped" when its policy loss sits on the flat (zero-gradient) side of the clip band
-(DESIGN §1.1: `(A > 0 and S > hi) or (A < 0 and S < lo)`); the caller decides that and passes a
+(docs/algorithms.md: `(A > 0 and S > hi) or (A < 0 and S < lo)`); the caller decides that and passes a
 bool per sample. Here we only bin by length and count.
 
 One unit for every loss: the *sequence*. A sequence-level loss (GSPO, FSPO) clips a sequence or not;
@@ -127,7 +127,7 @@ def _lre_from_counts(counts: torch.Tensor, n_clip: torch.Tensor) -> float:
 def length_reweighting_error(
     lengths: torch.Tensor, clipped: torch.Tensor, edges: EdgesLike = None
 ) -> float:
-    """fairalign's LRE (max form, DESIGN §1.5); 0.0 when all non-empty bins clip at the same rate."""
+    """fairalign's LRE (max form, docs/length_fairness.md); 0.0 when all non-empty bins clip at the same rate."""
     lengths, clipped = _check_inputs(lengths, clipped)
     e = _resolve_edges(lengths, edges)
     if not e:
@@ -173,3 +173,12 @@ def lre_from_pooled_counts(counts: dict[str, float], clipped: dict[str, float]) 
     c = torch.tensor([float(counts[b]) for b in labels], dtype=torch.float64)
     k = torch.tensor([float(clipped.get(b, 0.0)) for b in labels], dtype=torch.float64)
     return _lre_from_counts(c, k)
+
+
+def sequence_clip_weight(clipped: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[B] in [0, 1]: 1/0 for a sequence-level flag [B], the share of clipped tokens for [B, T]."""
+    if clipped.dim() == 1:
+        return clipped.detach().double().cpu()
+    m = mask.bool()
+    lengths = m.sum(1).clamp(min=1)  # [B]
+    return ((clipped.detach().bool() & m).sum(1).double() / lengths.double()).cpu()

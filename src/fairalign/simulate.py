@@ -1,9 +1,9 @@
 """Length-fairness simulation: how often each clip band clips responses of each length.
 
-Model (DESIGN §1.1 "Why √L"): token log ratios ℓ are iid N(μ, σ²), so a response of length L has
+Model (docs/length_fairness.md, "Why √L"): token log ratios ℓ are iid N(μ, σ²), so a response of length L has
 sequence log ratio S_L = Σ_t ℓ_t ~ N(μL, σ²L) exactly; we sample S_L directly (8192-token
 responses cost nothing). Each sample gets an advantage sign ±1 at random and counts as clipped
-when `(A > 0 and S > hi) or (A < 0 and S < lo)` (DESIGN §1.1). Bands, in sum (log) space:
+when `(A > 0 and S > hi) or (A < 0 and S < lo)` (docs/algorithms.md). Bands, in sum (log) space:
 
 - `fixed`: PPO-style clip on the sequence ratio exp(S):  [log(1 − 0.2), log(1 + 0.2)]
 - `gspo`:  clip on exp(mean_t ℓ) with [1 − 3e-4, 1 + 4e-4]:  L·[log(1 − 3e-4), log(1 + 4e-4)]
@@ -34,7 +34,7 @@ SIGMA = 0.02  # per-token log-ratio std
 MU = -SIGMA**2 / 2  # -2e-4: the drift that keeps E[exp(ℓ)] = 1 (per-token KL ≈ σ²/2)
 FIXED_CLIP = (0.2, 0.2)  # (clip_low, clip_high) on exp(S)
 GSPO_CLIP = (3e-4, 4e-4)  # (clip_low, clip_high) on exp(mean ℓ)
-FSPO_C = (0.02, 0.03)  # (c_low, c_high): DESIGN's suggested starting values
+FSPO_C = (0.02, 0.03)  # (c_low, c_high): fairalign's suggested starting values
 
 
 def sample_sequences(
@@ -77,7 +77,7 @@ def log_band(
 
 
 def clipped_mask(S: torch.Tensor, A: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
-    """DESIGN §1.1: (A > 0 and S > hi) or (A < 0 and S < lo). All [N]; returns bool [N]."""
+    """docs/algorithms.md: (A > 0 and S > hi) or (A < 0 and S < lo). All [N]; returns bool [N]."""
     return ((A > 0) & (S > hi)) | ((A < 0) & (S < lo))
 
 

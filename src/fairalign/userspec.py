@@ -12,6 +12,7 @@ import importlib.util
 import os
 import sys
 from typing import Any
+from fairalign.errors import ConfigError
 
 
 def is_user_spec(value: Any) -> bool:
@@ -22,7 +23,7 @@ def is_user_spec(value: Any) -> bool:
 def _import_file(path: str, spec: str, what: str):
     full = os.path.abspath(os.path.expanduser(path))
     if not os.path.isfile(full):
-        raise ValueError(f"bad {what} {spec!r}: file {path!r} does not exist")
+        raise ConfigError(f"bad {what} {spec!r}: file {path!r} does not exist")
     name = "fairalign_user_" + "".join(c if c.isalnum() else "_" for c in full)
     if name in sys.modules:
         return sys.modules[name]
@@ -33,27 +34,27 @@ def _import_file(path: str, spec: str, what: str):
         loader_spec.loader.exec_module(module)
     except Exception as e:
         del sys.modules[name]
-        raise ValueError(f"bad {what} {spec!r}: importing {path!r} failed: {type(e).__name__}: {e}") from e
+        raise ConfigError(f"bad {what} {spec!r}: importing {path!r} failed: {type(e).__name__}: {e}") from e
     return module
 
 
 def load_callable(spec: str, what: str) -> Any:
     """The object named by `spec`; `what` names it in errors (e.g. "config key 'algo.loss'")."""
     if not isinstance(spec, str) or ":" not in spec:
-        raise ValueError(f"bad {what} {spec!r}: use 'module:function' or 'path/to/file.py:function'")
+        raise ConfigError(f"bad {what} {spec!r}: use 'module:function' or 'path/to/file.py:function'")
     where, fname = spec.strip().rsplit(":", 1)
     if not where or not fname.isidentifier():
-        raise ValueError(f"bad {what} {spec!r}: expected 'module:function' with a function name after the last ':'")
+        raise ConfigError(f"bad {what} {spec!r}: expected 'module:function' with a function name after the last ':'")
     if where.endswith(".py"):
         module = _import_file(where, spec, what)
     else:
         try:
             module = importlib.import_module(where)
         except ImportError as e:
-            raise ValueError(f"bad {what} {spec!r}: cannot import module {where!r} ({e})") from e
+            raise ConfigError(f"bad {what} {spec!r}: cannot import module {where!r} ({e})") from e
     obj = getattr(module, fname, None)
     if obj is None:
-        raise ValueError(f"bad {what} {spec!r}: module {where!r} has no attribute {fname!r}")
+        raise ConfigError(f"bad {what} {spec!r}: module {where!r} has no attribute {fname!r}")
     if not callable(obj):
-        raise ValueError(f"bad {what} {spec!r}: {fname!r} is a {type(obj).__name__}, not a function or class")
+        raise ConfigError(f"bad {what} {spec!r}: {fname!r} is a {type(obj).__name__}, not a function or class")
     return obj

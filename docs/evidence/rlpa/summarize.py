@@ -38,7 +38,7 @@ from fairalign.compare.stats import mean_interval
 from fairalign.envs.rlpa.parser import parse_turn, strip_tags
 from fairalign.envs.rlpa.rewards import repeats_earlier
 from fairalign.envs.rlpa.user import REPEAT_REPLIES
-from fairalign.eval.dialogue import dialogue_metrics
+from fairalign.envs.rlpa.metrics import dialogue_metrics
 
 METHOD = ("95% intervals: paired percentile bootstrap over test profiles ({n} resamples, seed {seed}; both arms "
           "resampled with the same profiles, AVG / N-IR / N-R² recomputed from the resampled AL(k) curves); "
@@ -125,7 +125,7 @@ def check_paired(a: dict, b: dict, names: tuple[str, str]) -> None:
 
 def training_signal(run_dir: Path) -> list[dict]:
     """Per turn of the RL run's logged samples: groups, tied share, candidate repeat share, stuck histories."""
-    from fairalign.train.config import build_config, load_yaml
+    from fairalign.config import build_config, load_yaml
 
     cfg = build_config(load_yaml(run_dir / "config.yaml"))
     G = cfg.rollout.generations

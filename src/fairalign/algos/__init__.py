@@ -4,7 +4,7 @@ Policy losses (ppo, gspo, fspo, cispo), loss aggregation, advantage estimators (
 rloo, reinforce_pp_baseline, pgrpo, gae), the stateful P-GRPO normalizer, KL estimators, DAPO's
 rollout-side pieces (overlong penalty, tied-group detection and selection for dynamic sampling) and the
 critic's pieces: GAE (gae.py) and the clipped value loss (value_loss.py). Tensors in,
-tensors and plain dicts out. Definitions: DESIGN.md §1.1-1.4 and docs/algorithms.md.
+tensors and plain dicts out. Definitions: docs/algorithms.md and docs/algorithms.md.
 Losses and estimators are registered by name with their hyperparameters (registry.py); the
 estimator protocol (estimators.py) is how a trainer calls any of them.
 """

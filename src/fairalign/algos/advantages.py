@@ -1,4 +1,4 @@
-"""Sequence advantage estimators from rewards [N] and prompt index [N] (DESIGN §1.3).
+"""Sequence advantage estimators from rewards [N] and prompt index [N] (docs/algorithms.md).
 
   grpo                   (r − mean_g) / (std_g + eps), sample std (n−1)
   dr_grpo                r − mean_g                                       (Dr. GRPO)

@@ -1,4 +1,4 @@
-"""Loss aggregation: reduce a per-token loss matrix [B, T] to a scalar (DESIGN §1.2).
+"""Loss aggregation: reduce a per-token loss matrix [B, T] to a scalar (docs/algorithms.md).
 
 Modes (m = response mask, L_i = Σ_t m[i,t], N = number of sequences with L_i > 0):
   token-mean               Σ_i Σ_t loss·m / Σ_i L_i                  (default; DAPO)

@@ -1,4 +1,4 @@
-"""FSPO — Fair Sequence Policy Optimization (arXiv 2509.09177), as defined in DESIGN §1.1.
+"""FSPO — Fair Sequence Policy Optimization (arXiv 2509.09177), as defined in docs/algorithms.md.
 
     S_i  = Σ_t ℓ[i,t]·m[i,t]                (sequence log ratio, a SUM)
     L_i  = Σ_t m[i,t]

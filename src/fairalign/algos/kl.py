@@ -1,4 +1,4 @@
-"""KL-to-reference estimators, elementwise over tokens (DESIGN §1.4; Schulman's k1/k2/k3).
+"""KL-to-reference estimators, elementwise over tokens (docs/algorithms.md; Schulman's k1/k2/k3).
 
 With d = ref_logp − logp (log of the reference/policy ratio on tokens sampled from the policy):
     k1 = logp − ref_logp = −d               unbiased, can be negative

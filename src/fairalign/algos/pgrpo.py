@@ -1,6 +1,6 @@
 """P-GRPO (arXiv 2603.10009): advantages normalized by running per-preference-group statistics.
 
-For a sample of preference group p with reward r (DESIGN §1.3):
+For a sample of preference group p with reward r (docs/algorithms.md):
     A = (r − mean_p) / (std_p + eps),   std_p = sqrt(M2_p / n_p)  (population std)
 using the statistics from BEFORE the current batch; then the batch is added to the statistics.
 Cold start: while n_p < min_count the sample gets plain GRPO (its prompt group's mean and sample

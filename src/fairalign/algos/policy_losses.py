@@ -1,4 +1,4 @@
-"""Policy losses (DESIGN §1.1): ppo, gspo, fspo, cispo, their registry and `compute_policy_loss`.
+"""Policy losses (docs/algorithms.md): ppo, gspo, fspo, cispo, their registry and `compute_policy_loss`.
 
 Every loss is registered with `@register_policy_loss(name, **defaults)` (registry.py) and has one
 signature:

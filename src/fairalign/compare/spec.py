@@ -21,8 +21,16 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fairalign.train.config import Config, ConfigError, build_config, load_yaml, nest, parse_override, to_dict
-from fairalign.train.presets import merge
+from fairalign.config import (
+    Config,
+    build_config,
+    load_yaml,
+    nest,
+    parse_override,
+    to_dict,
+)
+from fairalign.config.presets import merge
+from fairalign.errors import ConfigError
 
 SPEC_KEYS = ("output_dir", "seeds", "base", "arms", "eval", "save_every")
 # spec `eval:` aliases (the flags of `fairalign eval-dialogue`); other keys are eval.* unless dotted

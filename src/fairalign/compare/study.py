@@ -23,8 +23,10 @@ from pathlib import Path
 
 from fairalign.compare.spec import Study, load_study, training_differences
 from fairalign.compare.stats import METHOD, paired_differences, summarize
-from fairalign.train.config import Config, ConfigError, build_config, load_yaml, to_dict
-from fairalign.train.logging import _duration, read_jsonl
+from fairalign.config import Config, build_config, load_yaml, to_dict
+from fairalign.errors import ConfigError
+from fairalign.train.logging import format_duration, read_jsonl
+from fairalign.train.trainer import TrainerCallback
 
 EVAL_FILE = "eval.json"
 STALE_FILES = ("metrics.jsonl", "samples.jsonl", "sft_metrics.jsonl")
@@ -54,7 +56,7 @@ def run_state(study: Study, arm: str, seed: int) -> tuple[str, int]:
                           f"{_get(cfg, k)!r} in the spec; delete the run or choose another output_dir")
     if (run_dir / "final").is_dir():
         ev = _read_eval(run_dir)
-        evaluated = ev is not None and ev.get("eval_settings") == eval_settings(study, cfg)
+        evaluated = ev is not None and "metrics" in ev and ev.get("eval_settings") == eval_settings(study, cfg)
         return ("done" if evaluated else "evaluate"), cfg.steps
     ckpts = list_checkpoints(run_dir)
     return ("resume", ckpts[-1][0]) if ckpts else ("fresh", 0)
@@ -98,7 +100,7 @@ class StudyProgress:
         self.step_s[arm].append(seconds)
         r = f"{reward:.3f}" if isinstance(reward, (int, float)) and math.isfinite(reward) else "nan"
         print(f"[{arm} seed {seed}] step {step}/{steps}  reward {r}  study {sum(self.done.values())}/"
-              f"{sum(self.total.values())} steps, eta {_duration(self.eta())}", file=self.stream, flush=True)
+              f"{sum(self.total.values())} steps, eta {format_duration(self.eta())}", file=self.stream, flush=True)
 
     def evaluated(self, seconds: float) -> None:
         self.evals_left = max(0, self.evals_left - 1)
@@ -122,26 +124,16 @@ class StudyProgress:
 
 def train_run(study: Study, arm: str, seed: int, resume: bool, progress: StudyProgress):
     """Train (or resume) one run in this process; returns (model, tokenizer) for its evaluation."""
-    from fairalign.train.signals import StopRequested
+    from fairalign.errors import StopRequested
     from fairalign.train.trainer import Trainer
 
     cfg, run_dir = study.configs[arm][seed], study.run_dir(arm, seed)
     if not resume:  # a run killed before its first checkpoint starts over: drop its partial logs
         for name in STALE_FILES:
             (run_dir / name).unlink(missing_ok=True)
-    trainer = Trainer(cfg, resume=resume)
-    inner = trainer.train_step
-    last = [time.perf_counter()]
-
-    def step_with_progress() -> dict:  # the time between finished steps, checkpoint writes included
-        m = inner()
-        now = time.perf_counter()
-        progress.step(arm, seed, trainer.step, cfg.steps, m.get("reward/mean"), now - last[0])
-        last[0] = now
-        return m
-
-    trainer.train_step = step_with_progress
-    last[0] = time.perf_counter()
+    callback = _ProgressCallback(progress, arm, seed)
+    trainer = Trainer(cfg, resume=resume, callbacks=[callback])
+    callback.last = time.perf_counter()
     again = " ".join(["fairalign compare", str(study.path), *study.command_line])
     try:
         trainer.train()
@@ -156,54 +148,40 @@ def train_run(study: Study, arm: str, seed: int, resume: bool, progress: StudyPr
     return trainer.dist.unwrap(trainer.model), trainer.tokenizer
 
 
+class _ProgressCallback(TrainerCallback):
+    """Reports each finished step of one run to the study's progress (the time between finished steps,
+    checkpoint writes included)."""
+
+    def __init__(self, progress: StudyProgress, arm: str, seed: int):
+        self.progress, self.arm, self.seed = progress, arm, seed
+        self.last = time.perf_counter()
+
+    def on_step_end(self, trainer, metrics: dict) -> None:
+        now = time.perf_counter()
+        self.progress.step(self.arm, self.seed, trainer.step, trainer.cfg.steps, metrics.get("reward/mean"),
+                           now - self.last)
+        self.last = now
+
+
 def load_final(cfg: Config, run_dir: Path):
     """(model, tokenizer) of a finished run's final/ folder, on the run's device."""
-    from fairalign.models import load_policy
-    from fairalign.train.setup import resolve_device
+    from fairalign.eval.run import load_policy_for_eval
 
-    final = str(run_dir / "final")
-    if cfg.lora.enabled:
-        import peft
-
-        base, tok = load_policy(cfg.model, trust_remote_code=cfg.trust_remote_code, allow_download=cfg.allow_download)
-        model = peft.PeftModel.from_pretrained(base, final)
-    else:
-        model, tok = load_policy(final, trust_remote_code=cfg.trust_remote_code)
-    return model.to(resolve_device(cfg.device)), tok
+    return load_policy_for_eval(cfg, str(run_dir / "final"))
 
 
 def evaluate_run(study: Study, arm: str, seed: int, model, tokenizer) -> dict:
-    """Held-out evaluation of a trained run (the dialogue evaluation for a dialogue task), written to
-    ARM/seed-S/eval.json with its settings."""
-    from fairalign.train.setup import task_from_config
+    """The task's evaluation of a trained run (`Task.evaluate`: held-out reward, or a dialogue task's own
+    metrics), written to ARM/seed-S/eval.json with its settings."""
+    from fairalign.config.task import task_from_config
+    from fairalign.eval.run import evaluate_policy
 
     cfg = study.configs[arm][seed]
     ecfg = build_config(to_dict(cfg), study.eval_overrides)
-    task = task_from_config(ecfg)
-    t0 = time.perf_counter()
-    if task.info.get("dialogue"):
-        res = {"kind": "dialogue", **_evaluate_dialogues(model, tokenizer, task, ecfg)}
-    else:
-        from fairalign.train.evaluate import evaluate_policy
-
-        res = {"kind": "heldout", **evaluate_policy(model, tokenizer, task, ecfg)}
+    res = evaluate_policy(model, tokenizer, task_from_config(ecfg), ecfg)
     res["eval_settings"] = eval_settings(study, cfg)
-    res["eval_s"] = time.perf_counter() - t0
     _write_json(study.run_dir(arm, seed) / EVAL_FILE, res)
     return res
-
-
-def _evaluate_dialogues(model, tokenizer, task, cfg: Config) -> dict:
-    from fairalign.eval.dialogue_cli import evaluate_dialogues
-
-    e = cfg.eval
-    profiles = [ex["profile"] for ex in task.test_examples]
-    profiles = profiles[:e.examples] if e.examples else profiles
-    return evaluate_dialogues(model, tokenizer, profiles=profiles, max_turns=task.eval_turns,
-                              generations=e.generations, temperature=e.temperature, top_p=cfg.rollout.top_p,
-                              max_new_tokens=cfg.rollout.max_new_tokens, user=task.user, judge=task.judge,
-                              completion_prefix=task.info["completion_prefix"], seed=cfg.seed,
-                              batch_size=e.batch_size, chat_template=cfg.rollout.chat_template)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -218,19 +196,7 @@ def run_metrics(run_dir: Path, cfg: Config) -> dict:
             by_step[row["step"]] = row  # a resumed step's last line wins
     rows = [by_step[s] for s in sorted(by_step)]
     ev = _read_eval(run_dir) or {}
-    m: dict[str, float] = {}
-    if ev.get("kind") == "dialogue":
-        for key in ("avg", "n_ir", "n_r2"):
-            if key in ev:
-                m[f"dialogue/{key}"] = ev[key]
-        for k, v in enumerate(ev.get("al_by_turn", []), 1):
-            m[f"dialogue/al/{k}"] = v
-    elif "mean" in ev:
-        m["heldout/reward"] = ev["mean"]
-        for g, v in ev.get("by_group", {}).items():
-            m[f"heldout/group/{g}"] = v
-        if "response_length" in ev:
-            m["heldout/response_length"] = ev["response_length"]
+    m: dict[str, float] = dict(ev.get("metrics", {}))  # the task's own evaluation metrics (Task.evaluate)
     last = [r["reward/mean"] for r in rows[-max(1, cfg.steps // 5):] if _num(r.get("reward/mean"))]
     if last:
         m["train/reward_final"] = sum(last) / len(last)
@@ -310,7 +276,7 @@ def run_study(spec_path: str | Path, overrides: list[str] | None = None, *, stre
         write_report(study.output_dir)
     report_s = time.perf_counter() - t_report
     print(f"compare: {len(plan)} runs ({counts['trained']} trained, {counts['evaluated']} evaluated, "
-          f"{counts['reused']} reused) in {_duration(time.perf_counter() - t_start)}; aggregation "
+          f"{counts['reused']} reused) in {format_duration(time.perf_counter() - t_start)}; aggregation "
           f"{comparison['aggregate_s']:.2f}s, report {report_s:.2f}s; wrote {study.output_dir / 'comparison.json'}",
           file=out, flush=True)
     return comparison

@@ -141,4 +141,4 @@ def load_file_task(path, *, seed: int = 0, reward_funcs=None, reward_weights=Non
     name = os.path.splitext(os.path.basename(path))[0]
     sources = [f"{path}: {where_of[id(ex)]}" for ex in train]  # where each training row came from
     return Task(name=name, train_examples=train, test_examples=test, rewards=rewards,
-                description=f"examples from {path}", info={"path": os.path.abspath(path), "train_sources": sources})
+                description=f"examples from {path}", info={"path": os.path.abspath(path)}, train_sources=sources)

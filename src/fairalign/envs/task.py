@@ -1,5 +1,5 @@
-"""`Task`: a dataset of prompts, the reward functions that score completions, and the rollout that
-turns a step's examples into a scored `RolloutBatch`.
+"""`Task`: a dataset of prompts, the reward functions that score completions, the rollout that turns a
+step's examples into a scored `RolloutBatch`, and the held-out evaluation (`Task.evaluate`).
 
 The rollout is the task's: the trainer hands it an engine, the step's examples, the group size G
 and a seed, and gets back a batch with `rewards`, `reward_parts`, `reward_errors` and
@@ -12,6 +12,10 @@ Simplifications (fairalign's choices):
 - An example without a "group" is in group "all".
 - The reward columns are every key but "prompt", over all the examples (a key missing from an
   example is None there), each repeated G times, one per generation.
+- The default evaluation is the task's own rollout on held-out examples (chosen round-robin across
+  preference groups), so a multi-turn task is evaluated by its own dialogues with no extra code; it
+  reports the mean reward overall, per preference group and per reward part. A task with metrics of
+  its own (RLPA: AL(k), AVG, N-IR, N-R²) overrides `evaluate`.
 """
 from __future__ import annotations
 
@@ -36,7 +40,15 @@ class Task:
     test_examples: list[dict]
     rewards: list[RewardSpec]
     description: str = ""
-    info: dict = field(default_factory=dict)  # task-specific facts (group shares, split sizes, ...)
+    info: dict = field(default_factory=dict)  # descriptive facts for people (group shares, topics, the file)
+    completion_prefix: str = ""  # text the engine pre-fills at the start of every response (e.g. "<profile>")
+    train_sources: list[str] | None = None  # where each training example came from ("file: line 3"), for errors
+
+    def demonstrations(self, n: int, seed: int) -> list[dict]:
+        """`n` supervised demonstrations ({"prompt", "completion", ...}) for the `sft.*` warm-up. The
+        default task has none; a task that has (RLPA: an oracle's turns) overrides this."""
+        raise ValueError(f"sft.steps > 0 needs demonstrations, and task '{self.name}' has none "
+                         f"(the rlpa task provides oracle demonstrations); set sft.steps=0")
 
     def group_counts(self, split: str = "train") -> dict:
         """Number of examples per preference group in `split` ("train" or "test")."""
@@ -76,3 +88,60 @@ class Task:
         batch.reward_parts = {k: v.to(device) for k, v in parts.items()}  # name -> [B]
         batch.reward_errors = int(n_errors)
         return batch
+
+    def evaluation_examples(self, n: int) -> list[dict]:
+        """Up to `n` held-out examples (0 = all), round-robin across preference groups so minorities are
+        seen as well as the majority; in their test-split order."""
+        if not self.test_examples:
+            raise ValueError(f"task '{self.name}' has no held-out examples")
+        chosen = balanced_subset([ex.get("group", "all") for ex in self.test_examples], n)
+        return [self.test_examples[i] for i in chosen]
+
+    def evaluate(self, engine, *, examples: int = 0, generations: int = 1, seed: int = 0, batch_size: int = 32,
+                 on_reward_error: str = "raise", progress=None) -> dict:
+        """Held-out evaluation with `engine` (whose sampling settings are the evaluation's): the task's own
+        rollout on `evaluation_examples(examples)`, `batch_size` examples per rollout (seed `seed * 31 +
+        first index`). Returns {"kind": "heldout", "mean", "by_group": {g: mean}, "by_reward": {name: mean},
+        "n", "response_length", "metrics": {flat name: value}}; `progress(done, total)` after each part."""
+        chosen = self.evaluation_examples(examples)
+        rewards: list[float] = []
+        groups: list[str] = []
+        lengths: list[float] = []
+        per_reward: dict[str, list] = {}
+        for s in range(0, len(chosen), batch_size):
+            with torch.no_grad():
+                batch = self.rollout(engine, chosen[s:s + batch_size], generations, seed * 31 + s,
+                                     on_reward_error=on_reward_error)
+            rewards += batch.rewards.tolist()
+            groups += [str(g) for g in batch.groups]
+            lengths += batch.lengths.tolist()
+            for k, v in batch.reward_parts.items():
+                per_reward.setdefault(k, []).extend(v.tolist())
+            if progress is not None:
+                progress(min(s + batch_size, len(chosen)), len(chosen))
+        by_group: dict[str, list[float]] = {}
+        for g, r in zip(groups, rewards):
+            by_group.setdefault(g, []).append(r)
+        out = {"kind": "heldout", "mean": sum(rewards) / len(rewards),
+               "by_group": {g: sum(v) / len(v) for g, v in sorted(by_group.items())},
+               "by_reward": {k: sum(v) / len(v) for k, v in per_reward.items()},
+               "n": len(rewards), "response_length": sum(lengths) / len(lengths)}
+        out["metrics"] = {"heldout/reward": out["mean"], "heldout/response_length": out["response_length"],
+                          **{f"heldout/group/{g}": v for g, v in out["by_group"].items()}}
+        return out
+
+
+def balanced_subset(groups: list, k: int) -> list[int]:
+    """Up to k indices chosen round-robin across preference groups (in first-seen order within a
+    group), sorted; k <= 0 = all."""
+    by_group: dict = {}
+    for i, g in enumerate(groups):
+        by_group.setdefault(g, []).append(i)
+    queues = [list(v) for _, v in sorted(by_group.items(), key=lambda kv: str(kv[0]))]
+    out: list[int] = []
+    limit = len(groups) if k <= 0 else min(k, len(groups))
+    while len(out) < limit:
+        for q in queues:
+            if q and len(out) < limit:
+                out.append(q.pop(0))
+    return sorted(out)

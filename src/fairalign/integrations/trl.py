@@ -47,7 +47,7 @@ from fairalign.algos import BATCH_STATISTICS, POLICY_LOSS_REGISTRY, aggregate, b
 from fairalign.algos.estimators import LOCAL
 from fairalign.integrations.trl_clip import ClipPool
 from fairalign.integrations.trl_config import FairGRPOConfig, check_fair_fields, pgrpo_hparams, resolved_loss_hparams
-from fairalign.train.config import ConfigError
+from fairalign.errors import ConfigError
 
 __all__ = ["FairGRPOConfig", "FairGRPOTrainer", "PGRPO_STATE_FILE", "pgrpo_advantages", "sampler_weighted_advantages"]
 

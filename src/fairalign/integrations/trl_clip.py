@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from fairalign.diagnostics import clip_rate_metrics
-from fairalign.train.update_stats import sequence_clip_weight
+from fairalign.diagnostics import sequence_clip_weight
 
 
 class ClipPool:

@@ -23,13 +23,12 @@ import dataclasses
 import json
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from trl import GRPOConfig
 
 from fairalign.algos import AGG_MODES, ESTIMATOR_REGISTRY, POLICY_LOSS_REGISTRY, build_estimator, compute_policy_loss
-from fairalign.train.config import ConfigError
+from fairalign.errors import ConfigError
 
 _PGRPO = ESTIMATOR_REGISTRY["pgrpo"].hparams  # min_count, eps, decay, min_std -> default
 _TRL_DEFAULTS = {f.name: f.default for f in dataclasses.fields(GRPOConfig)}

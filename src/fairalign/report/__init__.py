@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from fairalign.errors import ConfigError
 from fairalign.report.run import build_run_page
 from fairalign.report.study import build_study_page
 
@@ -32,7 +33,7 @@ def write_report(path: str | Path) -> Path:
     p = Path(path)
     kind = kind_of(p)
     if kind is None:
-        raise ValueError(f"report: '{p}' is neither a run directory (config.yaml, metrics.jsonl) nor a study "
+        raise ConfigError(f"report: '{p}' is neither a run directory (config.yaml, metrics.jsonl) nor a study "
                          f"directory (comparison.json)")
     page = build_study_page(p) if kind == "study" else build_run_page(p)
     out = p / REPORT_NAME

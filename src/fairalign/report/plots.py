@@ -2,7 +2,7 @@
 
 Every function takes plain data (rows of metrics.jsonl, or series already drawn from them) and
 returns a `Figure`, or None when there is nothing to draw; the caller embeds it (`to_base64`) or
-saves it (`save_png`). `fairalign.train.plots.make_plots` saves three of them next to the run.
+saves it (`save_png`). `fairalign.report.run_plots.make_plots` saves three of them next to the run.
 """
 from __future__ import annotations
 

@@ -12,7 +12,16 @@ from pathlib import Path
 
 from fairalign.report import data as D
 from fairalign.report import plots as P
-from fairalign.report.html import Page, esc, flatten, fmt, fmt_interval, json_table, table, truncate
+from fairalign.report.html import (
+    Page,
+    esc,
+    flatten,
+    fmt,
+    fmt_interval,
+    json_table,
+    table,
+    truncate,
+)
 
 EVAL_FILES = (("eval.json", "Held-out evaluation (fairalign eval)"),
               ("summary.json", "Before / after summary (fairalign demo)"),
@@ -21,7 +30,7 @@ SAMPLE_CHARS = 600
 
 
 def _defaults() -> dict:
-    from fairalign.train.config import Config, to_dict
+    from fairalign.config import Config, to_dict
 
     return flatten(to_dict(Config()))
 
@@ -34,7 +43,7 @@ def _prompt_text(prompt) -> str:
 
 
 def _reward_functions(rows: list[dict]) -> list[str]:
-    skip = {"reward/mean", "reward/std", "reward/errors"}
+    skip = {"reward/mean", "reward/std", "reward/errors", "reward/frac_zero_std"}  # step statistics, not functions
     return [k for k in D.keys_with_prefix(rows, "reward/") if k.count("/") == 1 and k not in skip]
 
 

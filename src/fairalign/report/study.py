@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from fairalign.errors import ConfigError
 from fairalign.report import data as D
 from fairalign.report import plots as P
 from fairalign.report.html import Page, esc, fmt, fmt_interval, json_table, table
@@ -46,7 +47,7 @@ def load_study(study_dir: Path) -> tuple[dict, list[str], list[str], dict[str, d
     """(comparison.json, arms, seeds, {arm: {seed: metrics rows}}) for the run directories present."""
     comp = D.read_json(study_dir / "comparison.json")
     if not isinstance(comp, dict):
-        raise ValueError(f"{study_dir / 'comparison.json'} is not a JSON object")
+        raise ConfigError(f"{study_dir / 'comparison.json'} is not a JSON object")
     runs = comp.get("runs") if isinstance(comp.get("runs"), dict) else {}
     arms = [str(a) for a in (comp.get("arms") or list(runs))]
     seeds = [str(s) for s in (comp.get("seeds") or sorted({s for r in runs.values() for s in r}))]

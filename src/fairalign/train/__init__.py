@@ -1,5 +1,6 @@
 """Training: configuration, presets, the loop, checkpoints, logging, evaluation and the demo."""
-from fairalign.train.config import Config, ConfigError, build_config
-from fairalign.train.presets import PRESETS
+from fairalign.config import Config, build_config
+from fairalign.config.presets import PRESETS
+from fairalign.errors import ConfigError
 
 __all__ = ["Config", "ConfigError", "build_config", "PRESETS"]

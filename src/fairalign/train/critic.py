@@ -1,7 +1,7 @@
 """The critic of PPO with GAE (`algo.critic`): what the trainer calls to get a batch's values, to train
 the value function next to the policy, to checkpoint it and to log it. The trainer never names a kind.
 
-    critic = build_critic(trainer, checkpoint)      # NoCritic for algo.critic=none (every call a no-op)
+    critic = build_critic(policy, cfg, horizon, checkpoint)   # NoCritic for algo.critic=none (every call a no-op)
     values, logp = critic.behaviour_pass(batch, micro)   # V(s_t) [B, R] before any update (head: + log-probs)
     per micro-batch: term = critic.policy_loss_term(...)  # head: vf_coef·value loss, joins the policy backward
                      critic.own_pass(...)                 # model: its own forward + backward (None: placeholder)
@@ -32,11 +32,17 @@ from __future__ import annotations
 
 import torch
 
-from fairalign.algos import compute_value_loss, explained_variance_from_moments, masked_moments
+from fairalign.algos import (
+    compute_value_loss,
+    explained_variance_from_moments,
+    masked_moments,
+)
+from fairalign.dist import make_dist
+from fairalign.errors import ConfigError
 from fairalign.train import checkpoint as ckpt
-from fairalign.train.config import ConfigError
-from fairalign.train.dist import make_dist
-from fairalign.train.setup import lr_lambda, trim_padding
+from fairalign.train.build import adamw, lr_schedule
+from fairalign.train.policy import Policy, trim_padding
+
 
 class NoCritic:
     """algo.critic=none: nothing to compute, train, save or log."""
@@ -68,9 +74,9 @@ class NoCritic:
 
 
 class _Critic(NoCritic):
-    def __init__(self, trainer, module: torch.nn.Module, dist, checkpoint):
-        cfg, a = trainer.cfg, trainer.cfg.algo
-        self.tr, self.dist, self.kind = trainer, dist, a.critic
+    def __init__(self, policy: Policy, cfg, horizon: int | None, module: torch.nn.Module, dist, checkpoint):
+        a = cfg.algo
+        self.policy, self.horizon, self.dist, self.kind = policy, horizon, dist, a.critic
         self.vf_coef, self.value_clip, self.agg = a.vf_coef, a.value_clip, a.agg
         state = None
         if checkpoint is not None:
@@ -79,15 +85,12 @@ class _Critic(NoCritic):
                 raise ConfigError(f"--resume: checkpoint '{checkpoint}' holds no critic (critic.pt) but "
                                   f"algo.critic={a.critic}")
             module.load_state_dict(state["model"])
-        module.to(trainer.device)
+        module.to(policy.device)
         module.eval()  # like the policy: dropout off for the behaviour pass and the updates
         self.module = dist.prepare_model(module)
         self.params = [p for p in self.module.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(self.params, lr=a.critic_lr or cfg.optim.lr, betas=tuple(cfg.optim.betas),
-                                weight_decay=cfg.optim.weight_decay)
-        total = cfg.steps * a.ppo_epochs * a.minibatches
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            opt, lr_lambda(cfg.optim.schedule, cfg.optim.warmup_steps, total))
+        opt = adamw(self.params, a.critic_lr or cfg.optim.lr, cfg)
+        self.scheduler = lr_schedule(opt, cfg)
         self.optimizer = dist.prepare_optimizer(self.module, opt)
         if state is not None:
             dist.load_optimizer_state(self.module, self.optimizer, state["optimizer"])
@@ -102,7 +105,7 @@ class _Critic(NoCritic):
     def _value_loss(self, values, batch, mic, r_mask, rlen, *, on_policy, global_tokens, global_seqs):
         rows = mic.to(values.device)
         loss, stats = compute_value_loss(values, batch.returns[rows, :rlen], batch.values[rows, :rlen], r_mask,
-                                         self.value_clip, self.agg, horizon=self.tr.loss.horizon,
+                                         self.value_clip, self.agg, horizon=self.horizon,
                                          global_tokens=global_tokens, global_seqs=global_seqs)
         self.sums["loss"] += float(loss.detach())
         if not on_policy:
@@ -132,7 +135,7 @@ class _Critic(NoCritic):
         (a collective: gathers sharded state)."""
         model_state = self.dist.full_model_state(self.module)
         optim_state = self.dist.full_optimizer_state(self.module, self.optimizer)
-        if not self.tr.dist.is_main:
+        if not self.policy.dist.is_main:
             return None
         return {"kind": self.kind,
                 "model": self.module.state_dict() if model_state is None else model_state,
@@ -141,7 +144,7 @@ class _Critic(NoCritic):
 
     def step_metrics(self, batch) -> dict:
         """The step's critic metrics over every rank (a collective)."""
-        d = self.tr.dist
+        d = self.policy.dist
         m = batch.response_mask.to(batch.values.device)
         local = torch.cat([masked_moments(batch.returns - batch.values, m), masked_moments(batch.returns, m),
                            masked_moments(batch.values, m)]).tolist()
@@ -162,25 +165,25 @@ class HeadCritic(_Critic):
     """A value head on the policy's shared trunk (see the module docstring)."""
     reads_policy_hidden = True
 
-    def __init__(self, trainer, checkpoint):
+    def __init__(self, policy: Policy, cfg, horizon, checkpoint):
         from fairalign.models.value import ValueHead
 
-        hidden = trainer.dist.unwrap(trainer.model).config.hidden_size
-        d = trainer.dist
-        super().__init__(trainer, ValueHead(hidden, seed=trainer.cfg.seed), make_dist(d.rank, d.world, "ddp"),
+        hidden = policy.dist.unwrap(policy.model).config.hidden_size
+        d = policy.dist
+        super().__init__(policy, cfg, horizon, ValueHead(hidden, seed=cfg.seed), make_dist(d.rank, d.world, "ddp"),
                          checkpoint)
 
     @torch.no_grad()
     def behaviour_pass(self, batch, micro):
         """(values [B, R], behaviour log-probs [B, R]) from one no-grad forward of the policy."""
-        tr = self.tr
-        values = torch.zeros(batch.response_ids.shape, dtype=torch.float32, device=tr.device)  # [B, R]
+        pol = self.policy
+        values = torch.zeros(batch.response_ids.shape, dtype=torch.float32, device=pol.device)  # [B, R]
         logp = torch.zeros_like(values)
         for mic in torch.split(torch.arange(len(batch)), micro):
-            lp, _, r_mask, rlen, hidden = tr._forward(tr.model, batch, mic, with_entropy=False, with_hidden=True)
-            rows = mic.to(tr.device)
-            logp[rows, :rlen] = lp.to(tr.device)
-            values[rows, :rlen] = (self.module(hidden) * r_mask.to(hidden.device)).to(tr.device)
+            lp, _, r_mask, rlen, hidden = pol.forward(pol.model, batch, mic, with_entropy=False, with_hidden=True)
+            rows = mic.to(pol.device)
+            logp[rows, :rlen] = lp.to(pol.device)
+            values[rows, :rlen] = (self.module(hidden) * r_mask.to(hidden.device)).to(pol.device)
         return values, logp
 
     def policy_loss_term(self, batch, mic, hidden, *, r_mask, rlen, **norm):
@@ -188,7 +191,7 @@ class HeadCritic(_Critic):
         return self.vf_coef * self._value_loss(values, batch, mic, r_mask, rlen, **norm)
 
     def finish_minibatch(self, grad_clip: float) -> torch.Tensor:
-        scale = self.tr.dist.backward_scale
+        scale = self.policy.dist.backward_scale
         for p in self.params:  # a rank with only placeholder passes has no gradient: it adds zeros
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
@@ -200,30 +203,30 @@ class HeadCritic(_Critic):
 class ModelCritic(_Critic):
     """A separate value model from the policy's model files (see the module docstring)."""
 
-    def __init__(self, trainer, checkpoint):
+    def __init__(self, policy: Policy, cfg, horizon, checkpoint):
         from fairalign.models import load_policy
         from fairalign.models.value import ValueModel
 
-        cfg, d = trainer.cfg, trainer.dist
+        d = policy.dist
         lm, _ = load_policy(cfg.model, trust_remote_code=cfg.trust_remote_code, allow_download=cfg.allow_download)
         module = ValueModel.from_causal_lm(lm, seed=cfg.seed)
-        super().__init__(trainer, module, make_dist(d.rank, d.world, d.strategy, d.options), checkpoint)
+        super().__init__(policy, cfg, horizon, module, make_dist(d.rank, d.world, d.strategy, d.options), checkpoint)
 
     def _values(self, model, batch, mic):
         from fairalign.rollout.values import sequence_values
 
         p_ids, p_mask, r_ids, r_mask, rlen = trim_padding(batch, mic)
-        with self.tr.dtype_ctx():
+        with self.policy.autocast():
             values = sequence_values(model, p_ids, p_mask, r_ids, r_mask)  # [b, R']
         return values, r_mask.to(values.device), rlen
 
     @torch.no_grad()
     def behaviour_pass(self, batch, micro):
         """(values [B, R], None): the value model's no-grad pass."""
-        values = torch.zeros(batch.response_ids.shape, dtype=torch.float32, device=self.tr.device)  # [B, R]
+        values = torch.zeros(batch.response_ids.shape, dtype=torch.float32, device=self.policy.device)  # [B, R]
         for mic in torch.split(torch.arange(len(batch)), micro):
             v, _, rlen = self._values(self.module, batch, mic)
-            values[mic.to(self.tr.device), :rlen] = v.to(self.tr.device)
+            values[mic.to(self.policy.device), :rlen] = v.to(self.policy.device)
         return values, None
 
     def own_pass(self, batch, mic, *, sync, r_mask=None, rlen=None, **norm):
@@ -239,12 +242,13 @@ class ModelCritic(_Critic):
         return None
 
 
-def build_critic(trainer, checkpoint=None):
-    """The configured critic; `checkpoint` (a step folder) restores it exactly. Building it leaves the
-    global torch RNG as it was (the run samples the same with and without a critic)."""
+def build_critic(policy: Policy, cfg, horizon: int | None, checkpoint=None):
+    """The critic `algo.critic` names (its value loss aggregated with the policy loss's `horizon`);
+    `checkpoint` (a step folder) restores it exactly. Building it leaves the global torch RNG as it was
+    (the run samples the same with and without a critic)."""
     kinds = {"none": None, "head": HeadCritic, "model": ModelCritic}
-    cls = kinds[trainer.cfg.algo.critic]
+    cls = kinds[cfg.algo.critic]
     if cls is None:
         return NoCritic()
     with torch.random.fork_rng(devices=[]):
-        return cls(trainer, checkpoint)
+        return cls(policy, cfg, horizon, checkpoint)

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import random
 
+from fairalign.errors import ConfigError
+
 
 class PromptSampler:
     def __init__(self, n_examples: int, seed: int, epoch: int = 0, offset: int = 0):
         if n_examples <= 0:
-            raise ValueError("the task has no training examples")
+            raise ConfigError("the task has no training examples")
         self.n = n_examples
         self.seed = seed
         self.epoch = epoch
@@ -38,25 +40,9 @@ class PromptSampler:
 
     def load_state_dict(self, sd: dict) -> None:
         if sd["n"] != self.n:
-            raise ValueError(f"the checkpoint was taken with {sd['n']} training examples, "
+            raise ConfigError(f"the checkpoint was taken with {sd['n']} training examples, "
                              f"the task now has {self.n}")
         self.seed = sd["seed"]
         self.epoch = sd["epoch"]
         self.offset = sd["offset"]
         self._order = self._permutation(self.epoch)
-
-
-def balanced_subset(groups: list, k: int) -> list[int]:
-    """Up to k indices chosen round-robin across preference groups (in first-seen order within a
-    group), so a held-out evaluation sees minorities as well as the majority."""
-    by_group: dict = {}
-    for i, g in enumerate(groups):
-        by_group.setdefault(g, []).append(i)
-    queues = [list(v) for _, v in sorted(by_group.items(), key=lambda kv: str(kv[0]))]
-    out: list[int] = []
-    limit = len(groups) if k <= 0 else min(k, len(groups))
-    while len(out) < limit:
-        for q in queues:
-            if q and len(out) < limit:
-                out.append(q.pop(0))
-    return sorted(out)

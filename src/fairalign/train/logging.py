@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fairalign.errors import ConfigError
+
 
 def _clean(v: Any) -> Any:
     if isinstance(v, float) and not math.isfinite(v):
@@ -60,7 +62,7 @@ class RunLogger:
             try:
                 import wandb as wb
             except ImportError:
-                raise ValueError("log.wandb=true needs Weights & Biases: pip install wandb") from None
+                raise ConfigError("log.wandb=true needs Weights & Biases: pip install wandb") from None
             self._wandb = wb.init(project="fairalign", dir=str(self.run_dir), config=config or {})
 
     def log(self, metrics: dict) -> None:
@@ -92,7 +94,7 @@ class RunLogger:
             self._wandb.finish()
 
 
-def _duration(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
     if not math.isfinite(seconds):
         return "?"
     s = int(round(seconds))
@@ -115,8 +117,14 @@ class Progress:
         if not enabled or self._plain:
             self._bar = None
             return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress
-        from rich.progress import TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+        from rich.progress import Progress as RichProgress
 
         self._bar = RichProgress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -130,7 +138,7 @@ class Progress:
             done = step - self._start
             per_step = (time.time() - self._t0) / max(done, 1)
             print(f"{'step' if self.description == 'train' else self.description} {step}/{self.total}  "
-                  f"{self._info(metrics)}  eta {_duration(per_step * (self.total - step))}",
+                  f"{self._info(metrics)}  eta {format_duration(per_step * (self.total - step))}",
                   file=self._stream, flush=True)
             return
         if self._bar is None:

@@ -16,65 +16,60 @@ from pathlib import Path
 
 import torch
 
-from fairalign.models import load_policy
-from fairalign.train.config import ConfigError
+from fairalign.errors import ConfigError
+from fairalign.models import load_policy, load_weights
+from fairalign.train.policy import Policy
 
 REFERENCE_DIR = "reference"
 _FILE = "model.safetensors"
 
 
-def _state_to_save(trainer) -> dict[str, torch.Tensor] | None:
+def _state_to_save(policy: Policy, lora: bool) -> dict[str, torch.Tensor] | None:
     """The policy's weights as the reference needs them (rank 0; a collective under FSDP2)."""
-    model = trainer.dist.unwrap(trainer.model)
-    if trainer.cfg.lora.enabled:
+    model = policy.dist.unwrap(policy.model)
+    if lora:
         from peft import get_peft_model_state_dict
 
         return get_peft_model_state_dict(model)
-    full = trainer.dist.full_model_state(trainer.model)
+    full = policy.dist.full_model_state(policy.model)
     return model.state_dict() if full is None else full
 
 
-def save_reference(trainer) -> None:
-    """Write the current policy as the run's reference (atomic: temp folder, then rename)."""
-    state = _state_to_save(trainer)
-    if trainer.dist.is_main:
+def save_reference(policy: Policy, run_dir: Path, lora: bool) -> None:
+    """Write the current policy (its LoRA adapter when `lora`) as the run's reference (atomic: temp folder,
+    then rename)."""
+    state = _state_to_save(policy, lora)
+    if policy.dist.is_main:
         from safetensors.torch import save_file
 
-        final = trainer.run_dir / REFERENCE_DIR
-        tmp = trainer.run_dir / f".tmp-{REFERENCE_DIR}"
+        final = run_dir / REFERENCE_DIR
+        tmp = run_dir / f".tmp-{REFERENCE_DIR}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         save_file({k: v.detach().cpu().clone().contiguous() for k, v in state.items()}, str(tmp / _FILE))
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
-    trainer.dist.barrier()
+    policy.dist.barrier()
 
 
-def load_reference(trainer, from_run: bool):
-    """The reference model (eval mode, frozen, on the trainer's device), or None when it is the
+def load_reference(policy: Policy, cfg, run_dir: Path, from_run: bool, lora_config=None):
+    """The reference model (eval mode, frozen, on the policy's device), or None when it is the
     LoRA base model reached through `disable_adapter`. `from_run`: load the run's saved reference."""
-    cfg = trainer.cfg
     if not from_run and cfg.lora.enabled:
         return None
     ref, _ = load_policy(cfg.model, trust_remote_code=cfg.trust_remote_code, allow_download=cfg.allow_download)
     if from_run:
-        from safetensors.torch import load_file
-
-        path = Path(trainer.run_dir) / REFERENCE_DIR / _FILE
+        path = Path(run_dir) / REFERENCE_DIR / _FILE
         if not path.is_file():
             raise ConfigError(f"--resume: '{path}' (the KL reference saved after the warm-up) is missing")
-        state = load_file(str(path))
-        if cfg.lora.enabled:
+        if cfg.lora.enabled:  # the adapter's state, merged into a copy of the base model
             import peft
+            from safetensors.torch import load_file
 
-            ref = peft.get_peft_model(ref, trainer.lora_config())
-            peft.set_peft_model_state_dict(ref, state)
+            ref = peft.get_peft_model(ref, lora_config)
+            peft.set_peft_model_state_dict(ref, load_file(str(path)))
             ref = ref.merge_and_unload()
         else:
-            missing, unexpected = ref.load_state_dict(state, strict=False)
-            if {k for k in missing if "lm_head" not in k} or unexpected:
-                raise ConfigError(f"'{path}' does not match model '{cfg.model}'")
-            if hasattr(ref, "tie_weights"):
-                ref.tie_weights()
-    ref.eval().requires_grad_(False).to(trainer.device)
-    return trainer.dist.prepare_model(ref)
+            load_weights(ref, path, f"the KL reference of model '{cfg.model}'")
+    ref.eval().requires_grad_(False).to(policy.device)
+    return policy.dist.prepare_model(ref)

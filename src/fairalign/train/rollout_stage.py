@@ -1,7 +1,7 @@
 """Stage 1 of a training step: the task's rollout, with DAPO's reward shaping and dynamic sampling as
 options that work for every task (the task's own `rollout` is called unchanged, once per round).
 
-    stage = RolloutStage(cfg, task, engine, sampler, dist, estimator)
+    stage = RolloutStage(cfg, task, examples, engine, sampler, dist, estimator)   # examples: the training prompts
     pool = stage.sample(step)              # every prompt group sampled this step, rewards filled
     pool.advantages = estimator(pool.rewards, pool.index, pool.groups, dist)  # stage 2 (the trainer)
     batch = stage.training_batch(pool)     # the groups this rank trains on, train_mask set
@@ -43,7 +43,14 @@ import copy
 
 import torch
 
-from fairalign.algos import group_order, overlong_penalty, select_groups, tied_groups, zero_groups
+from fairalign.algos import (
+    group_order,
+    overlong_penalty,
+    select_groups,
+    tied_groups,
+    zero_groups,
+)
+from fairalign.errors import ConfigError
 from fairalign.rollout import RolloutBatch, concat_batches
 
 OVERLONG_PART = "overlong"
@@ -70,12 +77,10 @@ def split_contiguous(items: list, parts: int) -> list[list]:
 
 
 class RolloutStage:
-    def __init__(self, cfg, task, engine, sampler, dist, estimator):
-        self.cfg, self.task, self.engine, self.sampler = cfg, task, engine, sampler
+    def __init__(self, cfg, task, examples: list[dict], engine, sampler, dist, estimator):
+        self.cfg, self.task, self.examples, self.engine, self.sampler = cfg, task, examples, engine, sampler
         self.dist, self.estimator = dist, estimator
         if cfg.rollout.dynamic_sampling == "advantage" and estimator.requires:
-            from fairalign.train.config import ConfigError
-
             raise ConfigError(f"config key 'rollout.dynamic_sampling=advantage' needs advantages before the "
                               f"update, but algo.advantage={estimator.name} needs the critic's values of the "
                               f"rows trained on; use rollout.dynamic_sampling=reward")
@@ -93,13 +98,13 @@ class RolloutStage:
     def _rollout(self, step: int, round_k: int) -> RolloutBatch:
         r = self.cfg.rollout
         ex_idx = self.dist.shard(self.sampler.take(r.prompts_per_step))
-        examples = [self.task.train_examples[i] for i in ex_idx]
+        examples = [self.examples[i] for i in ex_idx]
         batch = self.task.rollout(self.engine, examples, r.generations, self._seed(step, round_k),
                                   on_reward_error=self.cfg.on_reward_error)
         if r.overlong_buffer_frac > 0:
             if OVERLONG_PART in batch.reward_parts:
-                raise ValueError(f"task {self.task.name!r} has a reward named {OVERLONG_PART!r}, the name of "
-                                 f"rollout.overlong_buffer_frac's penalty; rename the reward function")
+                raise ConfigError(f"task {self.task.name!r} has a reward named {OVERLONG_PART!r}, the name of "
+                                  f"rollout.overlong_buffer_frac's penalty; rename the reward function")
             pen = overlong_penalty(batch.lengths, r.max_new_tokens, r.overlong_buffer_frac * r.max_new_tokens,
                                    r.overlong_penalty)
             pen = pen.to(batch.rewards.device)  # [B]

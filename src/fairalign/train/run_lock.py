@@ -13,7 +13,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from fairalign.train.config import ConfigError
+from fairalign.errors import ConfigError
 
 LOCK_NAME = ".fairalign.lock"
 _HELD: dict[str, list] = {}  # resolved path -> [file object, reference count]

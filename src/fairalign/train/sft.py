@@ -2,8 +2,8 @@
 
 A small policy that cannot yet follow a task's output format gives RL almost no signal (every
 sample scores 0). A few supervised steps on demonstrations fix the format; RL then improves the
-content. Demonstrations come from the task (`task.info["demonstrations"](n, seed)` returning
-dicts with "prompt" and "completion"); the `rlpa` task provides an oracle's turns.
+content. Demonstrations come from the task (`task.demonstrations(n, seed)` returning dicts with
+"prompt" and "completion"); the `rlpa` task provides an oracle's turns.
 
 The loss uses the rollout engine's own prompt rendering (chat template + completion prefix) and the
 training log-prob pass, so the warm-up trains exactly the token sequences the policy later samples.
@@ -19,20 +19,20 @@ import time
 
 import torch
 
+from fairalign.dist import DeepSpeedDist
+from fairalign.errors import ConfigError
 from fairalign.rollout.logprobs import sequence_logprobs
-from fairalign.train.dist import DeepSpeedDist
+from fairalign.train.build import adamw
+from fairalign.train.logging import Progress
+from fairalign.train.policy import Policy
 
 
 def demonstrations(task, n: int, seed: int) -> list[dict]:
     """`n` demonstrations from the task, or a one-line error naming what is missing."""
-    make = task.info.get("demonstrations")
-    if make is None:
-        raise ValueError(f"sft.steps > 0 needs demonstrations, and task '{task.name}' has none "
-                         f"(the rlpa task provides oracle demonstrations); set sft.steps=0")
-    demos = make(n, seed)
+    demos = task.demonstrations(n, seed)
     for k, d in enumerate(demos):
         if not isinstance(d.get("completion"), str) or not d["completion"]:
-            raise ValueError(f"task '{task.name}': demonstration {k} has no non-empty 'completion' text")
+            raise ConfigError(f"task '{task.name}': demonstration {k} has no non-empty 'completion' text")
     return demos
 
 
@@ -48,25 +48,24 @@ def encode_completions(tokenizer, texts: list[str], eos_id: int, pad_id: int) ->
     return ids, mask
 
 
-def run_sft_warmup(trainer) -> list[dict]:
-    """Run cfg.sft.steps supervised steps on `trainer.model`; returns one metric dict per step."""
-    cfg, dist, engine = trainer.cfg, trainer.dist, trainer.engine
+def run_sft_warmup(policy: Policy, task, cfg, run_dir, *, show_progress: bool = True) -> list[dict]:
+    """Run cfg.sft.steps supervised steps on `policy`'s model with `task`'s demonstrations, logging to
+    run_dir/sft_metrics.jsonl; returns one metric dict per step."""
+    dist, engine = policy.dist, policy.engine
     s = cfg.sft
     if isinstance(dist, DeepSpeedDist):  # DeepSpeed owns the weights and the one optimizer it was given
-        raise ValueError("sft.steps > 0 is not supported with dist_strategy=deepspeed: run the warm-up with "
+        raise ConfigError("sft.steps > 0 is not supported with dist_strategy=deepspeed: run the warm-up with "
                          "ddp or fsdp2 and resume with dist_strategy=deepspeed, or set sft.steps=0")
-    demos = demonstrations(trainer.task, s.steps * s.batch_size, cfg.seed)
+    demos = demonstrations(task, s.steps * s.batch_size, cfg.seed)
     if len(demos) < s.batch_size:
-        raise ValueError(f"sft.batch_size={s.batch_size} exceeds the {len(demos)} demonstrations available")
+        raise ConfigError(f"sft.batch_size={s.batch_size} exceeds the {len(demos)} demonstrations available")
     order = torch.randperm(len(demos), generator=torch.Generator().manual_seed(cfg.seed))
-    params = [p for p in trainer.model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=s.lr, betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay)
+    params = policy.parameters()
+    opt = adamw(params, s.lr, cfg)
     micro = cfg.algo.micro_batch_size or s.batch_size
     rows: list[dict] = []
-    log = open(trainer.run_dir / "sft_metrics.jsonl", "w") if dist.is_main else None
-    from fairalign.train.logging import Progress
-
-    bar = Progress(s.steps, enabled=trainer.show_progress and dist.is_main, description="sft warm-up")
+    log = open(run_dir / "sft_metrics.jsonl", "w") if dist.is_main else None
+    bar = Progress(s.steps, enabled=show_progress and dist.is_main, description="sft warm-up")
     try:
         for step in range(1, s.steps + 1):
             t0 = time.time()
@@ -74,20 +73,20 @@ def run_sft_warmup(trainer) -> list[dict]:
             mine = dist.shard(pick)
             batch = [demos[i] for i in mine]
             p_ids, p_mask = engine.encode_prompts([d["prompt"] for d in batch])
-            r_ids, r_mask = encode_completions(trainer.tokenizer, [d["completion"] for d in batch],
+            r_ids, r_mask = encode_completions(policy.tokenizer, [d["completion"] for d in batch],
                                                engine.eos_token_ids[0], engine.pad_token_id)
             n_tokens = dist.sum_metric(float(r_mask.sum()))
             opt.zero_grad(set_to_none=True)
             loss_sum = 0.0
             for mic in torch.split(torch.arange(len(batch)), micro):
-                with trainer.dtype_ctx():
-                    logp, _ = sequence_logprobs(trainer.model, p_ids[mic], p_mask[mic], r_ids[mic], r_mask[mic],
+                with policy.autocast():
+                    logp, _ = sequence_logprobs(policy.model, p_ids[mic], p_mask[mic], r_ids[mic], r_mask[mic],
                                                 all_ranks=dist.all_ranks)
                 loss = -(logp.float() * r_mask[mic].to(logp.device)).sum() / n_tokens
-                dist.backward(loss, trainer.model)
+                dist.backward(loss, policy.model)
                 loss_sum += float(loss.detach())
-            dist.sync_gradients(trainer.model)
-            gn = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf"))
+            dist.sync_gradients(policy.model)
+            gn = dist.clip_grad_norm(params, cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf"))
             loss_all = dist.sum_metric(loss_sum)
             if not (math.isfinite(loss_all) and torch.isfinite(gn)):
                 raise FloatingPointError(f"sft warm-up step {step}: non-finite loss or gradient norm "

@@ -16,14 +16,6 @@ import threading
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
-class StopRequested(RuntimeError):
-    """The run stopped on a signal after writing a checkpoint; `exit_code` is 128 + the signal number."""
-
-    def __init__(self, message: str, signum: int):
-        super().__init__(message)
-        self.exit_code = 128 + int(signum)
-
-
 class StopRequest:
     def __init__(self):
         self.signum: int | None = None

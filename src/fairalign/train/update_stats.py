@@ -16,16 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from fairalign.diagnostics import clip_rate_metrics
-
-
-def sequence_clip_weight(clipped: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """[B] in [0, 1]: 1/0 for a sequence-level flag [B], the share of clipped tokens for [B, T]."""
-    if clipped.dim() == 1:
-        return clipped.detach().double().cpu()
-    m = mask.bool()
-    lengths = m.sum(1).clamp(min=1)  # [B]
-    return ((clipped.detach().bool() & m).sum(1).double() / lengths.double()).cpu()
+from fairalign.diagnostics import clip_rate_metrics, sequence_clip_weight
 
 
 def sequence_advantages(adv: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -24,10 +24,12 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
 
+from fairalign.errors import EnvironmentFault
+
 log = logging.getLogger(__name__)
 
 
-class BackendError(RuntimeError):
+class BackendError(EnvironmentFault):
     """A chat backend failed (after retries, or with a non-retryable error)."""
 
 

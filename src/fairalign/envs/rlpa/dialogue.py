@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from ...eval.dialogue import alignment_by_turn, dialogue_metrics
+from .metrics import alignment_by_turn, dialogue_metrics
 from .generator import profile_group
 from .judge import make_judge
 from .parser import parse_turn, strip_tags

@@ -1,6 +1,6 @@
 """RLPA user profiles: the 10-slot schema, a typed `Profile`, JSON/JSONL (de)serialization.
 
-A profile has 10 slots (DESIGN.md §1.6). Seven are scalars (one *item* each when set), three are
+A profile has 10 slots (docs/rlpa.md §1). Seven are scalars (one *item* each when set), three are
 lists (each element is one item). Values are plain strings except Age, an int.
 
 Simplifications: slot names in user data are matched loosely (case and `_`/`-`/space), so

@@ -1,6 +1,6 @@
 """RLPA rewards: profile F1 over items, the rules response judge, and per-turn scoring.
 
-Profile reward (DESIGN.md §1.6): item-level F1 between the inferred and the true profile. A scalar
+Profile reward (docs/rlpa.md §1): item-level F1 between the inferred and the true profile. A scalar
 slot is one item, each list element one item; items only match inside the same slot. Matching is
 on normalized text (`normalize_value`): Unicode folding, case, punctuation, articles, simple
 plural folding, a small synonym table ("doctor" = "physician", "BSc" = "bachelor's degree"), and

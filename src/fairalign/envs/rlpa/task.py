@@ -13,8 +13,11 @@ completion_prefix (text pre-filled at the start of every assistant turn, default
 profiles (a JSONL file of your own profiles; its train/test split is seeded 90/10), n_train /
 n_test (subsample the built-in 2700 / 300 split), demo_turns (length of the oracle dialogues that
 supply the `sft.*` warm-up's demonstrations, default 10: the evaluation horizon, whatever
-max_turns the RL dialogues use), eval_turns (turns per dialogue of `fairalign eval-dialogue`,
-default 10, the paper's evaluation horizon, whatever max_turns training used).
+max_turns the RL dialogues use), eval_turns (turns per dialogue of `fairalign eval`, default 10, the
+paper's evaluation horizon, whatever max_turns training used).
+
+`RLPATask.evaluate` is the paper's evaluation (envs/rlpa/evaluate.py): AL(k), AVG, N-IR, N-R² over
+test profiles, with the task's user and judge; `RLPATask.demonstrations` are an oracle's turns.
 
 Simplifications: the generation seed of turn t is `seed * 17 + t`; reward errors are not caught
 (the rules user and judge do not fail; a remote backend's errors stop the step), so
@@ -52,8 +55,30 @@ class RLPATask(Task):
     user: Any = "rules"            # simulated-user spec for make_user ("rules" or {"backend": ..., ...})
     judge: Any = "rules"           # response-judge spec for make_judge
     group_by: str = "occupation_category"
-    eval_turns: int = 10           # turns per evaluation dialogue (fairalign eval-dialogue)
+    eval_turns: int = 10           # turns per evaluation dialogue (fairalign eval)
+    demo_turns: int = 10           # length of the oracle dialogues that supply demonstrations
     last_dialogues: Any = field(default=None, repr=False, compare=False)  # the last rollout's DialogueBatch
+
+    def demonstrations(self, n: int, seed: int) -> list[dict]:
+        """`n` oracle turns (for the sft.* warm-up) from dialogues with training profiles and the rules user."""
+        from fairalign.envs.rlpa.oracle import oracle_demonstrations
+
+        train = [ex["profile"] for ex in self.train_examples]
+        rng = random.Random(seed)
+        picked = [train[rng.randrange(len(train))] for _ in range(-(-n // self.demo_turns))]
+        return oracle_demonstrations(picked, max_turns=self.demo_turns, seed=seed,
+                                     completion_prefix=self.completion_prefix, group_by=self.group_by)[:n]
+
+    def evaluate(self, engine, *, examples: int = 0, generations: int = 1, seed: int = 0, batch_size: int = 16,
+                 on_reward_error: str = "raise", progress=None) -> dict:
+        """The paper's evaluation on the first `examples` test profiles (0 = all) x `eval_turns` turns
+        (envs/rlpa/evaluate.py); the rules user and judge do not fail, so on_reward_error is not used."""
+        from fairalign.envs.rlpa.evaluate import evaluate_dialogues
+
+        profiles = [ex["profile"] for ex in self.test_examples]
+        return evaluate_dialogues(engine, profiles[:examples] if examples else profiles, max_turns=self.eval_turns,
+                                  generations=generations, user=self.user, judge=self.judge, seed=seed,
+                                  batch_size=batch_size, progress=progress)
 
     def rollout(self, engine, examples: list[dict], generations: int, seed: int, *,
                 on_reward_error: str = "raise") -> RolloutBatch:
@@ -114,20 +139,7 @@ def make_task(*, seed: int = 0, max_turns: int = 10, user="rules", judge="rules"
     user_spec = {"backend": user, **(user_options or {})} if user != "rules" else "rules"
     judge_spec = {"backend": judge, **(judge_options or {})} if judge != "rules" else "rules"
 
-    def demonstrations(n: int, demo_seed: int) -> list[dict]:
-        """`n` oracle turns (for the sft.* warm-up) from dialogues with training profiles and the rules user."""
-        from fairalign.envs.rlpa.oracle import oracle_demonstrations
-
-        n_dialogues = -(-n // demo_turns)
-        rng = random.Random(demo_seed)
-        picked = [train[rng.randrange(len(train))] for _ in range(n_dialogues)]
-        return oracle_demonstrations(picked, max_turns=demo_turns, seed=demo_seed,
-                                     completion_prefix=completion_prefix, group_by=group_by)[:n]
-
-    # info["dialogue"]: kept for callers that still check it (the dialogue options are the task's fields)
-    info = {"dialogue": {"max_turns": max_turns, "user": user_spec, "judge": judge_spec, "group_by": group_by},
-            "completion_prefix": completion_prefix, "demonstrations": demonstrations}
     return RLPATask(name="rlpa", train_examples=_examples(train, group_by), test_examples=_examples(test, group_by),
                     rewards=[], description="multi-turn personalized dialogue with a simulated user (RLPA)",
-                    info=info, max_turns=max_turns, user=user_spec, judge=judge_spec, group_by=group_by,
-                    eval_turns=eval_turns)
+                    completion_prefix=completion_prefix, max_turns=max_turns, user=user_spec, judge=judge_spec,
+                    group_by=group_by, eval_turns=eval_turns, demo_turns=demo_turns)

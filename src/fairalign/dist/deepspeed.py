@@ -1,5 +1,5 @@
 """DeepSpeed ZeRO-2 / ZeRO-3 for `dist_strategy=deepspeed`: what `DeepSpeedDist` calls (the contract
-is in dist.py's docstring).
+is in base.py's docstring).
 
 fairalign keeps its own training loop. The trainer's torch AdamW is handed to `deepspeed.initialize`
 (`zero_allow_untested_optimizer`); DeepSpeed then owns the fp32 master weights, the gradient partitions
@@ -25,47 +25,15 @@ from __future__ import annotations
 
 import torch
 
-from fairalign.train.dist import _true
-
-
-def deepspeed_options(env) -> dict:
-    """{'zero_stage': 2 | 3} from accelerate's ACCELERATE_DEEPSPEED_* variables (default stage 2);
-    a one-line error for each setting fairalign does not implement."""
-    stage = (env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") or "2").strip()
-    if stage not in ("2", "3"):
-        raise ValueError(f"ACCELERATE_DEEPSPEED_ZERO_STAGE={stage} is not supported by fairalign: use zero_stage 2 or 3")
-    for var in ("ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE", "ACCELERATE_DEEPSPEED_OFFLOAD_PARAM_DEVICE"):
-        device = (env.get(var) or "none").strip().lower()
-        if device != "none":
-            raise ValueError(f"{var}={device} is not supported by fairalign's DeepSpeed mode: set it to none "
-                             f"in the accelerate config")
-    if _true(env.get("ACCELERATE_DEEPSPEED_ZERO3_INIT")):
-        raise ValueError("ACCELERATE_DEEPSPEED_ZERO3_INIT=true is not supported by fairalign (every rank loads the "
-                         "full model, then ZeRO partitions it): set zero3_init_flag: false")
-    path = (env.get("ACCELERATE_DEEPSPEED_CONFIG_FILE") or "none").strip()
-    if path.lower() != "none":
-        raise ValueError(f"ACCELERATE_DEEPSPEED_CONFIG_FILE={path} is not supported by fairalign (it writes the "
-                         f"DeepSpeed config itself): set zero_stage in the accelerate config instead")
-    gas = (env.get("ACCELERATE_GRADIENT_ACCUMULATION_STEPS") or "1").strip()
-    if gas != "1":
-        raise ValueError(f"ACCELERATE_GRADIENT_ACCUMULATION_STEPS={gas} is not supported by fairalign (it "
-                         f"accumulates algo.micro_batch_size micro-batches itself): set gradient_accumulation_steps: 1")
-    clip = (env.get("ACCELERATE_GRADIENT_CLIPPING") or "none").strip().lower()
-    if clip != "none":
-        raise ValueError(f"ACCELERATE_GRADIENT_CLIPPING={clip} is not supported by fairalign: remove "
-                         f"gradient_clipping from the accelerate config and set optim.grad_clip")
-    precision = (env.get("ACCELERATE_MIXED_PRECISION") or "no").strip().lower()
-    if precision != "no":
-        raise ValueError(f"ACCELERATE_MIXED_PRECISION={precision} is not supported by fairalign's DeepSpeed mode: "
-                         f"set mixed_precision: 'no' (fairalign's precision=bf16 sets autocast itself)")
-    return {"zero_stage": int(stage)}
+from fairalign.dist.base import Dist
+from fairalign.errors import ConfigError
 
 
 def import_deepspeed():
     try:
         import deepspeed
     except ImportError:
-        raise ValueError("dist_strategy=deepspeed needs the deepspeed package: pip install "
+        raise ConfigError("dist_strategy=deepspeed needs the deepspeed package: pip install "
                          "'fairalign[deepspeed]'") from None
     return deepspeed
 
@@ -118,7 +86,10 @@ class ZeroOptimizer:
     def grad_norm(self, max_norm: float) -> torch.Tensor:
         """Global L2 norm of the accumulated gradients (NaN if not finite); the next `step` clips
         them to `max_norm` (no clipping when it is inf). A collective."""
-        from deepspeed.runtime.utils import combine_grad_norm_groups, is_invalid_grad_norm
+        from deepspeed.runtime.utils import (
+            combine_grad_norm_groups,
+            is_invalid_grad_norm,
+        )
 
         self.zero.clip_grad = max_norm if max_norm != float("inf") else 0.0  # what its step clips to (internal)
         if hasattr(self.zero, "_get_norm_groups"):                 # ZeRO-3 (internal)
@@ -226,3 +197,64 @@ def initialize(model, optimizer, zero_stage: int, world: int) -> ZeroOptimizer:
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
     model.train(training)
     return ZeroOptimizer(engine, optimizer, groups, world)
+
+
+class DeepSpeedDist(Dist):
+    """`deepspeed` with several processes: ZeRO-2 or ZeRO-3 through `deepspeed.initialize`
+    (this file); the model is handed over in `prepare_optimizer`."""
+
+    def __init__(self, rank: int, world: int, options: dict | None = None):
+        super().__init__(rank, world, "deepspeed", options)
+        self.zero_stage = int(self.options.get("zero_stage", 2))
+        self.zero = None  # the ZeroOptimizer that prepare_optimizer returned
+
+    @property
+    def all_ranks(self) -> Callable[[bool], bool]:
+        return self.all_true if self.zero_stage == 3 else bool  # ZeRO-3: forwards gather weights (collectives)
+
+    def _engine(self):
+        if self.zero is None:
+            raise RuntimeError("DeepSpeedDist: call prepare_optimizer before training or saving")
+        return self.zero
+
+    def prepare_model(self, model):
+        """The model itself (the reference stays a replica; `prepare_optimizer` hands the policy over)."""
+        if hasattr(model, "peft_config"):
+            raise ConfigError("lora.enabled=true is not supported with DeepSpeed (dist_strategy=deepspeed): use DDP "
+                             "(dist_strategy=ddp) for LoRA runs")
+        return model
+
+    def prepare_optimizer(self, model, optimizer):
+        """`deepspeed.initialize` on the model and its AdamW; returns the ZeroOptimizer that the trainer
+        then uses as its optimizer (build the LR scheduler on the AdamW first: DeepSpeed keeps its
+        param-group dicts)."""
+
+        self.zero = initialize(model, optimizer, self.zero_stage, self.world)
+        return self.zero
+
+    def for_training(self, model):
+        return self._engine().engine
+
+    def full_model_state(self, model) -> dict:
+        return self._engine().full_model_state(model)
+
+    def full_optimizer_state(self, model, optimizer) -> dict:
+        return self._engine().full_optimizer_state()
+
+    def load_optimizer_state(self, model, optimizer, state: dict) -> None:
+        self._engine().load_full_optimizer_state(state)
+
+    @property
+    def backward_scale(self) -> int:
+        return self.world  # DeepSpeed averages over ranks: the loss is multiplied by the world size
+
+    def backward(self, loss: torch.Tensor, model, sync: bool = True) -> None:
+        """Through the engine; `sync` marks the accumulation boundary."""
+        self._engine().backward(loss, sync)
+
+    def sync_gradients(self, model) -> None:
+        """Nothing to do: DeepSpeed reduced the gradients in backward."""
+
+    def clip_grad_norm(self, params, max_norm: float) -> torch.Tensor:
+        """The global norm now; the clipping happens inside the next optimizer step (the same formula)."""
+        return self._engine().grad_norm(max_norm)

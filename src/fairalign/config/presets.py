@@ -2,8 +2,9 @@
 
 Each algorithm preset is the published recipe's *loss-side* settings; rollout sizes and the model
 stay the defaults. Every loss preset reuses each rollout batch for at least two optimizer steps
-(the default `algo.minibatches=2`, DESIGN §1.5b), so the importance ratio leaves 1 and the losses
-really differ (tests/test_offpolicy_defaults.py checks every preset). Task presets (`rlpa-smollm2-cpu`) are whole documented configs. Rollout-side parts of a recipe are included
+(the default `algo.minibatches=2`, docs/training.md), so the importance ratio leaves 1 and the
+losses really differ (tests/test_offpolicy_defaults.py checks every preset). Task presets
+(`rlpa-smollm2-cpu`) are whole documented configs. Rollout-side parts of a recipe are included
 when fairalign has them as options (DAPO's dynamic sampling, overlong penalty and truncation mask:
 rollout.* keys, docs/algorithms.md).
 """
@@ -57,7 +58,7 @@ def preset_names() -> list[str]:
 
 def get_preset(name: str) -> dict:
     if name not in PRESETS:
-        from fairalign.train.config import ConfigError
+        from fairalign.errors import ConfigError
 
         raise ConfigError(f"unknown preset '{name}'; known presets: {', '.join(preset_names())}")
     return copy.deepcopy(PRESETS[name])

@@ -11,8 +11,8 @@ import shutil
 import time
 from pathlib import Path
 
-from fairalign.train.config import build_config
-from fairalign.train.presets import get_preset, merge
+from fairalign.config import build_config
+from fairalign.config.presets import get_preset, merge
 
 # Sized to finish in under 15 minutes on 2 CPU cores (see README for the measured numbers; 20 steps took
 # 15 min 58 s on 2026-12-01 at ~44 s/step, the same speed as the code before the four-stage trainer).
@@ -41,8 +41,9 @@ def run_demo(overrides: list[str] | None = None, console=None) -> dict:
     from rich.console import Console
     from rich.table import Table
 
-    from fairalign.train.evaluate import evaluate_policy
-    from fairalign.train.plots import make_plots
+    from fairalign.eval.run import evaluate_policy
+    from fairalign.report import write_report
+    from fairalign.report.run_plots import make_plots
     from fairalign.train.trainer import Trainer
 
     console = console or Console()
@@ -92,7 +93,5 @@ def run_demo(overrides: list[str] | None = None, console=None) -> dict:
     console.print(table)
     console.print(f"wrote {run_dir}/summary.json, metrics.jsonl, samples.jsonl and plots: "
                   f"{', '.join(p.name for p in plots)}")
-    from fairalign.report import write_report
-
     console.print(f"wrote {write_report(run_dir)} (open it in a browser)")
     return summary

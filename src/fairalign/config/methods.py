@@ -23,9 +23,15 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from fairalign.algos import (ESTIMATOR_REGISTRY, POLICY_LOSS_REGISTRY, build_estimator, compute_policy_loss)
+from fairalign.algos import (
+    ESTIMATOR_REGISTRY,
+    POLICY_LOSS_REGISTRY,
+    build_estimator,
+    compute_policy_loss,
+)
 from fairalign.algos.estimators import AdvantageEstimator
-from fairalign.train.config import AlgoConfig, ConfigError
+from fairalign.config.schema import AlgoConfig
+from fairalign.errors import ConfigError
 from fairalign.userspec import is_user_spec, load_callable
 
 _ALGO_FIELDS = {f.name for f in dataclasses.fields(AlgoConfig)}

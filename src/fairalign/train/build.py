@@ -1,0 +1,187 @@
+"""From a config to the parts a run is made of: seeding, the run directory and the checkpoint to resume,
+the policy (model + LoRA + the strategy's wrapping, its engine), the optimizer and schedule, the training
+prompts that fit the context. The trainer (trainer.py) calls these in order; nothing here trains.
+
+Simplifications, on purpose:
+- The policy stays in eval mode (dropout off) for generation *and* updates, so the behaviour log-probs
+  equal the first update's own forward.
+- Training prompts too long for the context are handled once, at the start (`on_long_prompt`): an error
+  naming the first one, or dropped and counted; the task itself is left as it is.
+"""
+from __future__ import annotations
+
+import math
+import os
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fairalign.config import Config
+from fairalign.dist import Dist
+from fairalign.errors import ConfigError
+from fairalign.models import load_trained, resolve_device
+from fairalign.rollout import HFGenerationEngine
+from fairalign.train import checkpoint as ckpt
+from fairalign.train.policy import Policy
+from fairalign.train.run_lock import RunLock
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def set_threads(cfg: Config) -> None:
+    """torch's CPU threads (`threads`), and DeepSpeed's accelerator named on a CPU-only machine:
+    transformers' save_pretrained imports deepspeed when it is installed, and its auto-detection would
+    print a WARNING for the CPU it finds anyway."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
+def open_run_dir(run_dir: Path, dist: Dist, resume: bool) -> tuple[RunLock | None, int, Path | None]:
+    """Create the run directory and take its lock (rank 0: one live run per directory; a killed run's
+    lock is released by the OS). With `resume`: the newest checkpoint that verifies, as (step, path).
+    Returns (lock, step, checkpoint path or None)."""
+    lock = None
+    if dist.is_main:
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"output_dir '{run_dir}' cannot be created: {e.strerror or e}") from None
+        lock = RunLock(run_dir)
+    if not resume:
+        return lock, 0, None
+    if not ckpt.list_checkpoints(run_dir):
+        raise ConfigError(f"--resume: no complete checkpoint under '{run_dir / 'checkpoints'}'")
+    found = ckpt.newest_valid_checkpoint(
+        run_dir, report=lambda msg: dist.is_main and print(f"fairalign: {msg}", file=sys.stderr))
+    if found is None:
+        raise ConfigError(f"--resume: no checkpoint under '{run_dir / 'checkpoints'}' verifies (each has a damaged "
+                          f"or missing file, named above); start a new run")
+    step, path = found
+    return lock, step, path
+
+
+def lora_config(cfg: Config):
+    """The peft LoraConfig of `lora.*`."""
+    import peft
+
+    lc = cfg.lora
+    targets = lc.target_modules if lc.target_modules == "all-linear" else \
+        [t.strip() for t in lc.target_modules.split(",")]
+    return peft.LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=targets,
+                           task_type="CAUSAL_LM")
+
+
+def load_model(cfg: Config, checkpoint: Path | None):
+    """(model, tokenizer) to train: the configured model, with a new LoRA adapter (lora.enabled), or the
+    checkpoint's weights / adapter when resuming."""
+    weights = None if checkpoint is None else checkpoint / "model"
+    if cfg.lora.enabled:
+        try:
+            import peft
+        except ImportError:
+            raise ConfigError("lora.enabled=true needs peft: pip install 'fairalign[lora]'") from None
+    try:
+        model, tok = load_trained(cfg.model, weights, adapter=cfg.lora.enabled, trainable=True,
+                                  trust_remote_code=cfg.trust_remote_code, allow_download=cfg.allow_download)
+    except ConfigError as e:
+        if checkpoint is None or "do not fit" not in str(e):
+            raise
+        raise ConfigError(f"--resume: checkpoint '{checkpoint}' does not match model '{cfg.model}'") from None
+    if cfg.lora.enabled and checkpoint is None:
+        model = peft.get_peft_model(model, lora_config(cfg))
+    return model, tok
+
+
+def make_engine(cfg: Config, model, tokenizer, task, dist: Dist):
+    """The generation engine `rollout.engine` names, over the policy's weights."""
+    r = cfg.rollout
+    if r.engine == "vllm":
+        from fairalign.rollout.vllm_engine import make_vllm_engine
+
+        return make_vllm_engine(model, tokenizer, r, precision=cfg.precision, seed=cfg.seed,
+                                trust_remote_code=cfg.trust_remote_code, world_size=dist.world,
+                                completion_prefix=task.completion_prefix)
+    return HFGenerationEngine(model, tokenizer, max_new_tokens=r.max_new_tokens, temperature=r.temperature,
+                              top_p=r.top_p, chat_template=r.chat_template, completion_prefix=task.completion_prefix,
+                              all_ranks=dist.all_ranks)
+
+
+def build_policy(cfg: Config, dist: Dist, task, checkpoint: Path | None) -> Policy:
+    """The policy on its device, in eval mode, wrapped by the strategy (FSDP2: sharded in place, before
+    the optimizer exists), with its generation engine."""
+    device = resolve_device(cfg.device)
+    model, tokenizer = load_model(cfg, checkpoint)
+    model.to(device)
+    model.eval()
+    model = dist.prepare_model(model)
+    engine = make_engine(cfg, model, tokenizer, task, dist)
+    t = cfg.rollout.temperature
+    return Policy(model=model, tokenizer=tokenizer, engine=engine, dist=dist, device=device,
+                  precision=cfg.precision, logp_temperature=t if t > 0 else 1.0)
+
+
+def lr_lambda(schedule: str, warmup: int, total: int):
+    """Learning-rate multiplier per optimizer step: linear warmup, then constant / linear / cosine decay."""
+    def f(i: int) -> float:
+        if warmup and i < warmup:
+            return (i + 1) / warmup
+        if schedule == "constant":
+            return 1.0
+        progress = min(1.0, (i - warmup) / max(1, total - warmup))
+        if schedule == "linear":
+            return 1.0 - progress
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    return f
+
+
+def adamw(params, lr: float, cfg: Config) -> torch.optim.AdamW:
+    """AdamW with optim.betas and optim.weight_decay at learning rate `lr` (the policy's, the critic's or
+    the warm-up's)."""
+    return torch.optim.AdamW(params, lr=lr, betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay)
+
+
+def lr_schedule(optimizer, cfg: Config) -> torch.optim.lr_scheduler.LambdaLR:
+    """optim.schedule with optim.warmup_steps over the run's optimizer steps (steps x epochs x minibatches)."""
+    total = cfg.steps * cfg.algo.ppo_epochs * cfg.algo.minibatches
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.optim.schedule, cfg.optim.warmup_steps, total))
+
+
+def training_examples(cfg: Config, task, policy: Policy) -> tuple[list[dict], int]:
+    """The task's training examples whose prompts leave room for the response (`max_prompt_tokens`, or the
+    model's context − rollout.max_new_tokens) under `on_long_prompt`: (examples kept, number dropped)."""
+    limit = cfg.max_prompt_tokens
+    if limit <= 0:
+        context = getattr(getattr(policy.model, "config", None), "max_position_embeddings", None) or 10**9
+        limit = context - cfg.rollout.max_new_tokens
+    if limit <= 0:
+        raise ConfigError(f"rollout.max_new_tokens ({cfg.rollout.max_new_tokens}) leaves no room for a prompt "
+                          f"in the model's context")
+    examples = task.train_examples
+    lengths = []
+    for s in range(0, len(examples), 256):
+        texts, templated = policy.engine.render_prompts([ex["prompt"] for ex in examples[s:s + 256]])
+        ids = policy.tokenizer(texts, add_special_tokens=not templated)["input_ids"]
+        lengths += [len(x) for x in ids]
+    too_long = [i for i, n in enumerate(lengths) if n > limit]
+    if not too_long:
+        return list(examples), 0
+    if cfg.on_long_prompt == "error":
+        i = too_long[0]
+        where = task.train_sources[i] if task.train_sources else f"task '{task.name}': training example {i}"
+        raise ConfigError(f"{where}: prompt has {lengths[i]} tokens, more than the {limit} allowed "
+                          f"({len(too_long)} such prompts; set on_long_prompt=skip to drop them or raise "
+                          f"max_prompt_tokens)")
+    drop = set(too_long)
+    kept = [ex for i, ex in enumerate(examples) if i not in drop]
+    if not kept:
+        raise ConfigError(f"every training prompt is longer than {limit} tokens")
+    return kept, len(too_long)

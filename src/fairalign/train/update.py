@@ -1,0 +1,186 @@
+"""Stage 4 of a step: ppo_epochs x minibatches optimizer steps of the policy loss (+ beta·KL, + the critic's
+value loss) on one rollout batch, each minibatch in micro-batches. Returns the update metrics and the
+streak of skipped updates; it never writes files or stops the run (the trainer decides).
+
+Memory settings never change the algorithm:
+- a minibatch is a set of rows drawn as a permutation of the *global* batch with the same generator on
+  every rank (each rank keeps the rows it holds), so minibatches do not depend on the process count;
+- every normalizer (tokens, sequences) and every whole-minibatch statistic a loss declares (FSPO
+  drift="kl": the token-mean log ratio) is summed over all micro-batches and ranks;
+- a rank with fewer micro-batches runs zero-weighted placeholder passes so collectives stay matched.
+Simplifications, on purpose:
+- A loss's whole-minibatch statistics cost one extra no-grad forward over the minibatch, except on the
+  exactly on-policy first update (where ℓ ≡ 0).
+- A non-finite forward, loss or gradient skips that optimizer step on every rank; the streak of skips is
+  returned, and the update stops early (`halted`) once it reaches `max_skipped_updates`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from fairalign.algos import BATCH_STATISTICS, aggregate, kl_penalty
+from fairalign.train.policy import Policy
+from fairalign.train.update_stats import UpdateStats
+
+
+@dataclass
+class UpdateResult:
+    metrics: dict        # the step's update metrics, reduced over ranks
+    skip_streak: int     # consecutive skipped optimizer steps, carried over steps
+    halted: bool = False  # the streak reached max_skipped_updates: the run must stop
+
+
+class PolicyUpdate:
+    """The update of one rollout batch; built once per run from the policy, its optimizer and the loss."""
+
+    def __init__(self, policy: Policy, optimizer, scheduler, loss, critic, cfg):
+        self.policy, self.optimizer, self.scheduler = policy, optimizer, scheduler
+        self.loss, self.critic, self.cfg = loss, critic, cfg
+
+    # ------------------------------------------------------------------ rows
+    def minibatches(self, B: int, gen: torch.Generator) -> list[torch.Tensor]:
+        """This rank's rows of each global minibatch (sorted)."""
+        d, a = self.policy.dist, self.cfg.algo
+        sizes = [B] if d.world == 1 else d.all_gather_objects(B)
+        offset, total = sum(sizes[:d.rank]), sum(sizes)
+        order = torch.randperm(total, generator=gen) if a.minibatches > 1 else torch.arange(total)
+        out = []
+        for mb in torch.tensor_split(order, a.minibatches):
+            mine = mb[(mb >= offset) & (mb < offset + B)] - offset
+            out.append(mine.sort().values)
+        return out
+
+    def micro_batches(self, mb: torch.Tensor, micro: int) -> list[torch.Tensor | None]:
+        """The minibatch's micro-batches; None = a placeholder, so every rank runs as many forward /
+        backward passes as the rank with the most (sharded models need matching collectives)."""
+        mics: list = list(torch.split(mb, micro)) if len(mb) else []
+        if self.policy.dist.world > 1:
+            n = int(self.policy.dist.max_metric(float(len(mics))))
+            mics += [None] * (n - len(mics))
+        return mics
+
+    @staticmethod
+    def weighted(batch, rows: torch.Tensor, r_mask: torch.Tensor) -> torch.Tensor:
+        """The response mask [b, R'] of `rows` without the rows that have no loss weight (train_mask)."""
+        if batch.train_mask is None:
+            return r_mask
+        return r_mask & batch.train_mask[rows.to(batch.train_mask.device)].to(r_mask.device)[:, None]
+
+    @torch.no_grad()
+    def batch_stats(self, batch, mics: list, on_policy: bool) -> dict:
+        """The whole-minibatch statistics the loss declared, summed over every micro-batch and rank."""
+        if not self.loss.batch_stats:
+            return {}
+        if on_policy:  # nothing updated yet: ℓ ≡ 0
+            return {name: 0.0 for name in self.loss.batch_stats}
+        pol = self.policy
+        sums = {name: [0.0, 0.0] for name in self.loss.batch_stats}
+        for mic in mics:
+            rows = torch.zeros(1, dtype=torch.long) if mic is None else mic
+            logp, _, r_mask, rlen = pol.forward(pol.model, batch, rows, with_entropy=False)
+            if mic is None:
+                continue  # placeholder forward: counts nothing
+            ell = logp - batch.old_logp[mic.to(pol.device), :rlen].to(logp.device)  # [b, R']
+            r_mask = self.weighted(batch, mic, r_mask.to(logp.device))
+            for name in sums:
+                num, den = BATCH_STATISTICS[name](ell, r_mask)
+                sums[name][0] += float(num)
+                sums[name][1] += float(den)
+        out = {}
+        for name, (num, den) in sums.items():
+            num, den = pol.dist.sum_metric(num), pol.dist.sum_metric(den)
+            out[name] = num / den if den > 0 else 0.0
+        return out
+
+    # ------------------------------------------------------------------ the update
+    def __call__(self, batch, micro: int, step: int, skip_streak: int) -> UpdateResult:
+        """Update on `batch` (step number `step`, 1-based), `micro` rows per forward."""
+        cfg, a, pol, d = self.cfg, self.cfg.algo, self.policy, self.policy.dist
+        gen = torch.Generator().manual_seed(cfg.seed * 7919 + step - 1)
+        params = pol.parameters()
+        stats = UpdateStats()
+        w = batch.train_mask  # [B] bool or None: rows with loss weight (the others count in no normalizer)
+        for epoch in range(a.ppo_epochs):
+            for mb in self.minibatches(len(batch), gen):  # mb: [b] this rank's rows of the minibatch
+                on_policy = stats.updates + stats.skipped == 0  # no optimizer step on this batch yet: ratio ≡ 1
+                weighted = batch.response_mask[mb] if w is None else batch.response_mask[mb] & w[mb, None]
+                mb_tokens = d.sum_metric(float(weighted.sum()))  # global normalizers
+                mb_seqs = d.sum_metric(float(len(mb) if w is None else w[mb].sum()))
+                if mb_tokens == 0:  # no row of this minibatch has loss weight, on any rank: no update
+                    continue
+                mics = self.micro_batches(mb, micro)
+                norms = {"on_policy": on_policy, "global_tokens": mb_tokens, "global_seqs": mb_seqs}
+                mb_loss = self._accumulate(batch, mics, epoch, stats, norms, self.batch_stats(batch, mics, on_policy))
+                mb_loss = d.sum_metric(mb_loss)  # global: every rank makes the same skip decision
+                d.sync_gradients(pol.model)
+                gn = d.clip_grad_norm(params, cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf"))
+                critic_gn = self.critic.finish_minibatch(cfg.optim.grad_clip)
+                if not (math.isfinite(mb_loss) and torch.isfinite(gn) and torch.isfinite(critic_gn)):
+                    stats.skipped += 1
+                    skip_streak += 1
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self.critic.zero_grad()
+                    if skip_streak >= cfg.max_skipped_updates:
+                        return UpdateResult({}, skip_streak, halted=True)
+                    continue
+                skip_streak = 0
+                stats.loss += mb_loss
+                stats.updates += 1
+                stats.off_policy_updates += int(not on_policy)
+                stats.grad_norms.append(float(gn))
+                self.optimizer.step()
+                self.scheduler.step()
+                self.critic.step()
+        metrics = stats.finish(d, cfg.log.length_bins, with_kl=batch.ref_logp is not None,
+                               with_mismatch=batch.engine_logp is not None)
+        return UpdateResult(metrics, skip_streak)
+
+    def _accumulate(self, batch, mics: list, epoch: int, stats: UpdateStats, norms: dict, batch_stats: dict) -> float:
+        """Forward + backward of every micro-batch of one minibatch (gradients accumulate); the summed loss
+        (NaN when a forward was not finite)."""
+        a, pol, d = self.cfg.algo, self.policy, self.policy.dist
+        mb_tokens, mb_seqs, on_policy = norms["global_tokens"], norms["global_seqs"], norms["on_policy"]
+        self.optimizer.zero_grad(set_to_none=True)
+        self.critic.zero_grad()
+        mb_loss = 0.0
+        for k_mic, mic in enumerate(mics):
+            last = k_mic == len(mics) - 1  # FSDP2: reduce once, on the last micro-batch
+            model = d.for_training(pol.model)
+            if mic is None:  # placeholder: a zero-weighted pass keeps the ranks' collectives matched
+                logp, _, _, _ = pol.forward(model, batch, torch.zeros(1, dtype=torch.long), with_entropy=False)
+                d.backward(logp.sum() * 0.0, pol.model, sync=last)
+                self.critic.own_pass(batch, None, sync=last)
+                continue
+            rows = mic.to(pol.device)
+            logp, ent, r_mask, rlen, *hidden = pol.forward(model, batch, mic, with_entropy=True,
+                                                           with_hidden=self.critic.reads_policy_hidden)
+            r_mask = self.weighted(batch, mic, r_mask.to(logp.device))  # [b, R']
+            old = logp.detach() if batch.old_logp is None else batch.old_logp[rows, :rlen]  # [b, R']
+            if not bool(torch.isfinite(logp[r_mask]).all() & torch.isfinite(old[r_mask]).all()):
+                # a numerical fault of the forward pass, not bad input: this optimizer step is skipped
+                # (every rank still runs its backward so collectives stay matched)
+                d.backward(torch.nan_to_num(logp).sum() * 0.0, pol.model, sync=last)
+                self.critic.own_pass(batch, None, sync=last)
+                mb_loss = float("nan")
+                continue
+            if batch.engine_logp is not None and epoch == 0:  # |engine − training-model| log-probs
+                stats.add_mismatch((batch.engine_logp[rows, :rlen].to(old.device) - old).abs()[r_mask])
+            adv = batch.advantages[rows]  # [b] or [b, R]
+            adv = adv[:, :rlen] if adv.dim() == 2 else adv  # token advantages: [b, R']
+            loss, loss_stats = self.loss(logp, old, adv, r_mask, global_tokens=mb_tokens,
+                                         global_seqs=mb_seqs, batch_stats=batch_stats)
+            kl = None
+            if batch.ref_logp is not None:
+                kl = kl_penalty(logp, batch.ref_logp[rows, :rlen], kind=a.kl)  # [b, R']
+                loss = loss + a.beta * aggregate(kl, r_mask, a.agg, horizon=self.loss.horizon,
+                                                 global_tokens=mb_tokens, global_seqs=mb_seqs)
+            # the critic: a value head's loss joins this backward (shared trunk); a value model runs its own
+            term = self.critic.policy_loss_term(batch, mic, *hidden, r_mask=r_mask, rlen=rlen, **norms)
+            d.backward(loss if term is None else loss + term, pol.model, sync=last)
+            self.critic.own_pass(batch, mic, sync=last, r_mask=r_mask, rlen=rlen, **norms)
+            mb_loss += float(loss.detach())
+            stats.add(loss_stats, r_mask, ent, adv, off_policy=not on_policy, kl=kl)
+        return mb_loss
