@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from fairalign.algos import (AGG_MODES, POLICY_LOSSES, ADVANTAGE_ESTIMATORS,
+from fairalign.algos import (AGG_MODES, ESTIMATOR_REGISTRY, POLICY_LOSS_REGISTRY,
                              PreferenceGroupNormalizer, aggregate, compute_advantages,
                              compute_policy_loss, kl_penalty)
 
@@ -75,7 +75,7 @@ def main() -> None:
     print("| component | forward ms | forward+backward ms | fwd+bwd response tokens/s |")
     print("|---|---:|---:|---:|")
 
-    for name in POLICY_LOSSES:
+    for name in POLICY_LOSS_REGISTRY:
         agg = "seq-mean-token-mean" if name in ("gspo", "fspo") else "token-mean"
         logp = logp0.clone().requires_grad_()
 
@@ -107,7 +107,7 @@ def main() -> None:
 
     print("\n| advantages on N rewards | ms |")
     print("|---|---:|")
-    for name in ADVANTAGE_ESTIMATORS:
+    for name in (n for n, s in ESTIMATOR_REGISTRY.items() if not s.requires):
         ms = timed(lambda: compute_advantages(name, rewards, index), dev, args.repeats)
         print(f"| `{name}` (N={B}) | {ms:.2f} |")
     pref_t = (torch.arange(B) % args.pref_groups).to(dev)

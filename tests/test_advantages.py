@@ -9,7 +9,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fairalign.algos import ADVANTAGE_ESTIMATORS, compute_advantages
+from fairalign.algos import compute_advantages, grpo
+
+STATELESS = ("grpo", "dr_grpo", "rloo", "reinforce_pp_baseline")  # estimators that are a function of one batch
 
 SETTINGS = settings(max_examples=60, deadline=None)
 EPS = 1e-6
@@ -84,7 +86,7 @@ def ref_estimator(name, rewards, index):
 
 
 @SETTINGS
-@given(name=st.sampled_from(sorted(ADVANTAGE_ESTIMATORS)),
+@given(name=st.sampled_from(sorted(STATELESS)),
        data=st.lists(st.tuples(st.floats(-10, 10, allow_nan=False, width=32), st.integers(-3, 5)),
                      min_size=1, max_size=25))
 def test_estimators_match_loop_reference(name, data):
@@ -96,7 +98,7 @@ def test_estimators_match_loop_reference(name, data):
 
 
 @SETTINGS
-@given(seed=st.integers(0, 1000), name=st.sampled_from(sorted(ADVANTAGE_ESTIMATORS)))
+@given(seed=st.integers(0, 1000), name=st.sampled_from(sorted(STATELESS)))
 def test_permutation_equivariance(seed, name):
     g = torch.Generator().manual_seed(seed)
     r = torch.randn(24, generator=g, dtype=torch.float64)
@@ -118,7 +120,7 @@ def test_group_mean_is_zero_for_centered_estimators():
 
 
 def test_empty_input_and_dtype():
-    for name in ADVANTAGE_ESTIMATORS:
+    for name in STATELESS:
         out = compute_advantages(name, torch.zeros(0), torch.zeros(0, dtype=torch.long))
         assert out.shape == (0,)
     adv = compute_advantages("grpo", torch.tensor([1.0, 2.0], dtype=torch.bfloat16),
@@ -141,9 +143,21 @@ def test_validation():
         compute_advantages("dr_grpo", r[None], idx[None])
     with pytest.raises(ValueError, match="rewards must be a floating"):
         compute_advantages("grpo", torch.tensor([1, 2]), idx)
-    with pytest.raises(ValueError, match="unknown argument"):
+    with pytest.raises(ValueError, match="unknown hyperparameter.*'rloo'"):
         compute_advantages("rloo", r, idx, eps=1e-3)
+    with pytest.raises(ValueError, match="per-token inputs.*build_estimator"):
+        compute_advantages("gae", r, idx)
     with pytest.raises(ValueError, match="eps"):
-        compute_advantages("grpo", r, idx, eps=0.0)
-    assert compute_advantages("grpo", r, idx, eps=1.0).tolist() == pytest.approx(
+        grpo(r, idx, eps=0.0)
+    assert grpo(r, idx, eps=1.0).tolist() == pytest.approx(
         [-0.5 / (math.sqrt(0.5) + 1), 0.5 / (math.sqrt(0.5) + 1)])
+
+
+def test_compute_advantages_is_the_registered_estimator():
+    """One API: compute_advantages builds the registered estimator; P-GRPO with no history is GRPO (cold start),
+    and its hyperparameters are passed by keyword."""
+    r = torch.tensor([1.0, 0.0, 0.5, 0.5, 2.0, 0.0])
+    idx = torch.tensor([0, 0, 1, 1, 2, 2])
+    assert torch.equal(compute_advantages("pgrpo", r, idx, groups=list("aabbcc")), compute_advantages("grpo", r, idx))
+    with pytest.raises(ValueError, match="unknown hyperparameter"):
+        compute_advantages("pgrpo", r, idx, nope=1)

@@ -42,7 +42,9 @@ def test_every_field_has_a_doc_line():
     ("optim.lr=-1", "'optim.lr' must be > 0"),
     ("optim.lr=abc", "'optim.lr' expects a number"),
     ("rollout.generations=1", "must be >= 2 for the group estimator"),
-    ("algo.c_low=0", "'algo.c_low' must be > 0"),
+    ("algo.loss=fspo algo.c_low=0", "'algo.c_low' must be > 0"),
+    ("algo.loss=fspo algo.drift=up", "'algo.drift' has unknown value 'up'"),
+    ("algo.clip_low=1.5", "'algo.clip_low' must be < 1"),
     ("algo.dual_clip=1", "'algo.dual_clip' must be > 1"),
     ("rollout.max_new_tokens=0", "'rollout.max_new_tokens' must be > 0"),
     ("rollout.top_p=1.5", "'rollout.top_p' must be in (0, 1]"),
@@ -52,7 +54,7 @@ def test_every_field_has_a_doc_line():
 ])
 def test_bad_values_give_one_line_errors(override, fragment):
     with pytest.raises(ConfigError) as e:
-        build_config({}, [override])
+        build_config({}, override.split())
     msg = str(e.value)
     assert fragment in msg
     assert "\n" not in msg

@@ -65,7 +65,7 @@ finally:
     if _placeholder:
         del sys.modules["ray"]
 
-from fairalign.algos import POLICY_LOSSES, PreferenceGroupNormalizer, aggregate, compute_policy_loss  # noqa: E402
+from fairalign.algos import POLICY_LOSS_REGISTRY, PreferenceGroupNormalizer, aggregate, compute_policy_loss  # noqa: E402
 from fairalign.diagnostics import clip_rate_metrics  # noqa: E402
 
 VERL_DIR = Path(verl.__file__).parent
@@ -222,7 +222,7 @@ def test_fspo_every_verl_agg_mode_and_rollout_weights(actor_config, mode):
     adv = seq_adv[:, None] * mask
     loss, _ = fn(old_log_prob=old, log_prob=logp, advantages=adv, response_mask=mask, loss_agg_mode=mode,
                  config=actor_config, rollout_is_weights=None)
-    loss_mat, _ = POLICY_LOSSES["fspo"](logp, old, seq_adv, mask, c_low=0.02, c_high=0.03)
+    loss_mat, _ = POLICY_LOSS_REGISTRY["fspo"].fn(logp, old, seq_adv, mask, c_low=0.02, c_high=0.03)
     ref = (loss_mat * mask).sum() if mode == "token-sum" else aggregate(loss_mat, mask, mode)
     assert math.isclose(loss.item(), ref.item(), rel_tol=1e-5, abs_tol=1e-7)
     w = torch.rand(mask.shape, generator=torch.Generator().manual_seed(5)) + 0.5

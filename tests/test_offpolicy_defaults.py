@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from fairalign.algos import POLICY_LOSSES
+from fairalign.algos import POLICY_LOSS_REGISTRY
 from fairalign.config import build_config
 from fairalign.config.presets import PRESETS, get_preset, merge
 from fairalign.train.trainer import Trainer
@@ -51,7 +51,7 @@ def test_clip_metrics_leave_out_the_on_policy_first_update(tmp_path):
     assert m["clip/off_policy_updates"] == 1
 
 
-@pytest.mark.parametrize("loss", sorted(POLICY_LOSSES))
+@pytest.mark.parametrize("loss", sorted(POLICY_LOSS_REGISTRY))
 def test_clip_rates_count_sequences_for_every_loss(tmp_path, loss):
     """The per-bin counts are sequences (not tokens) whatever the loss's clip granularity, and the
     clipped counts are at most the sequence counts."""

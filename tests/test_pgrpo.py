@@ -30,7 +30,7 @@ def test_hand_computed_two_steps():
     # a: mean 2 std 1; b: mean 3 std 1; c unseen -> GRPO over prompt group (3, 4)
     assert adv2.tolist() == pytest.approx([-1 / (1 + EPS), -1 / (1 + EPS), 1 / (1 + EPS),
                                            0.5 / (math.sqrt(0.5) + EPS)], rel=1e-6)
-    assert norm.last_pgrpo_frac == 0.75
+    assert norm.last_history_frac == 0.75
     st_ = norm.stats()
     assert st_["a"] == pytest.approx((4, 2.0, statistics.pstdev([1, 3, 1, 3])))
     assert st_["b"] == pytest.approx((3, statistics.fmean([2, 4, 2]), statistics.pstdev([2, 4, 2])))
@@ -92,7 +92,7 @@ def test_min_count_never_reached_equals_grpo(batches):
         idx = torch.tensor([b[2] for b in batch])
         adv = norm(r, [b[1] for b in batch], idx)
         assert torch.equal(adv, compute_advantages("grpo", r, idx))
-    assert norm.last_pgrpo_frac == 0.0
+    assert norm.last_history_frac == 0.0
 
 
 @SETTINGS

@@ -9,8 +9,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fairalign.algos import (AGG_MODES, DEFAULT_HPARAMS, POLICY_LOSSES, compute_policy_loss,
-                             fspo_log_band)
+from fairalign.algos import AGG_MODES, POLICY_LOSS_REGISTRY, compute_policy_loss, fspo_log_band
+
+POLICY_LOSSES = {n: spec.fn for n, spec in POLICY_LOSS_REGISTRY.items()}  # the registered functions
+DEFAULT_HPARAMS = {n: dict(spec.hparams) for n, spec in POLICY_LOSS_REGISTRY.items()}  # their declared defaults
 
 torch.set_default_dtype(torch.float32)
 F64 = torch.float64

@@ -56,14 +56,15 @@ def test_a_hyperparameter_of_another_method_is_an_error(overrides, key):
         build_config({}, overrides)
 
 
-def test_configs_written_by_earlier_versions_still_load(tmp_path):
-    """Earlier config.yaml files list every key with its default (c_low 0.02 next to loss ppo)."""
-    old = {"algo": {"loss": "ppo", "c_low": 0.02, "c_high": 0.03, "drift": "none", "pgrpo_min_count": 8,
-                    "pgrpo_eps": 1e-6, "pgrpo_decay": None, "advantage": "grpo"}}
-    cfg = build_config(old)
-    assert cfg.algo.loss == "ppo"
-    again = build_config(load_yaml_text(tmp_path, dump_yaml(cfg)))
-    assert again == cfg
+def test_a_hyperparameter_of_another_method_is_refused_even_at_its_default(tmp_path):
+    """One rule, no exception for values equal to another method's default: a key that the chosen loss or
+    estimator does not take is an error; the config the run writes (null for unset keys) loads again."""
+    with pytest.raises(ConfigError, match="'algo.c_low' does not apply to algo.loss=ppo"):
+        build_config({"algo": {"loss": "ppo", "c_low": 0.02}})
+    with pytest.raises(ConfigError, match="'algo.pgrpo_min_count' does not apply to algo.advantage=grpo"):
+        build_config({"algo": {"advantage": "grpo", "pgrpo_min_count": 8}})
+    cfg = build_config({"algo": {"loss": "fspo", "advantage": "pgrpo", "c_low": 0.05, "pgrpo_min_count": 4}})
+    assert build_config(load_yaml_text(tmp_path, dump_yaml(cfg))) == cfg
 
 
 def load_yaml_text(tmp_path, text):

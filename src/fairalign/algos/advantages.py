@@ -16,11 +16,9 @@ Statistics are computed in float64 and returned in the rewards' dtype.
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 
-from ._validate import check_name, check_number, check_rewards_index
+from ._validate import check_number, check_rewards_index
 
 GRPO_EPS = 1e-6
 
@@ -85,28 +83,3 @@ def reinforce_pp_baseline(rewards: torch.Tensor, index: torch.Tensor,
         return torch.zeros_like(rewards)
     white = (x - x.mean()) / (x.std(unbiased=True) + eps)
     return white.to(rewards.dtype)
-
-
-ADVANTAGE_ESTIMATORS: dict[str, Callable] = {
-    "grpo": grpo,
-    "dr_grpo": dr_grpo,
-    "rloo": rloo,
-    "reinforce_pp_baseline": reinforce_pp_baseline,
-}
-
-
-def compute_advantages(name: str, rewards: torch.Tensor, index: torch.Tensor,
-                       **kwargs) -> torch.Tensor:
-    """Advantages [N] of estimator `name` (ADVANTAGE_ESTIMATORS) for rewards [N] and index [N].
-
-    kwargs: `eps` for grpo and reinforce_pp_baseline.
-    """
-    check_name(name, ADVANTAGE_ESTIMATORS, "advantage estimator")
-    check_rewards_index(rewards, index)
-    fn = ADVANTAGE_ESTIMATORS[name]
-    allowed = {"eps"} if name in ("grpo", "reinforce_pp_baseline") else set()
-    unknown = sorted(set(kwargs) - allowed)
-    if unknown:
-        raise ValueError(f"unknown argument(s) {unknown} for estimator {name!r}; "
-                         f"valid: {', '.join(sorted(allowed)) or '(none)'}")
-    return fn(rewards, index, **kwargs)

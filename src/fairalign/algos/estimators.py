@@ -38,7 +38,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from ._validate import check_name
+from ._validate import check_name, check_rewards_index
 from .advantages import dr_grpo, grpo, reinforce_pp_baseline, rloo
 from .gae import compute_gae, last_token_rewards, masked_moments, whiten_with_moments
 from .pgrpo import PreferenceGroupNormalizer
@@ -232,3 +232,17 @@ def build_estimator(name_or_obj: Any, **hparams) -> AdvantageEstimator:
         raise ValueError(f"unknown hyperparameter(s) {unknown} for estimator {name_or_obj!r}; "
                          f"valid: {', '.join(spec.hparams) or '(none)'}")
     return spec.cls(**{**spec.hparams, **hparams})
+
+
+def compute_advantages(name: str, rewards: torch.Tensor, index: torch.Tensor, groups: Sequence | None = None,
+                       **hparams) -> torch.Tensor:
+    """Advantages [N] of the registered estimator `name`, freshly built (no history), for rewards [N] and
+    prompt index [N] in one process; `groups`: the preference group of each sample (default: one group);
+    `hparams`: the estimator's own hyperparameters. An estimator that needs per-token inputs (gae) is
+    built with `build_estimator` and called with them."""
+    est = build_estimator(name, **hparams)
+    if est.requires:
+        raise ValueError(f"advantage estimator {name!r} needs the per-token inputs {list(est.requires)}: use "
+                         f"build_estimator({name!r}).advantages_and_targets(...)")
+    check_rewards_index(rewards, index)
+    return est(rewards, index, ["all"] * len(rewards) if groups is None else groups, LOCAL)

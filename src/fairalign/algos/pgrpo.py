@@ -210,10 +210,6 @@ class PreferenceGroupNormalizer:
         self._slot = {k: i for i, k in enumerate(keys)}
         self._n, self._mean, self._m2 = (c.clone() for c in cols)
 
-    @property
-    def last_pgrpo_frac(self) -> float:  # the name before `last_history_frac`
-        return self.last_history_frac
-
     def __repr__(self) -> str:
         return (f"PreferenceGroupNormalizer(min_count={self.min_count}, eps={self.eps}, "
                 f"decay={self.decay}, min_std={self.min_std}, groups={self.group_count})")

@@ -19,7 +19,7 @@ report a sequence as clipped if any of its tokens is.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -33,9 +33,26 @@ from .registry import POLICY_LOSS_REGISTRY, register_policy_loss
 FSPO_DRIFTS = ("none", "kl")
 
 
-def _check_clip(clip_low: Any, clip_high: Any, dual_clip: Any, *, low_optional=False) -> None:
-    check_number(clip_low, "clip_low", low=0.0, allow_none=low_optional)
+def _check_clip(clip_low: Any, clip_high: Any, dual_clip: Any) -> None:
+    check_number(clip_low, "clip_low", low=0.0)
+    if clip_low >= 1:
+        raise ValueError(f"clip_low must be < 1 (the ratio's lower bound 1 − clip_low > 0), got {clip_low!r}")
     check_number(clip_high, "clip_high", low=0.0)
+    check_dual_clip(dual_clip)
+
+
+def _check_cispo(clip_low: Any, clip_high: Any, dual_clip: Any) -> None:
+    if clip_low is not None:
+        _check_clip(clip_low, clip_high, dual_clip)
+    check_number(clip_high, "clip_high", low=0.0)
+    check_dual_clip(dual_clip)
+
+
+def _check_fspo(c_low: Any, c_high: Any, drift: Any, dual_clip: Any) -> None:
+    check_number(c_low, "c_low", low=0.0, low_open=True)
+    check_number(c_high, "c_high", low=0.0, low_open=True)
+    if drift not in FSPO_DRIFTS:
+        raise ValueError(f"drift has unknown value {drift!r}; allowed: {', '.join(FSPO_DRIFTS)}")
     check_dual_clip(dual_clip)
 
 
@@ -79,7 +96,7 @@ def _finish(loss, m):
     return torch.where(m, loss, torch.zeros((), dtype=loss.dtype, device=loss.device))
 
 
-@register_policy_loss("ppo", clip_low=0.2, clip_high=0.2, dual_clip=None)  # DAPO preset: clip_high 0.28
+@register_policy_loss("ppo", clip_low=0.2, clip_high=0.2, dual_clip=None, check=_check_clip)  # DAPO: clip_high 0.28
 def ppo(logp, old_logp, advantages, mask, *, clip_low=0.2, clip_high=0.2, dual_clip=None):
     """PPO/GRPO token-level clipped loss. Returns (loss_mat [B,T], stats)."""
     _check_clip(clip_low, clip_high, dual_clip)
@@ -89,7 +106,7 @@ def ppo(logp, old_logp, advantages, mask, *, clip_low=0.2, clip_high=0.2, dual_c
     return _finish(loss, m), _stats(m, ell, up, low, dual, seq_level=False)
 
 
-@register_policy_loss("gspo", clip_low=3e-4, clip_high=4e-4, dual_clip=None)
+@register_policy_loss("gspo", clip_low=3e-4, clip_high=4e-4, dual_clip=None, check=_check_clip)
 def gspo(logp, old_logp, advantages, mask, *, clip_low=3e-4, clip_high=4e-4, dual_clip=None):
     """GSPO sequence-level loss, s_i = exp(mean_t ℓ), GSPO-token gradient form."""
     _check_clip(clip_low, clip_high, dual_clip)
@@ -103,7 +120,7 @@ def gspo(logp, old_logp, advantages, mask, *, clip_low=3e-4, clip_high=4e-4, dua
     return _finish(loss, m), stats
 
 
-@register_policy_loss("fspo", c_low=0.02, c_high=0.03, drift="none", dual_clip=None,
+@register_policy_loss("fspo", c_low=0.02, c_high=0.03, drift="none", dual_clip=None, check=_check_fspo,
                       batch_stats=lambda hp: ("mean_log_ratio",) if hp["drift"] == "kl" else ())
 def fspo(logp, old_logp, advantages, mask, *, c_low=0.02, c_high=0.03, drift="none",
          dual_clip=None, mean_log_ratio=None):
@@ -111,11 +128,7 @@ def fspo(logp, old_logp, advantages, mask, *, c_low=0.02, c_high=0.03, drift="no
 
     drift="kl" centres the band on `mean_log_ratio`, the token-mean log ratio of the whole minibatch
     being optimized (a trainer passes it for every micro-batch); None = the mean over these inputs."""
-    check_number(c_low, "c_low", low=0.0, low_open=True)
-    check_number(c_high, "c_high", low=0.0, low_open=True)
-    if drift not in FSPO_DRIFTS:
-        raise ValueError(f"unknown drift {drift!r}; valid: {', '.join(map(repr, FSPO_DRIFTS))}")
-    check_dual_clip(dual_clip)
+    _check_fspo(c_low, c_high, drift, dual_clip)
     logp, _, ell, adv, m = prepare_loss_inputs(logp, old_logp, advantages, mask)
     loss, up, low, dual, extra = fspo_loss(logp, ell, adv, m, c_low=c_low, c_high=c_high,
                                            drift=drift, dual_clip=dual_clip, mu=mean_log_ratio)
@@ -124,14 +137,14 @@ def fspo(logp, old_logp, advantages, mask, *, c_low=0.02, c_high=0.03, drift="no
 
 
 # clip_low None = no lower truncation (MiniMax-M1); clip_high 3.0 = weights capped at 4.
-@register_policy_loss("cispo", clip_low=None, clip_high=3.0, dual_clip=None)
+@register_policy_loss("cispo", clip_low=None, clip_high=3.0, dual_clip=None, check=_check_cispo)
 def cispo(logp, old_logp, advantages, mask, *, clip_low=None, clip_high=3.0, dual_clip=None):
     """CISPO: loss = −sg(w)·A·logp with w = clamp(r, 1−clip_low, 1+clip_high) per token.
 
     The clip never removes a token's gradient, it only bounds its weight; `clipped` marks tokens
     whose weight was truncated (either side, any sign of A). dual_clip c caps w at c where A < 0.
     """
-    _check_clip(clip_low, clip_high, dual_clip, low_optional=True)
+    _check_cispo(clip_low, clip_high, dual_clip)
     logp, _, ell, adv, m = prepare_loss_inputs(logp, old_logp, advantages, mask)
     lo, hi = log_bounds(clip_low if clip_low is not None else 1.0, clip_high)
     upper = ell > hi  # [B, T]; padded ℓ = 0 <= hi
@@ -145,11 +158,6 @@ def cispo(logp, old_logp, advantages, mask, *, clip_low=None, clip_high=3.0, dua
     loss = -(weight * adv) * logp  # [B, T]; padded logp = 0
     stats = _stats(m, ell, upper, lower, dual, seq_level=False)
     return loss, stats
-
-
-# the built-ins, as plain dicts (the registry itself is POLICY_LOSS_REGISTRY)
-POLICY_LOSSES: dict[str, Callable] = {n: s.fn for n, s in POLICY_LOSS_REGISTRY.items()}
-DEFAULT_HPARAMS: dict[str, dict[str, Any]] = {n: dict(s.hparams) for n, s in POLICY_LOSS_REGISTRY.items()}
 
 
 def loss_batch_stats(name: str, **hparams) -> tuple[str, ...]:

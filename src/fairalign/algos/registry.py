@@ -32,6 +32,9 @@ class PolicyLossSpec:
     hparams: dict[str, Any]  # hyperparameter -> default
     doc: str = ""  # one line
     batch_stats: Callable[[dict], tuple[str, ...]] = field(default=lambda hp: ())
+    # check(**hparams): raises ValueError "<name> must ..." for a bad value; the loss calls it, and so does a
+    # config's validation, so each hyperparameter is checked by one function
+    check: Callable[..., None] = field(default=lambda **hp: None)
 
 
 @dataclass(frozen=True)
@@ -61,15 +64,16 @@ def _first_line(fn) -> str:
 
 
 def register_policy_loss(name: str, *, batch_stats: Callable[[dict], tuple[str, ...]] | None = None,
-                         **hparams: Any):
-    """Decorator: register `fn` as policy loss `name` with these hyperparameter defaults."""
+                         check: Callable[..., None] | None = None, **hparams: Any):
+    """Decorator: register `fn` as policy loss `name` with these hyperparameter defaults; `check(**hparams)`
+    validates their values (a ValueError naming the hyperparameter)."""
     def deco(fn):
         unknown = [s for s in (batch_stats(dict(hparams)) if batch_stats else ()) if s not in BATCH_STATISTICS]
         if unknown:
             raise ValueError(f"policy loss {name!r}: unknown batch statistic(s) {unknown}; "
                              f"known: {', '.join(BATCH_STATISTICS)}")
         POLICY_LOSS_REGISTRY[name] = PolicyLossSpec(name, fn, dict(hparams), _first_line(fn),
-                                                    batch_stats or (lambda hp: ()))
+                                                    batch_stats or (lambda hp: ()), check or (lambda **hp: None))
         return fn
     return deco
 

@@ -21,7 +21,7 @@ horizon=, **loss_args) -> (loss, stats)`; a user estimator is an `AdvantageEstim
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+
 
 from fairalign.algos import (
     ESTIMATOR_REGISTRY,
@@ -56,16 +56,12 @@ def estimator_keys() -> dict[str, tuple[str, str]]:
     return out
 
 
-def _is_default_of_owner(key: str, value: Any) -> bool:
-    return any(POLICY_LOSS_REGISTRY[n].hparams[key] == value for n in loss_keys().get(key, []))
-
-
 def loss_hparams(a: AlgoConfig) -> dict:
     """The chosen built-in loss's hyperparameters (defaults filled), or a user loss's loss_args."""
     if is_user_spec(a.loss):
         for key in loss_keys():
             value = getattr(a, key)
-            if value is not None and not _is_default_of_owner(key, value):
+            if value is not None:
                 raise ConfigError(f"config key 'algo.{key}' is a hyperparameter of the built-in loss(es) "
                                   f"{', '.join(loss_keys()[key])}; a user loss ('{a.loss}') takes its "
                                   f"hyperparameters from algo.loss_args.*")
@@ -78,7 +74,7 @@ def loss_hparams(a: AlgoConfig) -> dict:
             continue
         if key in spec.hparams:
             hp[key] = value
-        elif not _is_default_of_owner(key, value):
+        else:
             raise ConfigError(f"config key 'algo.{key}' does not apply to algo.loss={a.loss} (it is a "
                               f"hyperparameter of {', '.join(owners)}); remove it or choose that loss")
     for key, value in a.loss_args.items():
@@ -98,7 +94,7 @@ def estimator_hparams(a: AlgoConfig) -> dict:
             continue
         if name == a.advantage:
             chosen[hp] = value
-        elif ESTIMATOR_REGISTRY[name].hparams[hp] != value:
+        else:
             raise ConfigError(f"config key 'algo.{key}' does not apply to algo.advantage={a.advantage} "
                               f"(it is a hyperparameter of {name}); remove it or choose that estimator")
     return chosen
@@ -112,7 +108,13 @@ def check_methods(a: AlgoConfig) -> None:
         if not is_user_spec(value) and value not in registry:
             raise ConfigError(f"config key 'algo.{key}' has unknown value '{value}'; allowed: "
                               f"{', '.join(registry)}, or module:function / file.py:function")
-    loss_hparams(a)
+    hp = loss_hparams(a)
+    if not is_user_spec(a.loss):
+        try:
+            POLICY_LOSS_REGISTRY[a.loss].check(**hp)  # the loss's own check of its values
+        except ValueError as e:
+            name, rest = str(e).split(" ", 1)
+            raise ConfigError(f"config key 'algo.{name}' {rest}") from None
     if not is_user_spec(a.advantage):
         spec = ESTIMATOR_REGISTRY[a.advantage]
         for hp, value in estimator_hparams(a).items():

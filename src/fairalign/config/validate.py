@@ -77,17 +77,6 @@ def validate(cfg: Config) -> None:
     if a.advantage in GROUP_ESTIMATORS and r.generations < 2:
         raise ConfigError(f"config key 'rollout.generations' must be >= 2 for the group estimator "
                           f"'{a.advantage}', got {r.generations}")
-    for key in ("c_low", "c_high"):
-        if getattr(a, key) is not None:
-            _positive(f"algo.{key}", getattr(a, key))
-    for key in ("clip_low", "clip_high"):
-        v = getattr(a, key)
-        if v is not None:
-            _positive(f"algo.{key}", v, allow_zero=True)
-    if a.clip_low is not None and a.clip_low >= 1:
-        raise ConfigError(f"config key 'algo.clip_low' must be < 1, got {a.clip_low}")
-    if a.dual_clip is not None and a.dual_clip <= 1:
-        raise ConfigError(f"config key 'algo.dual_clip' must be > 1 (or null), got {a.dual_clip}")
     if a.horizon is not None:
         _positive("algo.horizon", a.horizon)
     _positive("algo.beta", a.beta, allow_zero=True)

@@ -38,7 +38,6 @@ Not supported, with a one-line error: FSDP1, LoRA with FSDP2 or DeepSpeed, DeepS
 """
 from __future__ import annotations
 
-import os
 from typing import Callable
 
 import torch
@@ -145,8 +144,6 @@ class Dist:
         out = [None] * self.world
         torch.distributed.all_gather_object(out, obj)
         return out
-
-    _all_gather_objects = all_gather_objects  # the former private name
 
     def all_true(self, flag: bool) -> bool:
         """True iff `flag` is true on every rank (a collective)."""

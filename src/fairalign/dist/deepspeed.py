@@ -23,6 +23,8 @@ DeepSpeed attributes that are not public API.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from fairalign.dist.base import Dist

@@ -2,6 +2,8 @@
 base.py's docstring."""
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from fairalign.dist.base import Dist, _param_names

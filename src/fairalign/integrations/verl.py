@@ -41,7 +41,7 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(f"fairalign.integrations.verl needs verl 0.9.x (pip install 'fairalign[verl]'): {exc}") from exc
 
-from fairalign.algos import POLICY_LOSSES
+from fairalign.algos import POLICY_LOSS_REGISTRY
 from fairalign.diagnostics import clip_rates_by_length, lre_from_pooled_counts
 
 from .verl_pgrpo import DRIVER, group_key, install_group_recorder, read_groups
@@ -110,7 +110,7 @@ def compute_policy_loss_fspo(old_log_prob: torch.Tensor, log_prob: torch.Tensor,
     if config is None:
         raise ValueError("loss_mode=fspo needs verl's actor config (actor_rollout_ref.actor)")
     c_low, c_high = fspo_band(config)
-    loss_mat, stats = POLICY_LOSSES["fspo"](log_prob, old_log_prob, advantages, response_mask,
+    loss_mat, stats = POLICY_LOSS_REGISTRY["fspo"].fn(log_prob, old_log_prob, advantages, response_mask,
                                             c_low=c_low, c_high=c_high, drift="none", dual_clip=None)  # [B,T]
     if rollout_is_weights is not None:  # verl's rollout correction weights, as its own losses apply them
         loss_mat = loss_mat * rollout_is_weights

@@ -1,7 +1,7 @@
 """Rollouts: the batch structure, the generation engines (transformers; vLLM, optional and GPU only),
 and the log-prob pass. Importing this package never imports vLLM."""
 from fairalign.rollout.batch import RolloutBatch, concat_batches
-from fairalign.rollout.engine_base import GenerationEngineBase, decode_completions
+from fairalign.rollout.engine_base import GenerationEngineBase, Sampling, decode_completions
 from fairalign.rollout.hf_engine import HFGenerationEngine, filter_logits
 from fairalign.rollout.logprobs import (
     entropy_from_logits,
@@ -15,6 +15,7 @@ __all__ = [
     "GenerationEngineBase",
     "HFGenerationEngine",
     "RolloutBatch",
+    "Sampling",
     "concat_batches",
     "decode_completions",
     "entropy_from_logits",

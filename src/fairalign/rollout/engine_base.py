@@ -8,6 +8,7 @@ token ids and return the same batch structure; they differ only in how responses
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from typing import Any, Hashable, Sequence
 
 import torch
@@ -15,6 +16,24 @@ import torch
 from fairalign.rollout.batch import RolloutBatch
 
 CHAT_TEMPLATE_CHOICES = ("auto", "none")
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How an engine samples, the one settings object every engine takes (engines also accept the fields as
+    keyword arguments: `HFGenerationEngine(model, tok, max_new_tokens=32, temperature=0)`)."""
+    max_new_tokens: int = 64
+    temperature: float = 1.0       # 0 = greedy
+    top_p: float = 1.0             # nucleus threshold in (0, 1]
+    top_k: int = 0                 # 0 = off
+    chat_template: str = "auto"    # auto (the tokenizer's, if any) | none (raw text) | a Jinja template
+    max_prompt_length: int | None = None  # left-truncate longer prompts to this many tokens (None: keep)
+    eos_token_id: int | Sequence[int] | None = None  # None: the tokenizer's and the generation config's
+    completion_prefix: str = ""    # text pre-filled at the start of every response (part of the prompt)
+
+    def with_(self, **settings) -> "Sampling":
+        """A copy with `settings` replaced (a TypeError names an unknown one)."""
+        return replace(self, **settings)
 
 
 def decode_completions(tokenizer, response_ids: torch.Tensor, response_mask: torch.Tensor) -> list[str]:
@@ -38,34 +57,27 @@ def _is_chat(prompt: Any) -> bool:
 class GenerationEngineBase:
     """Sampling settings, EOS/pad ids, prompt rendering/encoding and batch assembly (no sampling)."""
 
-    def __init__(
-        self,
-        tokenizer,
-        generation_config: Any = None,
-        max_new_tokens: int = 64,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        top_k: int = 0,
-        chat_template: str = "auto",
-        max_prompt_length: int | None = None,
-        eos_token_id: int | Sequence[int] | None = None,
-        completion_prefix: str = "",
-    ):
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1")
-        if temperature < 0:
-            raise ValueError(f"temperature={temperature} must be >= 0 (0 means greedy)")
-        if not 0.0 < top_p <= 1.0:
-            raise ValueError(f"top_p={top_p} must be in (0, 1]")
-        if top_k < 0:
-            raise ValueError(f"top_k={top_k} must be >= 0 (0 disables it)")
-        if chat_template not in CHAT_TEMPLATE_CHOICES and "{" not in chat_template:
+    def __init__(self, tokenizer, generation_config: Any, sampling: Sampling):
+        s = sampling
+        if s.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens={s.max_new_tokens} must be >= 1")
+        if s.temperature < 0:
+            raise ValueError(f"temperature={s.temperature} must be >= 0 (0 means greedy)")
+        if not 0.0 < s.top_p <= 1.0:
+            raise ValueError(f"top_p={s.top_p} must be in (0, 1]")
+        if s.top_k < 0:
+            raise ValueError(f"top_k={s.top_k} must be >= 0 (0 disables it)")
+        if s.chat_template not in CHAT_TEMPLATE_CHOICES and "{" not in s.chat_template:
             raise ValueError(
-                f"chat_template={chat_template!r} is invalid; choose one of {list(CHAT_TEMPLATE_CHOICES)} "
+                f"chat_template={s.chat_template!r} is invalid; choose one of {list(CHAT_TEMPLATE_CHOICES)} "
                 "or pass a Jinja template string"
             )
-        if max_prompt_length is not None and max_prompt_length < 1:
-            raise ValueError(f"max_prompt_length={max_prompt_length} must be >= 1 or None")
+        if s.max_prompt_length is not None and s.max_prompt_length < 1:
+            raise ValueError(f"max_prompt_length={s.max_prompt_length} must be >= 1 or None")
+        self.sampling = s
+        max_new_tokens, temperature, top_p, top_k = s.max_new_tokens, s.temperature, s.top_p, s.top_k
+        chat_template, max_prompt_length = s.chat_template, s.max_prompt_length
+        eos_token_id, completion_prefix = s.eos_token_id, s.completion_prefix
         self.tokenizer = tokenizer
         self.max_new_tokens, self.temperature, self.top_p, self.top_k = max_new_tokens, temperature, top_p, top_k
         self.chat_template, self.max_prompt_length = chat_template, max_prompt_length

@@ -18,7 +18,7 @@ from typing import Any, Callable, Hashable, Sequence
 import torch
 
 from fairalign.rollout.batch import RolloutBatch
-from fairalign.rollout.engine_base import GenerationEngineBase, decode_completions  # noqa: F401 (re-exported)
+from fairalign.rollout.engine_base import GenerationEngineBase, Sampling, decode_completions  # noqa: F401 (re-exported)
 from fairalign.rollout.logprobs import gather_logprobs, supports_logits_to_keep
 
 
@@ -66,20 +66,13 @@ class HFGenerationEngine(GenerationEngineBase):
         self,
         model: torch.nn.Module,
         tokenizer,
-        max_new_tokens: int = 64,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        top_k: int = 0,
-        chat_template: str = "auto",
-        max_prompt_length: int | None = None,
-        eos_token_id: int | Sequence[int] | None = None,
-        completion_prefix: str = "",
+        sampling: Sampling | None = None,
+        *,
         all_ranks: Callable[[bool], bool] | None = None,
+        **settings,
     ):
-        super().__init__(tokenizer, getattr(model, "generation_config", None), max_new_tokens=max_new_tokens,
-                         temperature=temperature, top_p=top_p, top_k=top_k, chat_template=chat_template,
-                         max_prompt_length=max_prompt_length, eos_token_id=eos_token_id,
-                         completion_prefix=completion_prefix)
+        super().__init__(tokenizer, getattr(model, "generation_config", None),
+                         (sampling or Sampling()).with_(**settings))
         self.model = model
         self.all_ranks = all_ranks or bool
 

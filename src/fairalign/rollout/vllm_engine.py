@@ -46,7 +46,7 @@ from typing import Any, Callable, Hashable, Sequence
 import torch
 
 from fairalign.rollout.batch import RolloutBatch
-from fairalign.rollout.engine_base import GenerationEngineBase
+from fairalign.rollout.engine_base import GenerationEngineBase, Sampling
 
 INSTALL_HINT = "pip install 'fairalign[vllm]'"
 PRECISION_DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
@@ -104,14 +104,7 @@ class VLLMGenerationEngine(GenerationEngineBase):
         self,
         model: torch.nn.Module,
         tokenizer,
-        max_new_tokens: int = 64,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        top_k: int = 0,
-        chat_template: str = "auto",
-        max_prompt_length: int | None = None,
-        eos_token_id: int | Sequence[int] | None = None,
-        completion_prefix: str = "",
+        sampling: Sampling | None = None,
         *,
         dtype: str = "float32",
         gpu_memory_utilization: float = 0.3,
@@ -121,20 +114,19 @@ class VLLMGenerationEngine(GenerationEngineBase):
         llm_kwargs: dict | None = None,
         llm_factory: Callable[..., Any] | None = None,
         vllm_module: Any = None,
+        **settings,
     ):
         """`llm_factory(**kwargs)` builds the LLM (default `vllm.LLM`); `vllm_module` supplies
         `SamplingParams` and `LoRARequest` (default the installed `vllm`). Tests inject fakes for both."""
         if vllm_module is None:
             check_vllm_available()
             import vllm as vllm_module  # noqa: PLC0415 (optional dependency)
-        super().__init__(tokenizer, getattr(model, "generation_config", None), max_new_tokens=max_new_tokens,
-                         temperature=temperature, top_p=top_p, top_k=top_k, chat_template=chat_template,
-                         max_prompt_length=max_prompt_length, eos_token_id=eos_token_id,
-                         completion_prefix=completion_prefix)
+        super().__init__(tokenizer, getattr(model, "generation_config", None),
+                         (sampling or Sampling()).with_(**settings))
         if not 0.0 < gpu_memory_utilization <= 1.0:
             raise ValueError(f"rollout.vllm_gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization}")
-        if temperature > VLLM_MAX_TEMPERATURE:
-            raise ValueError(f"rollout.temperature={temperature} is above vLLM's limit of {VLLM_MAX_TEMPERATURE}")
+        if self.temperature > VLLM_MAX_TEMPERATURE:
+            raise ValueError(f"rollout.temperature={self.temperature} is above vLLM's limit of {VLLM_MAX_TEMPERATURE}")
         self.model = model
         self._vllm = vllm_module
         policy = _unwrap(model)
