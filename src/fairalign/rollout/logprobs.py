@@ -24,12 +24,13 @@ import torch
 _KEEP_SUPPORT: dict[type, bool] = {}
 
 
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The module whose `forward` really runs (through DDP `.module` and PEFT `get_base_model`)."""
+def unwrap(model: torch.nn.Module, through_peft: bool = True) -> torch.nn.Module:
+    """The module inside a DDP-style wrapper (`.module`) and, with `through_peft`, inside a PEFT model
+    (`get_base_model`): the one whose `forward` really runs."""
     while True:
         if hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
             model = model.module
-        elif hasattr(model, "get_base_model"):
+        elif through_peft and hasattr(model, "get_base_model"):
             base = model.get_base_model()
             if base is model:
                 return model
@@ -40,7 +41,7 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 def supports_logits_to_keep(model: torch.nn.Module) -> bool:
     """Whether the (unwrapped) model's forward accepts `logits_to_keep`."""
-    inner = type(_unwrap(model))
+    inner = type(unwrap(model))
     if inner not in _KEEP_SUPPORT:
         _KEEP_SUPPORT[inner] = "logits_to_keep" in inspect.signature(inner.forward).parameters
     return _KEEP_SUPPORT[inner]
@@ -186,10 +187,10 @@ def sequence_logprobs(
             ents.append(ent)
         if with_hidden:  # no response token in these rows: zeros
             hiddens.append(hidden if hidden is not None else
-                           torch.zeros(b, R, _unwrap(model).config.hidden_size, device=device))
+                           torch.zeros(b, R, unwrap(model).config.hidden_size, device=device))
     logp_all = torch.cat(logps) if logps else torch.zeros(0, R, device=device)
     ent_all = (torch.cat(ents) if ents else torch.zeros(0, R, device=device)) if with_entropy else None
     if with_hidden:
-        H = _unwrap(model).config.hidden_size
+        H = unwrap(model).config.hidden_size
         return logp_all, ent_all, torch.cat(hiddens) if hiddens else torch.zeros(0, R, H, device=device)
     return logp_all, ent_all

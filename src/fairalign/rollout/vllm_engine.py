@@ -47,6 +47,7 @@ import torch
 
 from fairalign.rollout.batch import RolloutBatch
 from fairalign.rollout.engine_base import GenerationEngineBase, Sampling
+from fairalign.rollout.logprobs import unwrap
 
 INSTALL_HINT = "pip install 'fairalign[vllm]'"
 PRECISION_DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
@@ -63,13 +64,6 @@ def check_vllm_available() -> None:
                          "is False); use rollout.engine=hf")
 
 
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The policy inside a DDP-style wrapper (`.module`)."""
-    while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
-        model = model.module
-    return model
-
-
 def _is_peft(model: torch.nn.Module) -> bool:
     return hasattr(model, "peft_config") and hasattr(model, "get_base_model")
 
@@ -83,7 +77,7 @@ def _load_weights_on_worker(worker, weights: list[tuple[str, torch.Tensor]]):
 def base_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """HF-named weights of the model vLLM serves: the model's own, or a PEFT model's base weights
     (LoRA tensors dropped, `.base_layer` removed from the names)."""
-    model = _unwrap(model)
+    model = unwrap(model, through_peft=False)
     if not _is_peft(model):
         return dict(model.state_dict())
     state = {}
@@ -129,7 +123,7 @@ class VLLMGenerationEngine(GenerationEngineBase):
             raise ValueError(f"rollout.temperature={self.temperature} is above vLLM's limit of {VLLM_MAX_TEMPERATURE}")
         self.model = model
         self._vllm = vllm_module
-        policy = _unwrap(model)
+        policy = unwrap(model, through_peft=False)
         self.is_lora = _is_peft(policy)
         self._workdir = Path(tempfile.mkdtemp(prefix="fairalign-vllm-"))
         self._cleanup = weakref.finalize(self, shutil.rmtree, str(self._workdir), True)  # also at exit
@@ -172,7 +166,7 @@ class VLLMGenerationEngine(GenerationEngineBase):
     def sync_weights(self, model: torch.nn.Module | None = None) -> None:
         """Push the policy's current weights into vLLM (the trainer calls it before every rollout, i.e.
         after the previous step's optimizer updates)."""
-        policy = _unwrap(model if model is not None else self.model)
+        policy = unwrap(model if model is not None else self.model, through_peft=False)
         start = time.perf_counter()
         version = self.weight_version + 1
         if self.is_lora:
