@@ -2,7 +2,10 @@
 SmolLM2-135M-Instruct, on CPU, with an honest held-out evaluation before and after training.
 
 Writes runs/demo/ (config, metrics, samples, checkpoints, final model), summary.json, the PNG
-plots and prints a before/after table per preference group.
+plots and prints a before/after table per preference group. Each group's change is the paired difference
+(the same held-out prompt, greedy, before and after) with a 95% t interval over that group's held-out
+prompts: it says how much the prompts chosen could move the number, not how much another training seed
+would (that is what `fairalign compare` measures).
 """
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import shutil
 import time
 from pathlib import Path
 
+from fairalign.compare.stats import mean_interval
 from fairalign.config import build_config
 from fairalign.config.presets import get_preset, merge
 
@@ -31,6 +35,26 @@ DEMO_SETTINGS: dict = {
     "algo": {"pgrpo_min_count": 8, "minibatches": 2},
     "eval": {"examples": 64, "temperature": 0.0, "batch_size": 32},
 }
+
+
+def paired_changes(before: dict, after: dict) -> dict:
+    """{group: mean_interval of after − before over the held-out samples, paired sample by sample}, and
+    "all" over every sample; `before` / `after` are two `Task.evaluate` results on the same examples."""
+    b, a = before["samples"], after["samples"]
+    if len(a) != len(b) or any(x["group"] != y["group"] for x, y in zip(a, b)):
+        raise ValueError("paired_changes: the two evaluations are not the same held-out samples")
+    diffs: dict[str, list[float]] = {}
+    for x, y in zip(b, a):
+        diffs.setdefault(x["group"], []).append(y["reward"] - x["reward"])
+    out = {g: mean_interval(d) for g, d in sorted(diffs.items())}
+    out["all"] = mean_interval([y["reward"] - x["reward"] for x, y in zip(b, a)])
+    return out
+
+
+def _change_cell(c: dict) -> str:
+    if c["ci95"] is None:
+        return f"{c['mean']:+.3f} (n={c['n']})"
+    return f"{c['mean']:+.3f} [{c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f}]"
 
 
 def demo_config(overrides: list[str] | None = None):
@@ -65,6 +89,7 @@ def run_demo(overrides: list[str] | None = None, console=None) -> dict:
     console.print("held-out evaluation after training ...")
     after = evaluate_policy(trainer.model, trainer.tokenizer, trainer.task, cfg)
     plots = make_plots(run_dir)
+    changes = paired_changes(before, after)
     summary = {
         "model": cfg.model, "task": cfg.task, "seed": cfg.seed, "steps": cfg.steps,
         "algorithm": {"loss": cfg.algo.loss, "advantage": cfg.algo.advantage},
@@ -76,21 +101,26 @@ def run_demo(overrides: list[str] | None = None, console=None) -> dict:
         "heldout_response_length_before": before["response_length"],
         "heldout_response_length_after": after["response_length"],
         "heldout_examples": before["n"],
+        "heldout_examples_by_group": {g: c["n"] for g, c in changes.items() if g != "all"},
+        "heldout_change": changes,  # paired after − before per held-out prompt: mean, 95% t interval, n
         "train_seconds": round(train_s, 1), "total_seconds": round(time.time() - t0, 1),
         "plots": [p.name for p in plots],
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     table = Table(title=f"held-out reward, before -> after ({summary['total_seconds']:.0f} s)")
     table.add_column("group")
+    table.add_column("prompts", justify="right")
     table.add_column("before", justify="right")
     table.add_column("after", justify="right")
-    table.add_column("change", justify="right")
+    table.add_column("change [95% interval]", justify="right")
     for g in before["by_group"]:
         b, a = before["by_group"][g], after["by_group"].get(g, float("nan"))
-        table.add_row(g, f"{b:.3f}", f"{a:.3f}", f"{a - b:+.3f}")
-    table.add_row("[bold]all[/bold]", f"{before['mean']:.3f}", f"{after['mean']:.3f}",
-                  f"{after['mean'] - before['mean']:+.3f}")
+        table.add_row(g, str(changes[g]["n"]), f"{b:.3f}", f"{a:.3f}", _change_cell(changes[g]))
+    table.add_row("[bold]all[/bold]", str(changes["all"]["n"]), f"{before['mean']:.3f}", f"{after['mean']:.3f}",
+                  _change_cell(changes["all"]))
     console.print(table)
+    console.print("[dim]change: paired (same prompt) after − before with a 95% t interval over the held-out "
+                  "prompts of one training seed; it does not cover another seed (use `fairalign compare`)[/dim]")
     console.print(f"wrote {run_dir}/summary.json, metrics.jsonl, samples.jsonl and plots: "
                   f"{', '.join(p.name for p in plots)}")
     console.print(f"wrote {write_report(run_dir)} (open it in a browser)")

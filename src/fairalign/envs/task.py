@@ -102,7 +102,9 @@ class Task:
         """Held-out evaluation with `engine` (whose sampling settings are the evaluation's): the task's own
         rollout on `evaluation_examples(examples)`, `batch_size` examples per rollout (seed `seed * 31 +
         first index`). Returns {"kind": "heldout", "mean", "by_group": {g: mean}, "by_reward": {name: mean},
-        "n", "response_length", "metrics": {flat name: value}}; `progress(done, total)` after each part."""
+        "n", "response_length", "metrics": {flat name: value}, "samples": [{"group", "reward"}] in sample
+        order (the same order for the same examples and seed, so two policies pair sample by sample)};
+        `progress(done, total)` after each part."""
         chosen = self.evaluation_examples(examples)
         rewards: list[float] = []
         groups: list[str] = []
@@ -125,7 +127,8 @@ class Task:
         out = {"kind": "heldout", "mean": sum(rewards) / len(rewards),
                "by_group": {g: sum(v) / len(v) for g, v in sorted(by_group.items())},
                "by_reward": {k: sum(v) / len(v) for k, v in per_reward.items()},
-               "n": len(rewards), "response_length": sum(lengths) / len(lengths)}
+               "n": len(rewards), "response_length": sum(lengths) / len(lengths),
+               "samples": [{"group": g, "reward": r} for g, r in zip(groups, rewards)]}
         out["metrics"] = {"heldout/reward": out["mean"], "heldout/response_length": out["response_length"],
                           **{f"heldout/group/{g}": v for g, v in out["by_group"].items()}}
         return out
