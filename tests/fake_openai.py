@@ -45,8 +45,8 @@ class _Handler(BaseHTTPRequestHandler):
         role = self.path.strip("/").split("/")[0]
         action = fake.next_action(role, self.headers.get("Authorization"), body)
         kind = action[0]
-        if kind == "refuse":
-            fake.stop_soon()
+        if kind == "refuse":  # stop listening first (from this handler thread), then drop the connection
+            fake.stop()
             self.close_connection = True
             return
         if kind == "sleep":
@@ -122,10 +122,6 @@ class FakeOpenAI:
         if srv is not None:
             srv.shutdown()
             srv.server_close()
-
-    def stop_soon(self) -> None:
-        """Stop listening from a request handler (serve_forever cannot be shut down from its own thread)."""
-        threading.Thread(target=self.stop, daemon=True).start()
 
     def __enter__(self) -> "FakeOpenAI":
         return self.start()

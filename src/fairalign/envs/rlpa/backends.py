@@ -108,7 +108,7 @@ class OpenAIChat:
 
     def __init__(self, base_url: str, model: str, api_key_env: str | None = "OPENAI_API_KEY",
                  timeout: float = 30.0, max_retries: int = 3, backoff: float = 0.5,
-                 max_backoff: float = 8.0, max_wait_s: float = 120.0, temperature: float = 0.7,
+                 max_backoff: float = 8.0, max_wait_s: float = 180.0, temperature: float = 0.7,
                  max_tokens: int = 128, max_workers: int = 8, extra_body: dict | None = None):
         if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
             raise ValueError(f"base_url must start with http:// or https://, got {base_url!r}")
@@ -184,7 +184,7 @@ class OpenAIChat:
             try:
                 raw, status, retry_after, detail = cut.post(req, limit)
             except _NETWORK_ERRORS as e:
-                raw, status, retry_after, detail = None, None, None, _network_fault(e, limit)
+                raw, status, retry_after, detail = None, None, None, _network_fault(e, limit, limit < self.timeout)
             finally:
                 cut.cancel()
             if status is None and raw is not None:  # a reply (complete, unless the bound cut it off)
@@ -226,11 +226,12 @@ _NETWORK_ERRORS = (TimeoutError, socket.timeout, urllib.error.URLError, Connecti
                    http.client.HTTPException, OSError)
 
 
-def _network_fault(e: BaseException, limit: float) -> str:
-    """A retryable network error in words (a timeout, a refused or dropped connection)."""
+def _network_fault(e: BaseException, limit: float, bounded: bool) -> str:
+    """A retryable network error in words (a timeout, a refused or dropped connection); `bounded`: the
+    attempt's time limit was what was left of max_wait_s, not `timeout`."""
     reason = e.reason if isinstance(e, urllib.error.URLError) else e
     if isinstance(reason, (TimeoutError, socket.timeout)):
-        return f"timed out after {limit:g}s"
+        return f"timed out after {limit:.3g}s" + (" (what was left of max_wait_s)" if bounded else "")
     if isinstance(e, urllib.error.URLError):
         return f"connection error: {reason}"
     return f"connection error: {type(e).__name__}: {e}"

@@ -8,7 +8,8 @@ dialogue. The rewards are the dialogue's own (profile F1 + response verdict), no
 functions, so `rewards` is empty and `reward_parts` holds profile, response and format.
 
 Options (task_options.*): max_turns, user ("rules" | "openai" with user_options), judge
-("rules" | "openai" with judge_options), group_by (occupation_category | cluster | a slot),
+("rules" | "openai" with judge_options; an openai user's or judge's options are checked when the task
+is built), group_by (occupation_category | cluster | a slot),
 completion_prefix (text pre-filled at the start of every assistant turn, default "<profile>"),
 profiles (a JSONL file of your own profiles; its train/test split is seeded 90/10), n_train /
 n_test (subsample the built-in 2700 / 300 split), demo_turns (length of the oracle dialogues that
@@ -20,7 +21,8 @@ paper's evaluation horizon, whatever max_turns training used).
 test profiles, with the task's user and judge; `RLPATask.demonstrations` are an oracle's turns.
 
 Simplifications: the generation seed of turn t is `seed * 17 + t`; reward errors are not caught
-(the rules user and judge do not fail; a remote backend's errors stop the step), so
+(the rules user and judge do not fail; a remote one that still fails after its retries raises an
+EnvironmentFault, and the trainer stops with a checkpoint of the last completed step), so
 `reward_errors` is 0; `generate_s` sums the turns' generate calls.
 """
 from __future__ import annotations
