@@ -114,3 +114,54 @@ def test_threads_key_sets_torch_threads(tmp_path):
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def _config_cli(args, capsys):
+    """`fairalign config ARGS` in this process: (exit code, the printed config as a dict, stderr)."""
+    import yaml
+
+    from fairalign.cli import main as cli_main
+
+    code = cli_main(["config", *args])
+    out, err = capsys.readouterr()
+    return code, (yaml.safe_load(out) if code == 0 else None), err
+
+
+def test_dotted_overrides_merge_into_task_options(capsys):
+    code, cfg, _ = _config_cli(["task=rlpa", "task_options.max_turns=3", "task_options.n_train=8"], capsys)
+    assert code == 0 and cfg["task_options"] == {"max_turns": 3, "n_train": 8}
+    # a YAML file's mapping is merged into, not replaced
+    base = {"task": "rlpa", "task_options": {"max_turns": 2, "group_by": "cluster"}}
+    assert build_config(base, ["task_options.max_turns=5"]).task_options == {"max_turns": 5, "group_by": "cluster"}
+
+
+def test_dotted_overrides_merge_into_user_options(capsys):
+    code, cfg, _ = _config_cli(["task=rlpa", "task_options.user=openai",
+                                "task_options.user_options.base_url=http://127.0.0.1:8000/v1",
+                                "task_options.user_options.model=m", "task_options.user_options.extra_body.top_k=5",
+                                "task_options.user_options.extra_body.seed=1"], capsys)
+    assert code == 0
+    assert cfg["task_options"]["user_options"] == {"base_url": "http://127.0.0.1:8000/v1", "model": "m",
+                                                   "extra_body": {"top_k": 5, "seed": 1}}
+    base = {"task_options": {"user_options": {"api_key_env": "MY_KEY", "model": "old"}}}
+    assert build_config(base, ["task_options.user_options.model=new"]).task_options == {
+        "user_options": {"api_key_env": "MY_KEY", "model": "new"}}
+
+
+def test_dotted_overrides_merge_into_loss_args(capsys):
+    code, cfg, _ = _config_cli(["algo.loss=ppo", "algo.loss_args.clip_low=0.1", "algo.loss_args.clip_high=0.3"],
+                               capsys)
+    assert code == 0 and cfg["algo"]["loss_args"] == {"clip_low": 0.1, "clip_high": 0.3}
+
+
+@pytest.mark.parametrize("args, outer, inner", [
+    (["task_options.user_options={model: m}", "task_options.user_options.base_url=u"],
+     "task_options.user_options", "task_options.user_options.base_url"),
+    (["algo.loss_args.clip_low=0.1", "algo.loss_args={clip_high: 0.3}"], "algo.loss_args", "algo.loss_args.clip_low"),
+    (["task_options={max_turns: 2}", "task_options.n_train=4"], "task_options", "task_options.n_train"),
+])
+def test_an_override_naming_a_mapping_and_one_of_its_keys_is_an_error(args, outer, inner, capsys):
+    code, _, err = _config_cli(args, capsys)
+    assert code == 2
+    assert err == (f"fairalign: error: KEY=VALUE sets both '{outer}' and '{inner}' (a key inside it): give "
+                   f"'{outer}' as one mapping or its keys one by one, not both\n")

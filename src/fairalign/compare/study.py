@@ -24,11 +24,12 @@ from pathlib import Path
 from fairalign.compare.spec import Study, load_study, training_differences
 from fairalign.compare.stats import METHOD, paired_differences, summarize
 from fairalign.config import Config, build_config, load_yaml, to_dict
-from fairalign.errors import ConfigError
+from fairalign.errors import ConfigError, EnvironmentFault, TrainingError
 from fairalign.train.logging import format_duration, read_jsonl
 from fairalign.train.trainer import TrainerCallback
 
 EVAL_FILE = "eval.json"
+PARTIAL_EVAL_FILE = "eval.partial.jsonl"  # the finished parts of an evaluation a fault stopped (eval/partial.py)
 STALE_FILES = ("metrics.jsonl", "samples.jsonl", "sft_metrics.jsonl")
 
 
@@ -140,6 +141,11 @@ def train_run(study: Study, arm: str, seed: int, resume: bool, progress: StudyPr
     except StopRequested as e:  # a signal: the run wrote a checkpoint; the study resumes it when rerun
         raise StopRequested(f"{str(e).split('; resume with')[0]}; rerun `{again}` to continue the study",
                             e.exit_code - 128) from None
+    except TrainingError as e:  # a remote service kept failing: checkpointed; the rerun resumes the run
+        if not isinstance(e.__cause__, EnvironmentFault):
+            raise
+        raise TrainingError(f"[{arm} seed {seed}] {str(e).splitlines()[0]}\nits last completed step is "
+                            f"checkpointed; once it works again, rerun `{again}` to continue the study") from e
     trainer.dist.close()
     if trainer.stopped_by is not None:  # the signal came in the run's last step
         name = signal.Signals(trainer.stopped_by).name
@@ -176,11 +182,19 @@ def evaluate_run(study: Study, arm: str, seed: int, model, tokenizer) -> dict:
     from fairalign.config.task import task_from_config
     from fairalign.eval.run import evaluate_policy
 
-    cfg = study.configs[arm][seed]
+    from fairalign.eval.partial import PartialResults, evaluation_settings
+
+    cfg, run_dir = study.configs[arm][seed], study.run_dir(arm, seed)
     ecfg = build_config(to_dict(cfg), study.eval_overrides)
-    res = evaluate_policy(model, tokenizer, task_from_config(ecfg), ecfg)
+    parts = PartialResults(run_dir / PARTIAL_EVAL_FILE, evaluation_settings(ecfg, str(run_dir / "final")))
+    try:
+        res = evaluate_policy(model, tokenizer, task_from_config(ecfg), ecfg, parts=parts)
+    except EnvironmentFault as e:  # what was evaluated is kept; the rerun evaluates the rest
+        again = " ".join(["fairalign compare", str(study.path), *study.command_line])
+        raise parts.stopped(e, f"rerun `{again}` to continue the study") from e
     res["eval_settings"] = eval_settings(study, cfg)
-    _write_json(study.run_dir(arm, seed) / EVAL_FILE, res)
+    _write_json(run_dir / EVAL_FILE, res)
+    parts.finish()
     return res
 
 

@@ -15,10 +15,13 @@ Simplifications (fairalign's choices):
 - The default evaluation is the task's own rollout on held-out examples (chosen round-robin across
   preference groups), so a multi-turn task is evaluated by its own dialogues with no extra code; it
   reports the mean reward overall, per preference group and per reward part. A task with metrics of
-  its own (RLPA: AL(k), AVG, N-IR, N-R²) overrides `evaluate`.
+  its own (RLPA: AL(k), AVG, N-IR, N-R²) overrides `evaluate`. It runs in parts (`eval.batch_size`
+  examples each); given a store (`parts=`, `fairalign eval` keeps one in the output folder) a part
+  finished before a fault (a remote service that keeps failing) is not redone by a rerun.
 """
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -98,27 +101,33 @@ class Task:
         return [self.test_examples[i] for i in chosen]
 
     def evaluate(self, engine, *, examples: int = 0, generations: int = 1, seed: int = 0, batch_size: int = 32,
-                 on_reward_error: str = "raise", progress=None) -> dict:
+                 on_reward_error: str = "raise", progress=None, parts=None) -> dict:
         """Held-out evaluation with `engine` (whose sampling settings are the evaluation's): the task's own
         rollout on `evaluation_examples(examples)`, `batch_size` examples per rollout (seed `seed * 31 +
         first index`). Returns {"kind": "heldout", "mean", "by_group": {g: mean}, "by_reward": {name: mean},
         "n", "response_length", "metrics": {flat name: value}, "samples": [{"group", "reward"}] in sample
         order (the same order for the same examples and seed, so two policies pair sample by sample)};
-        `progress(done, total)` after each part."""
+        `progress(done, total)` after each part; `parts`: a store of the finished parts (see
+        `evaluation_part`), so a rerun after a fault skips them."""
         chosen = self.evaluation_examples(examples)
         rewards: list[float] = []
         groups: list[str] = []
         lengths: list[float] = []
         per_reward: dict[str, list] = {}
         for s in range(0, len(chosen), batch_size):
-            with torch.no_grad():
-                batch = self.rollout(engine, chosen[s:s + batch_size], generations, seed * 31 + s,
-                                     on_reward_error=on_reward_error)
-            rewards += batch.rewards.tolist()
-            groups += [str(g) for g in batch.groups]
-            lengths += batch.lengths.tolist()
-            for k, v in batch.reward_parts.items():
-                per_reward.setdefault(k, []).extend(v.tolist())
+            def rollout_part(s=s) -> dict:
+                with torch.no_grad():
+                    batch = self.rollout(engine, chosen[s:s + batch_size], generations, seed * 31 + s,
+                                         on_reward_error=on_reward_error)
+                return {"examples": len(chosen[s:s + batch_size]), "rewards": batch.rewards.tolist(),
+                        "groups": [str(g) for g in batch.groups], "lengths": batch.lengths.tolist(),
+                        "reward_parts": {k: v.tolist() for k, v in batch.reward_parts.items()}}
+            part = evaluation_part(parts, s, rollout_part)
+            rewards += part["rewards"]
+            groups += part["groups"]
+            lengths += part["lengths"]
+            for k, v in part["reward_parts"].items():
+                per_reward.setdefault(k, []).extend(v)
             if progress is not None:
                 progress(min(s + batch_size, len(chosen)), len(chosen))
         by_group: dict[str, list[float]] = {}
@@ -132,6 +141,20 @@ class Task:
         out["metrics"] = {"heldout/reward": out["mean"], "heldout/response_length": out["response_length"],
                           **{f"heldout/group/{g}": v for g, v in out["by_group"].items()}}
         return out
+
+
+def evaluation_part(parts, key, compute) -> dict:
+    """Part `key` of an evaluation (e.g. the batch starting at example `key`): the one an earlier attempt
+    kept in the store `parts` (`parts.get(key)`, None when absent), else `compute()`, kept now
+    (`parts.put(key, part)`). A part is JSON-able with an "examples" count; it is read back through JSON
+    either way, so a rerun that reads kept parts reports what an uninterrupted evaluation reports."""
+    kept = parts.get(key) if parts is not None else None
+    if kept is not None:
+        return kept
+    part = json.loads(json.dumps(compute()))
+    if parts is not None:
+        parts.put(key, part)
+    return part
 
 
 def balanced_subset(groups: list, k: int) -> list[int]:

@@ -26,6 +26,10 @@ KEY=VALUE overrides (the syntax of `fairalign train`), then the flags, which are
 | --completion-prefix TEXT | task_options.completion_prefix |
 | --seed S | seed |
 
+While it runs, the finished batches of dialogues are kept in dialogue_eval.partial.jsonl in the output
+folder: when a remote user or judge keeps failing, the command stops (exit 1) naming the role, the endpoint
+and the fault, and the same command, rerun once the endpoint works, does not replay them.
+
 Simplification: the test profiles are the task's test split in order (the first N).
 """
 from __future__ import annotations
@@ -101,19 +105,23 @@ def resolve(target: str, overrides: list[str], remote: dict | None = None) -> li
 def main(argv: list[str] | None = None) -> int:
     from fairalign.envs.rlpa.evaluate import truncation_warning
     from fairalign.errors import ConfigError
-    from fairalign.eval.cli import evaluate_target, output_dir
+    from fairalign.eval.cli import evaluate_target
     from fairalign.eval.run import resolve_target
 
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_intermixed_args(argv)
     overrides = resolve(args.target, list(args.overrides) + flag_overrides(args), remote_options(args))
     cfg = resolve_target(args.target, overrides, args.checkpoint, command="eval-dialogue")[0]
     if cfg.task != "rlpa":  # this command is the rlpa task's evaluation with its own flags
         raise ConfigError(f"eval-dialogue evaluates the rlpa task; '{args.target}' has task '{cfg.task}' "
                           f"(use `fairalign eval`)")
-    res, cfg, run = evaluate_target(args.target, overrides, checkpoint=args.checkpoint, command="eval-dialogue")
-    out_dir = output_dir(run, args.checkpoint, args.out) or Path("runs/eval-dialogue")
+    res, cfg, out_dir, store = evaluate_target(args.target, overrides, checkpoint=args.checkpoint,
+                                               command="eval-dialogue", out=args.out,
+                                               default_out=Path("runs/eval-dialogue"),
+                                               partial="dialogue_eval.partial.jsonl", argv=argv)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "dialogue_eval.json").write_text(json.dumps(res, indent=2))
+    store.finish()
     plot_al(res, out_dir / "dialogue_al.png")
     print("turn  AL(k)  profile-F1  response-pass  cut-at-max%")
     for k, (a, f, r, c) in enumerate(zip(res["al_by_turn"], res["profile_f1_by_turn"], res["response_pass_by_turn"],

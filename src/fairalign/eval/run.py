@@ -22,9 +22,11 @@ def evaluation_engine(model, tokenizer, task, cfg: Config) -> HFGenerationEngine
                               chat_template=cfg.rollout.chat_template, completion_prefix=task.completion_prefix)
 
 
-def evaluate_policy(model, tokenizer, task, cfg: Config, *, progress=None) -> dict:
+def evaluate_policy(model, tokenizer, task, cfg: Config, *, progress=None, parts=None) -> dict:
     """`task.evaluate` of the policy with the config's eval.* settings (model in eval mode meanwhile); the
-    result gains `eval_s`, its wall time."""
+    result gains `eval_s`, its wall time. `parts`: a store of finished parts (eval/partial.py) that a rerun
+    after a fault does not redo. A remote service that keeps failing raises its EnvironmentFault (the
+    commands turn it into one error line that says what is kept and how to go on)."""
     e = cfg.eval
     was_training = model.training
     model.eval()
@@ -32,7 +34,7 @@ def evaluate_policy(model, tokenizer, task, cfg: Config, *, progress=None) -> di
     try:
         res = task.evaluate(evaluation_engine(model, tokenizer, task, cfg), examples=e.examples,
                             generations=e.generations, seed=cfg.seed, batch_size=e.batch_size,
-                            on_reward_error=cfg.on_reward_error, progress=progress)
+                            on_reward_error=cfg.on_reward_error, progress=progress, parts=parts)
     finally:
         model.train(was_training)
     res["eval_s"] = time.perf_counter() - t0

@@ -6,7 +6,8 @@ turn (for paired comparisons over profiles).
 
 Simplifications: the profiles are evaluated `batch_size` dialogues at a time, in order; the generation seed
 of a turn is `seed * 7 + first profile index + length of the first prompt` (as the training rollout, a
-function of the history, so a rerun is identical).
+function of the history, so a rerun is identical, and a batch kept before a fault, read back from the
+`parts` store, is what an uninterrupted evaluation computes).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import Any, Sequence
 from fairalign.envs.rlpa.dialogue import run_dialogues
 from fairalign.envs.rlpa.metrics import dialogue_metrics
 from fairalign.envs.rlpa.profile import Profile
+from fairalign.envs.task import evaluation_part
 
 
 def per_dialogue(run, truncated: list[list[bool]], generations: int, first: int = 0) -> list[dict]:
@@ -34,30 +36,37 @@ def per_dialogue(run, truncated: list[list[bool]], generations: int, first: int 
 
 def evaluate_dialogues(engine, profiles: Sequence[Profile], *, max_turns: int = 10, generations: int = 1,
                        user: Any = "rules", judge: Any = "rules", seed: int = 0, batch_size: int = 16,
-                       progress=None) -> dict:
+                       progress=None, parts=None) -> dict:
     """RLPA evaluation of the policy behind `engine` on `profiles` x `max_turns` turns. Returns AL(k),
     profile F1, response pass rate and cut share per turn, AVG / N-IR / N-R² (for >= 2 turns), the
-    settings, one example transcript, one record per dialogue (`dialogues`) and the flat `metrics`."""
+    settings, one example transcript, one record per dialogue (`dialogues`) and the flat `metrics`.
+    `parts`: a store of the finished batches of dialogues (envs.task.evaluation_part), so a rerun after a
+    remote user or judge failed skips them."""
     test = list(profiles)
     if not test:
         raise ValueError("RLPA evaluation: no test profiles to evaluate")
-    runs, dialogues = [], []
+    batches = []
     for s in range(0, len(test), batch_size):
-        cut: list[list[bool]] = []  # per turn: the engine's truncated flags [n * G]
+        def play(s=s) -> dict:
+            cut: list[list[bool]] = []  # per turn: the engine's truncated flags [n * G]
 
-        def policy(prompts, G, _s=s, _cut=cut):
-            b = engine.generate(prompts, generations=G, generator_seed=seed * 7 + _s + len(prompts[0]))
-            _cut.append(b.truncated.tolist())
-            return [b.completions[i * G:(i + 1) * G] for i in range(len(prompts))]
-        runs.append(run_dialogues(policy, test[s:s + batch_size], user=user, judge=judge, max_turns=max_turns,
-                                  G=generations, seed=seed + s, completion_prefix=engine.completion_prefix))
-        dialogues += per_dialogue(runs[-1], cut, generations, first=s)
+            def policy(prompts, G):
+                b = engine.generate(prompts, generations=G, generator_seed=seed * 7 + s + len(prompts[0]))
+                cut.append(b.truncated.tolist())
+                return [b.completions[i * G:(i + 1) * G] for i in range(len(prompts))]
+            run = run_dialogues(policy, test[s:s + batch_size], user=user, judge=judge, max_turns=max_turns,
+                                G=generations, seed=seed + s, completion_prefix=engine.completion_prefix)
+            return {"examples": len(test[s:s + batch_size]), "al_by_turn": run.al_by_turn,
+                    "profile_f1_by_turn": run.profile_f1_by_turn, "response_by_turn": run.response_by_turn,
+                    "transcript": run.transcripts[0], "dialogues": per_dialogue(run, cut, generations, first=s)}
+        batches.append(evaluation_part(parts, s, play))
         if progress is not None:
             progress(min(s + batch_size, len(test)), len(test))
-    n = [len(test[s:s + batch_size]) for s in range(0, len(test), batch_size)]
+    dialogues = [d for b in batches for d in b["dialogues"]]
 
-    def pooled(attr):
-        return [sum(getattr(r, attr)[k] * w for r, w in zip(runs, n)) / sum(n) for k in range(max_turns)]
+    def pooled(key):
+        n = sum(b["examples"] for b in batches)
+        return [sum(b[key][k] * b["examples"] for b in batches) / n for k in range(max_turns)]
 
     al, f1, resp = pooled("al_by_turn"), pooled("profile_f1_by_turn"), pooled("response_by_turn")
     cut_by_turn = [100.0 * sum(d["turns"][k]["truncated"] for d in dialogues) / len(dialogues) for k in range(max_turns)]
@@ -67,7 +76,7 @@ def evaluate_dialogues(engine, profiles: Sequence[Profile], *, max_turns: int = 
     out["settings"] = {"generations": generations, "temperature": engine.temperature,
                        "max_new_tokens": engine.max_new_tokens, "completion_prefix": engine.completion_prefix,
                        "seed": seed, "batch_size": batch_size, "user": _public(user), "judge": _public(judge)}
-    out["example_transcript"] = runs[0].transcripts[0] if runs else []
+    out["example_transcript"] = batches[0]["transcript"]
     out["dialogues"] = dialogues
     out["metrics"] = {**{f"dialogue/{k}": out[k] for k in ("avg", "n_ir", "n_r2") if k in out},
                       **{f"dialogue/al/{k}": v for k, v in enumerate(al, 1)}}

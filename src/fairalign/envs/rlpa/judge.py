@@ -4,7 +4,8 @@ A judge is any callable `judge(replies, inferred_profiles, histories) -> list[fl
 batched over replies. `LLMJudge` asks a chat backend (HFChat / OpenAIChat) to rate the paper's five
 criteria — natural, relevant, consistent, engaging, informative — as a JSON object of booleans,
 and is strict: the reply passes only if every criterion is true. A verdict that cannot be read
-(no JSON, a missing criterion) counts as a failure.
+(no JSON, a missing criterion) counts as a failure; a backend that fails raises `BackendError` naming
+the role "judge".
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import json
 import re
 from typing import Any, Sequence
 
-from .backends import HFChat, OpenAIChat
+from .backends import BackendError, HFChat, OpenAIChat
 from .prompts import CRITERIA, judge_prompt
 from .rewards import RulesJudge
 
@@ -61,7 +62,10 @@ class LLMJudge:
                  histories: Sequence[Sequence[dict]]) -> list[float]:
         convs = [[{"role": "user", "content": judge_prompt(r, p, list(h))}]
                  for r, p, h in zip(replies, inferred, histories)]
-        answers = self.backend.complete(convs) if convs else []
+        try:
+            answers = self.backend.complete(convs) if convs else []
+        except BackendError as e:  # the run's error names who failed: the judge
+            raise e.with_role("judge") from None
         self.last_details = [parse_verdict(a, self.criteria) for a in answers]
         return [float(d is not None and all(d.values())) for d in self.last_details]
 

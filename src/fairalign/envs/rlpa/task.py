@@ -8,7 +8,8 @@ dialogue. The rewards are the dialogue's own (profile F1 + response verdict), no
 functions, so `rewards` is empty and `reward_parts` holds profile, response and format.
 
 Options (task_options.*): max_turns, user ("rules" | "openai" with user_options), judge
-("rules" | "openai" with judge_options), group_by (occupation_category | cluster | a slot),
+("rules" | "openai" with judge_options; an openai user's or judge's options are checked when the task
+is built), group_by (occupation_category | cluster | a slot),
 completion_prefix (text pre-filled at the start of every assistant turn, default "<profile>"),
 profiles (a JSONL file of your own profiles; its train/test split is seeded 90/10), n_train /
 n_test (subsample the built-in 2700 / 300 split), demo_turns (length of the oracle dialogues that
@@ -20,7 +21,8 @@ paper's evaluation horizon, whatever max_turns training used).
 test profiles, with the task's user and judge; `RLPATask.demonstrations` are an oracle's turns.
 
 Simplifications: the generation seed of turn t is `seed * 17 + t`; reward errors are not caught
-(the rules user and judge do not fail; a remote backend's errors stop the step), so
+(the rules user and judge do not fail; a remote one that still fails after its retries raises an
+EnvironmentFault, and the trainer stops with a checkpoint of the last completed step), so
 `reward_errors` is 0; `generate_s` sums the turns' generate calls.
 """
 from __future__ import annotations
@@ -70,15 +72,17 @@ class RLPATask(Task):
                                      completion_prefix=self.completion_prefix, group_by=self.group_by)[:n]
 
     def evaluate(self, engine, *, examples: int = 0, generations: int = 1, seed: int = 0, batch_size: int = 16,
-                 on_reward_error: str = "raise", progress=None) -> dict:
+                 on_reward_error: str = "raise", progress=None, parts=None) -> dict:
         """The paper's evaluation on the first `examples` test profiles (0 = all) x `eval_turns` turns
-        (envs/rlpa/evaluate.py); the rules user and judge do not fail, so on_reward_error is not used."""
+        (envs/rlpa/evaluate.py), `batch_size` dialogues at a time (`parts`: a store of the finished batches,
+        so a rerun after a remote user or judge failed skips them); on_reward_error is not used (the rules
+        user and judge do not fail; a remote one that keeps failing raises an EnvironmentFault)."""
         from fairalign.envs.rlpa.evaluate import evaluate_dialogues
 
         profiles = [ex["profile"] for ex in self.test_examples]
         return evaluate_dialogues(engine, profiles[:examples] if examples else profiles, max_turns=self.eval_turns,
                                   generations=generations, user=self.user, judge=self.judge, seed=seed,
-                                  batch_size=batch_size, progress=progress)
+                                  batch_size=batch_size, progress=progress, parts=parts)
 
     def rollout(self, engine, examples: list[dict], generations: int, seed: int, *,
                 on_reward_error: str = "raise") -> RolloutBatch:
@@ -138,8 +142,28 @@ def make_task(*, seed: int = 0, max_turns: int = 10, user="rules", judge="rules"
         test = test[:n_test]
     user_spec = {"backend": user, **(user_options or {})} if user != "rules" else "rules"
     judge_spec = {"backend": judge, **(judge_options or {})} if judge != "rules" else "rules"
+    for name, options in (("user", user_options), ("judge", judge_options)):
+        if (user if name == "user" else judge) == "openai":
+            _check_remote_options(f"{name}_options", options or {})
 
     return RLPATask(name="rlpa", train_examples=_examples(train, group_by), test_examples=_examples(test, group_by),
                     rewards=[], description="multi-turn personalized dialogue with a simulated user (RLPA)",
                     completion_prefix=completion_prefix, max_turns=max_turns, user=user_spec, judge=judge_spec,
                     group_by=group_by, eval_turns=eval_turns, demo_turns=demo_turns)
+
+
+def _check_remote_options(name: str, options: dict) -> None:
+    """An `openai` user's or judge's options, checked when the task is built (not at the first request):
+    known keys and values OpenAIChat accepts; ValueError naming the task option otherwise."""
+    import inspect
+
+    from fairalign.envs.rlpa.backends import OpenAIChat
+
+    valid = [p for p in inspect.signature(OpenAIChat).parameters]
+    unknown = [k for k in options if k not in valid]
+    if unknown:
+        raise ValueError(f"task option '{name}' has unknown key '{unknown[0]}'; valid: {', '.join(valid)}")
+    try:
+        OpenAIChat(**options)
+    except ValueError as e:
+        raise ValueError(f"task option '{name}': {e}") from None

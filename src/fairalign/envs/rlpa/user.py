@@ -15,6 +15,7 @@ Backends:
   states values from its profile, verbatim, inside fixed templates.
 - `hf` / `openai`: an LLM role-plays the profile from `prompts.user_system_prompt`, through
   `backends.HFChat` / `backends.OpenAIChat`. Revealed items are detected by text match (approximate).
+  A backend that fails raises `BackendError` naming the role "simulated user".
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from .backends import HFChat, OpenAIChat
+from .backends import BackendError, HFChat, OpenAIChat
 from .profile import Profile, slots_mentioned
 from .prompts import user_system_prompt
 from .rewards import item_mentioned, repeats_earlier
@@ -175,7 +176,10 @@ class LLMUser(SimulatedUser):
     def reply(self, states: Sequence[LLMUserState], histories: Sequence[Sequence[dict]]) -> list[str]:
         if len(states) != len(histories):
             raise ValueError(f"states and histories must have the same length, got {len(states)}, {len(histories)}")
-        texts = self.backend.complete([self.role_play_messages(s.profile, h) for s, h in zip(states, histories)])
+        try:
+            texts = self.backend.complete([self.role_play_messages(s.profile, h) for s, h in zip(states, histories)])
+        except BackendError as e:  # the run's error names who failed: the simulated user
+            raise e.with_role("simulated user") from None
         out = []
         for st, text in zip(states, texts):
             text = (text or "").strip() or "Hmm."
