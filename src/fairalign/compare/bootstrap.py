@@ -13,7 +13,7 @@ AL(k) = mean over dialogues of 50 · total at turn k, and AVG, N-IR, N-R² of th
      same profiles of the same seed), and averages the per-seed differences over the drawn seeds.
 The interval is the 2.5 / 97.5 percentiles of the resampled statistic, `se` its standard deviation,
 mde80 = (z_0.975 + z_0.80) · se (the normal analogue of the t formula), and the two-sided p is
-min(1, 2 · min(share of draws <= 0, share >= 0)), resolution 1 / resamples.
+min(1, 2 · min(1 + #draws <= 0, 1 + #draws >= 0) / (resamples + 1)) (never 0: at least 2 / (resamples + 1)).
 Simplifications: a fixed number of resamples and generator seed (the same report twice); seeds with
 dialogues of another number of turns, or an arm and baseline that evaluated different profiles, give
 no bootstrap (the caller keeps the t interval over seeds).
@@ -27,7 +27,6 @@ import numpy as np
 RESAMPLES = 4000
 SEED = 0
 Z_SUM = 1.959963984540054 + 0.8416212335729143  # z_0.975 + z_0.80
-CELLS_PER_CHUNK = 2_000_000  # floats gathered per chunk of resamples
 
 
 def al_matrix(dialogues: Sequence[Mapping]) -> np.ndarray:
@@ -90,41 +89,35 @@ def dialogue_bootstrap(arm: Mapping, base: Mapping | None = None, derived: Mappi
         return None
     Xa, m = _stack(mats_a)                                                           # [n, m_max, K], [n]
     Xb = _stack(mats_b)[0] if mats_b is not None else None
-    n, m_max = Xa.shape[0], Xa.shape[1]
+    n = Xa.shape[0]
     crossed = all(ids[s] == ids[seeds[0]] for s in seeds)
     rng = np.random.default_rng(seed)
-    chunk = max(1, CELLS_PER_CHUNK // (n * m_max * K))
-    draws: dict[str, list[np.ndarray]] = {}
-    done = 0
-    while done < resamples:
-        c = min(chunk, resamples - done)
-        S = rng.integers(0, n, size=(c, n))                                          # [c, n] drawn seeds
-        if crossed:
-            idx = np.broadcast_to(rng.integers(0, m_max, size=(c, 1, m_max)), (c, n, m_max))
-        else:
-            ms = m[S][..., None]                                                     # [c, n, 1]
-            idx = np.minimum((rng.random((c, n, m_max)) * ms).astype(np.int64), ms - 1)
-        keep = (np.arange(m_max) < m[S][..., None])[..., None]                       # [c, n, m_max, 1]
-        denom = m[S][..., None].astype(np.float64)                                   # [c, n, 1]
-
-        def curves(X):
-            return (X[S[..., None], idx] * keep).sum(2) / denom                      # [c, n, K]
-
-        stat = curve_metrics(curves(Xa))
-        if Xb is not None:
-            other = curve_metrics(curves(Xb))
-            stat = {k: v - other[k] for k, v in stat.items()}
-        for k, v in stat.items():
-            draws.setdefault(k, []).append(v.mean(1))                                # [c] mean over drawn seeds
-        done += c
-    flat = {k: np.concatenate(v) for k, v in draws.items()}
+    S = rng.integers(0, n, size=(resamples, n))                                      # [R, n] drawn seeds
+    arms = [X for X in (Xa, Xb) if X is not None]
+    curves = [np.empty((resamples, n, K)) for _ in arms]                             # [R, n, K] per arm
+    if crossed:  # one profile draw per resample (multinomial counts), shared by every drawn seed
+        w = rng.multinomial(int(m[0]), np.full(int(m[0]), 1.0 / m[0]), size=resamples)   # [R, m]
+        for X, out in zip(arms, curves):
+            every_seed = np.einsum("rm,smk->rsk", w, X) / m[0]                      # [R, n, K]
+            out[:] = np.take_along_axis(every_seed, S[..., None], axis=1)
+    else:  # each drawn seed draws from its own profiles
+        for s in range(n):
+            hit = S == s                                                             # [R, n]
+            w = rng.multinomial(int(m[s]), np.full(int(m[s]), 1.0 / m[s]), size=int(hit.sum()))  # [k, m_s]
+            for X, out in zip(arms, curves):
+                out[hit] = w @ X[s, :m[s]] / m[s]                                    # [k, K]
+    stat = curve_metrics(curves[0])
+    if Xb is not None:
+        other = curve_metrics(curves[1])
+        stat = {k: v - other[k] for k, v in stat.items()}
+    flat = {k: v.mean(1) for k, v in stat.items()}                                  # [R]: mean over drawn seeds
     for name, parts in (derived or {}).items():
         if parts and all(p in flat for p in parts):
             flat[name] = np.mean([flat[p] for p in parts], axis=0)
     out = {}
     for k, d in flat.items():
         se = float(d.std(ddof=1)) if len(d) > 1 else 0.0
-        p = min(1.0, 2.0 * min(float((d <= 0).mean()), float((d >= 0).mean())))
+        p = min(1.0, 2.0 * (1 + min(int((d <= 0).sum()), int((d >= 0).sum()))) / (len(d) + 1))
         out[k] = {"ci95": [float(np.percentile(d, 2.5)), float(np.percentile(d, 97.5))], "se": se, "p": p,
                   "mde80": Z_SUM * se, "n": n,
                   "profiles": int(m[0]) if (m == m[0]).all() else [int(x) for x in m],

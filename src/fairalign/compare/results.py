@@ -27,8 +27,8 @@ BOOTSTRAP_METHOD = ("dialogue metrics (dialogue/*, and derived metrics made of t
                     "from a two-level paired bootstrap: resample seeds, then profiles (one draw shared by every "
                     "seed when all seeds evaluated the same profiles, else one per seed), recompute AL(k), AVG, "
                     "N-IR, N-R² of both arms from the same dialogues, average the differences over the drawn "
-                    "seeds; percentile interval, mde80 = (z_0.975 + z_0.80) · bootstrap se, p = 2 · the smaller "
-                    "tail share at 0.")
+                    "seeds; percentile interval, mde80 = (z_0.975 + z_0.80) · bootstrap se, p = 2 · (1 + the smaller "
+                    "count of draws on either side of 0) / (resamples + 1).")
 
 
 def read_eval(run_dir: Path) -> dict | None:
