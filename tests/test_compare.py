@@ -412,3 +412,18 @@ def test_sigterm_in_a_runs_last_step_stops_the_study(tmp_path, monkeypatch, tiny
     out = io.StringIO()
     run_study(spec, stream=out)
     assert "1 to evaluate" in out.getvalue() and "3 trained" in out.getvalue()
+
+
+def test_primary_check_of_a_task_with_its_own_rollout(tmp_path):
+    """A task with its own rollout (docs/extending.md's guess game) and the default evaluation: its group
+    names come from that rollout, so any heldout/group/<g> may be primary; other names are still checked."""
+    from fairalign.compare import load_study
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "extending.md").read_text()
+    (tmp_path / "guess_game.py").write_text(re.search(r"```python title=guess_game.py\n(.*?)```", doc, re.S)[1])
+    base = {**BASE, "task": f"{tmp_path / 'guess_game.py'}:make_task"}
+    study = load_study(_spec(tmp_path, base=base, derived=None, primary=["heldout/group/all", "heldout/reward"]))
+    assert study.primary == ["heldout/group/all", "heldout/reward"]
+    assert load_study(_spec(tmp_path, base=base, derived=None, primary=None)).primary == ["heldout/reward"]
+    with pytest.raises(ConfigError, match="primary: 'heldout/rewrd' is not a metric every arm"):
+        load_study(_spec(tmp_path, base=base, derived=None, primary=["heldout/rewrd"]))

@@ -198,13 +198,16 @@ def load_study(path: str | Path, cli: list[str] | None = None) -> Study:
 
 def evaluation_metrics(ecfg: Config) -> set[str] | None:
     """The metric names the task's evaluation will write for this (evaluation) config: the default
-    held-out evaluation's (reward, response length, one per preference group evaluated) or RLPA's
-    (AL(k) per turn; AVG, N-IR, N-R² from 2 turns on); None for a task with an evaluation of its own."""
+    held-out evaluation's (reward, response length, one per preference group evaluated; "heldout/group/*"
+    when the task's own rollout names the groups) or RLPA's (AL(k) per turn; AVG, N-IR, N-R² from 2 turns
+    on); None for a task with an evaluation of its own."""
     from fairalign.config.task import task_from_config
     from fairalign.envs import Task
 
     task = task_from_config(ecfg)
     if type(task).evaluate is Task.evaluate:
+        if type(task).rollout is not Task.rollout:
+            return {"heldout/reward", "heldout/response_length", "heldout/group/*"}
         try:
             chosen = task.evaluation_examples(ecfg.eval.examples)
         except ValueError as e:
@@ -223,7 +226,8 @@ def _known(name: str, produced: dict) -> bool:
     """Whether every arm will have `name` (a task with its own evaluation may produce anything)."""
     if name in RUN_METRICS or CLIP_METRICS.match(name):
         return True
-    return all(p is None or name in p for p in produced.values())
+    return all(p is None or name in p or any(e.endswith("*") and name.startswith(e[:-1]) for e in p)
+               for p in produced.values())
 
 
 def _unknown(name: str, produced: dict, extra=()) -> str:
@@ -256,7 +260,8 @@ def _derived(block, produced: dict, fail) -> dict[str, list[str]]:
         name = str(name)
         if not METRIC_NAME.match(name):
             raise fail(f"derived: '{name}' is not a metric name (letters, digits, '_', '.', '/', '+', '-')")
-        if name in RUN_METRICS or CLIP_METRICS.match(name) or any(p and name in p for p in produced.values()):
+        taken = any(p is not None and _known(name, {0: p}) for p in produced.values())
+        if taken or name in RUN_METRICS or CLIP_METRICS.match(name):
             raise fail(f"derived: '{name}' is already a metric of the study; choose another name")
         parts = _names(parts, f"derived: '{name}'", fail)
         for p in parts:
