@@ -116,7 +116,7 @@ def test_printed_reading_leads_with_the_primary_metrics(study):
     assert table.index("heldout/minorities") < table.index("train/reward_mean") < table.index("reading:") \
         < table.index("secondary metrics") < table.index("heldout/group/casual")
     c = study["comparison"]
-    # heldout/reward and heldout/minorities: grpo and rloo − untrained, rloo − grpo; train/reward_mean: rloo − grpo
+    # heldout/reward, heldout/minorities: grpo and rloo − untrained, rloo − grpo; train/reward_mean: rloo − grpo
     assert len(c["reading"]) == 2 * 3 + 1
     assert lines[lines.index("reading:") + 1:lines.index("reading:") + 8] == [f"  {r}" for r in c["reading"]]
     assert c["reading"][0].startswith("heldout/reward: grpo − untrained ")
@@ -151,7 +151,8 @@ def test_comparison_numbers_follow_from_the_run_files(study):
             assert [r["step"] for r in rows] == [1, 2]
             assert m["train/reward_final"] == pytest.approx(rows[-1]["reward/mean"])  # last max(1, 2 // 5) steps
             assert m["train/reward_mean"] == pytest.approx((rows[0]["reward/mean"] + rows[1]["reward/mean"]) / 2)
-            assert m["heldout/minorities"] == pytest.approx(sum(ev["by_group"][g.split("/")[-1]] for g in MINORITIES) / 3)
+            minorities = [ev["by_group"][g.split("/")[-1]] for g in MINORITIES]
+            assert m["heldout/minorities"] == pytest.approx(sum(minorities) / 3)
             assert m["time/train_s"] == pytest.approx(sum(r["step_s"] for r in rows))
             n = sum(r.get("clip_count/len/4-8", 0) for r in rows)
             if n:
@@ -321,7 +322,7 @@ def test_t_interval_matches_hand_computed_values():
     d = paired_differences(arm, base)
     assert set(d) == {"x"} and d["x"]["mean"] == pytest.approx(2.0) and d["x"]["n"] == 3
     assert d["x"]["ci95"] == pytest.approx([2 - half, 2 + half], abs=1e-5)
-    # mde80 = (t_{0.975,2} + t_{0.80,2}) · sd/√n; with 2 dof t_q = a·√(2/(1 − a²)), a = 2q − 1: t_{0.80,2} = √1.125
+    # mde80 = (t_{0.975,2} + t_{0.80,2}) · sd/√n; 2 dof: t_q = a√(2/(1 − a²)), a = 2q − 1 (t_{0.80,2} = √1.125)
     assert t_quantile(0.80, 2) == pytest.approx(math.sqrt(1.125), abs=1e-9)
     assert d["x"]["mde80"] == pytest.approx((4.302653 + 1.0606602) / math.sqrt(3), abs=1e-6)
     assert mde80(1.0, 3) == pytest.approx(3.0965, abs=1e-4) and mde80(0.0, 5) == 0.0 and mde80(None, 1) is None

@@ -9,9 +9,10 @@ paired intervals (results.py, table.py; docs/compare.md).
 
 Resumable and idempotent: a run with final/ and an eval.json of the same evaluation settings is reused
 untouched (an untrained evaluation likewise); a run with checkpoints and no final/ is resumed; a rerun of
-a finished study only re-aggregates. Simplifications: one process (no data parallelism inside a study); runs go one after
-the other, seed-major (every arm of seed 0, then of seed 1, ...), so a partial study is already paired;
-a run's wall time is the sum of its logged step times (model loading and evaluation are apart).
+a finished study only re-aggregates. Simplifications: one process (no data parallelism inside a study);
+runs go one after the other, seed-major (the seed's untrained evaluation, then every arm of seed 0, then
+of seed 1, ...), so a partial study is already paired; a run's wall time is the sum of its logged step
+times (model loading and evaluation are apart).
 """
 from __future__ import annotations
 

@@ -131,7 +131,7 @@ def _primary(page: Page, comp: dict, primary: list[str]) -> None:
     for m in primary:
         body, classes = [], []
         if isinstance(un_summary.get(m), dict):
-            body.append(["untrained (starting policy)", _summary_cell(un_summary[m]), "—", "—", "—", "—", "—", "—"])
+            body.append(["untrained (starting policy)", _summary_cell(un_summary[m]), *["—"] * 6])
             classes.append("")
         for a in arms:
             ld = _dict(_dict(learned.get(a)).get(m))
