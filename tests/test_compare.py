@@ -1,10 +1,14 @@
 """`fairalign compare`: a paired seed study of two arms (the tiny model, 2 steps): its layout, its
-comparison.json (numbers re-derived here from the run files), an idempotent rerun, a killed study that
-resumes to the same result, the t statistics against hand-computed values, and one-line spec errors."""
+comparison.json (numbers re-derived here from the run files: paired differences, mde80, Holm's p_adj over
+the primary metrics, the untrained policy's evaluation and every arm's difference to it, train/reward_mean,
+derived metrics), the printed reading and the report leading with the primary metrics, an idempotent rerun,
+a killed study that resumes to the same result, the t statistics against hand-computed values, and one-line
+spec errors. The dialogue bootstrap: tests/test_compare_bootstrap.py."""
 import io
 import json
 import math
 import re
+import shutil
 import time
 from pathlib import Path
 
@@ -12,13 +16,18 @@ import pytest
 import yaml
 
 from fairalign.cli import main
-from fairalign.compare import mean_interval, paired_differences, run_study, t_quantile, t_two_sided_p
+from fairalign.errors import ConfigError
+from fairalign.compare import holm, mde80, mean_interval, paired_differences, run_study, t_quantile, t_two_sided_p
 
 ARMS = {"grpo": {"algo.advantage": "grpo"}, "rloo": {"algo": {"advantage": "rloo"}, "optim.lr": 0.05}}
 BASE = {"model": "tiny", "task": "personas", "steps": 2, "rollout.prompts_per_step": 2, "rollout.generations": 2,
         "rollout.max_new_tokens": 6, "log": {"tensorboard": False}}
 SEEDS = [0, 1]
 RUN_FILES = ("config.yaml", "metrics.jsonl", "eval.json", "final")
+# eval.examples=4 evaluates casual, concise, detailed_list, formal (round-robin over the sorted groups)
+MINORITIES = ["heldout/group/casual", "heldout/group/detailed_list", "heldout/group/formal"]
+PRIMARY = ["heldout/reward", "heldout/minorities", "train/reward_mean"]
+T975_1, T80_1 = math.tan(0.475 * math.pi), math.tan(0.3 * math.pi)  # Student t with 1 dof is Cauchy
 
 
 class SimulatedKill(Exception):
@@ -26,7 +35,8 @@ class SimulatedKill(Exception):
 
 
 def _spec(folder: Path, **changes) -> Path:
-    spec = {"output_dir": str(folder / "study"), "seeds": SEEDS, "base": BASE, "arms": ARMS, "eval": {"examples": 4}}
+    spec = {"output_dir": str(folder / "study"), "seeds": SEEDS, "base": BASE, "arms": ARMS, "eval": {"examples": 4},
+            "derived": {"heldout/minorities": MINORITIES}, "primary": PRIMARY}
     spec.update(changes)
     path = folder / "spec.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
@@ -34,7 +44,8 @@ def _spec(folder: Path, **changes) -> Path:
 
 
 def _run_files(study: Path) -> dict:
-    return {str(p): p.stat().st_mtime_ns for arm in ARMS for p in (study / arm).rglob("*") if p.is_file()}
+    return {str(p): p.stat().st_mtime_ns for arm in [*ARMS, "untrained"] for p in (study / arm).rglob("*")
+            if p.is_file()}
 
 
 def _no_timings(runs: dict) -> dict:
@@ -73,7 +84,53 @@ def test_layout_progress_and_eval_files(study):
     assert len(lines) == len(ARMS) * len(SEEDS) * BASE["steps"]
     assert re.fullmatch(r"\[grpo seed 0\] step 1/2  reward \d\.\d{3}  study 1/8 steps, eta \d+m\d\ds", lines[0])
     assert lines[-1].startswith("[rloo seed 1] step 2/2") and "study 8/8 steps" in lines[-1]
-    assert "heldout/reward" in study["log"] and "rloo - grpo [95% CI] p" in study["log"]
+    evaluated = [x.split("]")[0] + "]" for x in study["log"].splitlines() if "] evaluated: " in x]
+    assert evaluated == ["[untrained seed 0]", "[grpo seed 0]", "[rloo seed 0]",  # the untrained policy first
+                         "[untrained seed 1]", "[grpo seed 1]", "[rloo seed 1]"]
+    for seed in SEEDS:
+        ev = json.loads((d / "untrained" / f"seed-{seed}" / "eval.json").read_text())
+        assert ev["kind"] == "heldout" and ev["n"] == 4 and ev["starting_policy"]["model"] == "tiny"
+    assert not (d / "untrained" / "seed-0" / "config.yaml").exists()  # an evaluation, not a run
+
+
+def test_untrained_row_is_the_starting_policy_through_fairalign_eval(study, tmp_path, capsys):
+    """The untrained evaluation of seed 1 is what `fairalign eval` gives the tiny model before any step."""
+    out = tmp_path / "eval"
+    assert main(["eval", "tiny", "task=personas", "seed=1", "eval.examples=4", "rollout.max_new_tokens=6",
+                 "--out", str(out)]) == 0
+    capsys.readouterr()
+    ref = json.loads((out / "eval.json").read_text())
+    ev = json.loads((study["dir"] / "untrained" / "seed-1" / "eval.json").read_text())
+    assert ev["metrics"] == ref["metrics"] and ev["by_group"] == ref["by_group"]
+    assert study["comparison"]["untrained"]["runs"]["1"]["heldout/reward"] == ref["mean"]
+
+
+def test_printed_reading_leads_with_the_primary_metrics(study):
+    log = study["log"]
+    table = log[log.index("paired comparison over 2 seeds"):]
+    lines = table.splitlines()
+    assert lines[1] == ("primary metrics: heldout/reward, heldout/minorities, train/reward_mean (fixed before any run "
+                        "trained); p_adj: Holm over 1 arm(s) x 3 metric(s)")
+    assert lines[2] == "heldout/reward"
+    assert lines[4].split()[0] == "untrained" and lines[5].split()[0] == "grpo" and lines[6].split()[0] == "rloo"
+    assert table.index("heldout/minorities") < table.index("train/reward_mean") < table.index("reading:") \
+        < table.index("secondary metrics") < table.index("heldout/group/casual")
+    c = study["comparison"]
+    # heldout/reward, heldout/minorities: grpo and rloo − untrained, rloo − grpo; train/reward_mean: rloo − grpo
+    assert len(c["reading"]) == 2 * 3 + 1
+    assert lines[lines.index("reading:") + 1:lines.index("reading:") + 8] == [f"  {r}" for r in c["reading"]]
+    assert c["reading"][0].startswith("heldout/reward: grpo − untrained ")
+    assert c["reading"][-1].startswith("train/reward_mean: rloo − grpo ")
+    assert "rloo - grpo [95% CI] mde80 p" in table and "clip_rate" not in table.split("secondary metrics")[0]
+    html = (study["dir"] / "report.html").read_text()
+    assert html.index("<h2>Primary metrics</h2>") < html.index("<h2>Method</h2>") < html.index(
+        "<h2>Paired differences</h2>")
+    primary_html = html[html.index("<h2>Primary metrics</h2>"):html.index("<h2>Method</h2>")]
+    assert "<h3>heldout/minorities</h3>" in primary_html and "untrained (starting policy)" in primary_html
+    assert "train/reward_final" not in primary_html and "p_adj" in primary_html
+    from html import escape
+
+    assert all(escape(r) in primary_html for r in c["reading"])
 
 
 def test_comparison_numbers_follow_from_the_run_files(study):
@@ -93,6 +150,9 @@ def test_comparison_numbers_follow_from_the_run_files(study):
             rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
             assert [r["step"] for r in rows] == [1, 2]
             assert m["train/reward_final"] == pytest.approx(rows[-1]["reward/mean"])  # last max(1, 2 // 5) steps
+            assert m["train/reward_mean"] == pytest.approx((rows[0]["reward/mean"] + rows[1]["reward/mean"]) / 2)
+            minorities = [ev["by_group"][g.split("/")[-1]] for g in MINORITIES]
+            assert m["heldout/minorities"] == pytest.approx(sum(minorities) / 3)
             assert m["time/train_s"] == pytest.approx(sum(r["step_s"] for r in rows))
             n = sum(r.get("clip_count/len/4-8", 0) for r in rows)
             if n:
@@ -114,6 +174,31 @@ def test_comparison_numbers_follow_from_the_run_files(study):
         half = t_quantile(0.975, 1) * abs(per_seed[0] - per_seed[1]) / 2  # sd/√2 = |d1 - d2|/2 for n = 2
         assert hi - dm["mean"] == pytest.approx(half, abs=1e-12)
         assert 0.0 <= dm["p"] <= 1.0
+        assert dm["mde80"] == pytest.approx((T975_1 + T80_1) * abs(per_seed[0] - per_seed[1]) / 2, abs=1e-9)
+        assert ("p_adj" in dm) == (metric in PRIMARY)
+    # Holm over 1 arm x 3 primary metrics, by hand: sorted p (a <= b <= c) -> 3a, max(3a, 2b), max(.., c), capped at 1
+    ps = sorted((diffs["rloo"][m]["p"], m) for m in PRIMARY)
+    adj, running = {}, 0.0
+    for k, (p, m) in enumerate(ps):
+        running = max(running, min(1.0, (3 - k) * p))
+        adj[m] = running
+    assert {m: diffs["rloo"][m]["p_adj"] for m in PRIMARY} == pytest.approx(adj)
+    # the untrained policy: its metrics per seed from untrained/seed-S/eval.json, every arm's paired difference to it
+    un = c["untrained"]
+    assert un["policy_of"] == "grpo" and un["arms"] == ["grpo", "rloo"]
+    for seed in SEEDS:
+        ev = json.loads((d / "untrained" / f"seed-{seed}" / "eval.json").read_text())
+        assert un["runs"][str(seed)]["heldout/reward"] == ev["mean"]
+        assert "train/reward_mean" not in un["runs"][str(seed)]
+    for arm in ARMS:
+        learned = un["differences"][arm]
+        assert "train/reward_mean" not in learned and "heldout/minorities" in learned
+        for metric, dm in learned.items():
+            per_seed = [runs[arm][str(s)][metric] - un["runs"][str(s)][metric] for s in SEEDS]
+            assert dm["mean"] == pytest.approx(sum(per_seed) / 2)
+            assert dm["mde80"] == pytest.approx((T975_1 + T80_1) * abs(per_seed[0] - per_seed[1]) / 2, abs=1e-9)
+    assert c["primary"] == PRIMARY and c["primary_default"] is False
+    assert c["primary_declared"]["runs_trained_before"] == 0 and c["primary_status"] == "fixed before any run trained"
     for arm in ARMS:
         s = c["arms_summary"][arm]["heldout/reward"]
         assert s["n"] == 2 and s["mean"] == pytest.approx(sum(runs[arm][str(x)]["heldout/reward"] for x in SEEDS) / 2)
@@ -127,12 +212,31 @@ def test_rerun_is_a_fast_no_op(study, capsys):
     seconds = time.perf_counter() - t0
     out = capsys.readouterr().out
     assert _run_files(study["dir"]) == before  # nothing in a run directory was written
-    assert "0 trained, 0 evaluated, 4 reused" in out and " step " not in out
+    assert "0 trained, 0 evaluated, 4 reused) and 2 untrained evaluations (0 made)" in out and " step " not in out
     again = json.loads((study["dir"] / "comparison.json").read_text())
     assert again["runs"] == study["comparison"]["runs"] and again["differences"] == study["comparison"]["differences"]
     print(f"\nstudy {study['seconds']:.1f}s; rerun {seconds:.2f}s (aggregation {again['aggregate_s']:.3f}s)")
     assert again["aggregate_s"] < 1.0
     assert seconds < 15.0
+
+
+def test_primary_changed_after_the_runs_is_recorded(study, tmp_path):
+    """Another primary: list on a finished study re-aggregates (nothing retrains) and says the primary
+    metrics were declared after the runs; the earlier declaration is kept."""
+    copy = tmp_path / "study"
+    shutil.copytree(study["dir"], copy)
+    spec = _spec(tmp_path, primary=["heldout/group/concise"])
+    out = io.StringIO()
+    c = run_study(spec, stream=out)
+    assert "4 reused" in out.getvalue()
+    assert c["primary"] == ["heldout/group/concise"]
+    assert c["primary_status"] == "declared when 4 of 4 runs had trained: not fixed before the runs"
+    assert "primary metrics: heldout/group/concise (declared when 4 of 4 runs had trained" in out.getvalue()
+    rec = json.loads((copy / "primary.json").read_text())
+    assert rec["previous"][0]["primary"] == PRIMARY and rec["previous"][0]["runs_trained_before"] == 0
+    assert "p_adj" not in c["differences"]["rloo"]["heldout/group/concise"]  # one comparison: nothing to adjust
+    assert c["differences"]["rloo"]["heldout/reward"] == {k: v for k, v in study["comparison"]["differences"]["rloo"][
+        "heldout/reward"].items() if k != "p_adj"}
 
 
 def test_a_changed_training_key_is_refused(study, capsys):
@@ -173,20 +277,26 @@ def test_killed_study_resumes_to_the_same_comparison(study, tmp_path, monkeypatc
     out = io.StringIO()
     c = run_study(spec, stream=out)
     assert resumed_steps == [2, 1, 2, 1, 2]  # rloo seed 0 resumed at step 2; seed 1 trained from scratch
-    assert "1 reused" in out.getvalue()
+    assert "1 reused" in out.getvalue() and "2 untrained evaluations (1 made)" in out.getvalue()
     assert [json.loads(x)["step"] for x in (killed / "metrics.jsonl").read_text().splitlines()] == [1, 2]
     ref = study["comparison"]
     assert _no_timings(c["runs"]) == _no_timings(ref["runs"])
+    assert c["untrained"]["runs"] == ref["untrained"]["runs"]
     strip = lambda d: {a: {m: v for m, v in ms.items() if not m.startswith("time/")} for a, ms in d.items()}
     assert strip(c["differences"]) == strip(ref["differences"])
 
     # other evaluation settings re-evaluate every run and retrain none
     before = {k: v for k, v in _run_files(tmp_path / "study").items() if not k.endswith("eval.json")}
     resumed_steps.clear()
+    # 2 held-out examples evaluate casual and concise only: the derived metric must follow (checked before anything)
+    with pytest.raises(ConfigError, match="derived: 'heldout/minorities': 'heldout/group/detailed_list' is not"):
+        run_study(spec, ["eval.examples=2"], stream=io.StringIO())
+    spec = _spec(tmp_path, derived={"heldout/minorities": ["heldout/group/casual"]})
     c2 = run_study(spec, ["eval.examples=2"], stream=io.StringIO())
     assert resumed_steps == []
     assert {k: v for k, v in _run_files(tmp_path / "study").items() if not k.endswith("eval.json")} == before
     assert json.loads((killed / "eval.json").read_text())["n"] == 2
+    assert json.loads((tmp_path / "study" / "untrained" / "seed-1" / "eval.json").read_text())["n"] == 2
     assert c2["runs"]["grpo"]["0"]["train/reward_final"] == c["runs"]["grpo"]["0"]["train/reward_final"]
 
 
@@ -212,6 +322,22 @@ def test_t_interval_matches_hand_computed_values():
     d = paired_differences(arm, base)
     assert set(d) == {"x"} and d["x"]["mean"] == pytest.approx(2.0) and d["x"]["n"] == 3
     assert d["x"]["ci95"] == pytest.approx([2 - half, 2 + half], abs=1e-5)
+    # mde80 = (t_{0.975,2} + t_{0.80,2}) · sd/√n; 2 dof: t_q = a√(2/(1 − a²)), a = 2q − 1 (t_{0.80,2} = √1.125)
+    assert t_quantile(0.80, 2) == pytest.approx(math.sqrt(1.125), abs=1e-9)
+    assert d["x"]["mde80"] == pytest.approx((4.302653 + 1.0606602) / math.sqrt(3), abs=1e-6)
+    assert mde80(1.0, 3) == pytest.approx(3.0965, abs=1e-4) and mde80(0.0, 5) == 0.0 and mde80(None, 1) is None
+    # the issue's example: study 2's paired sd 0.0648 over 5 seeds -> ±0.11 (t_{0.975,4} 2.776445, t_{0.80,4} 0.940965)
+    assert t_quantile(0.80, 4) == pytest.approx(0.940965, abs=1e-6)
+    assert mde80(0.0648, 5) == pytest.approx((2.776445 + 0.940965) * 0.0648 / math.sqrt(5), abs=1e-6)
+    assert round(mde80(0.0648, 5), 2) == 0.11
+
+
+def test_holm_matches_hand_computed_values():
+    # sorted 0.01, 0.03, 0.04 (m = 3): 3·0.01 = 0.03; max(0.03, 2·0.03) = 0.06; max(0.06, 1·0.04) = 0.06
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert holm([0.5, 0.4]) == pytest.approx([0.8, 0.8])  # 2·0.4 = 0.8; max(0.8, 0.5)
+    assert holm([0.2, None]) == [pytest.approx(0.4), None]  # a test without p counts in m
+    assert holm([0.02]) == [0.02] and holm([0.9, 0.8, 0.7]) == pytest.approx([1.0, 1.0, 1.0])
 
 
 @pytest.mark.parametrize("changes, expected", [
@@ -227,6 +353,18 @@ def test_t_interval_matches_hand_computed_values():
     ({"base": {**BASE, "seed": 3}}, r"'seed' is set by the study"),
     ({"eval": {"exampels": 4}}, r"eval: unknown config key 'eval.exampels'"),
     ({"sedes": [0]}, r"unknown key 'sedes'"),
+    ({"primary": ["heldout/rewrd"]}, r"primary: 'heldout/rewrd' is not a metric every arm of this study produces; "
+                                     r"did you mean 'heldout/reward'\?"),
+    ({"primary": ["heldout/group/gardener"]},  # 4 held-out examples: gardener is never evaluated
+     r"primary: 'heldout/group/gardener' is not a metric every arm"),
+    ({"primary": []}, r"primary must be a non-empty list of metric names"),
+    ({"primary": ["heldout/reward", "heldout/reward"]}, r"primary names a metric twice"),
+    ({"derived": {"heldout/x": ["heldout/group/casual", "heldout/grup/formal"]}},
+     r"derived: 'heldout/x': 'heldout/grup/formal' is not a metric every arm .*did you mean 'heldout/group/formal'"),
+    ({"derived": {"heldout/reward": ["heldout/group/casual"]}}, r"derived: 'heldout/reward' is already a metric"),
+    ({"derived": ["heldout/group/casual"]}, r"derived must map new metric names"),
+    ({"arms": {"grpo": {"algo.advantage": "grpo"}, "untrained": {"algo.advantage": "rloo"}}},
+     r"arm name 'untrained' is reserved"),
 ])
 def test_bad_spec_fails_in_one_line_before_training(tmp_path, capsys, changes, expected):
     spec = _spec(tmp_path, **changes)
@@ -275,3 +413,18 @@ def test_sigterm_in_a_runs_last_step_stops_the_study(tmp_path, monkeypatch, tiny
     out = io.StringIO()
     run_study(spec, stream=out)
     assert "1 to evaluate" in out.getvalue() and "3 trained" in out.getvalue()
+
+
+def test_primary_check_of_a_task_with_its_own_rollout(tmp_path):
+    """A task with its own rollout (docs/extending.md's guess game) and the default evaluation: its group
+    names come from that rollout, so any heldout/group/<g> may be primary; other names are still checked."""
+    from fairalign.compare import load_study
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "extending.md").read_text()
+    (tmp_path / "guess_game.py").write_text(re.search(r"```python title=guess_game.py\n(.*?)```", doc, re.S)[1])
+    base = {**BASE, "task": f"{tmp_path / 'guess_game.py'}:make_task"}
+    study = load_study(_spec(tmp_path, base=base, derived=None, primary=["heldout/group/all", "heldout/reward"]))
+    assert study.primary == ["heldout/group/all", "heldout/reward"]
+    assert load_study(_spec(tmp_path, base=base, derived=None, primary=None)).primary == ["heldout/reward"]
+    with pytest.raises(ConfigError, match="primary: 'heldout/rewrd' is not a metric every arm"):
+        load_study(_spec(tmp_path, base=base, derived=None, primary=["heldout/rewrd"]))

@@ -4,8 +4,8 @@
 
 Adds what `fairalign compare` does not print: the held-out reward of the four minority personas together
 (mean of their per-group rewards, per run) and of the majority, with paired differences against the first
-arm (mean, 95% t interval over seeds, p), and the smallest difference the study could have detected
-(the interval's half-width).
+arm (mean, 95% t interval over seeds, p). The interval's half-width is not the smallest difference the
+study could detect: that is mde80 (`fairalign.compare.stats.mde80`, docs/compare.md).
 """
 import json
 import sys

@@ -8,6 +8,14 @@
       pgrpo: {algo.advantage: pgrpo}
     eval: {examples: 64}                # held-out evaluation (eval.* keys; rlpa: profiles, turns)
     save_every: 4                       # checkpoint interval of every run (default max(1, steps // 5))
+    derived: {heldout/minorities: [heldout/group/casual, heldout/group/formal]}  # per-run means of metrics
+    primary: [heldout/minorities, heldout/reward]   # fixed before the run; the reading leads with them
+
+`primary:` names metrics the study will produce (checked here against the task's evaluation and the
+training metrics, where the task's evaluation is known before it runs: the default held-out evaluation
+and RLPA's); without it, the task's headline metric (heldout/reward, or dialogue/avg for RLPA) is the
+primary one. `derived:` defines a metric as the mean of others in each run. "untrained" names the
+starting policy's evaluation and cannot be an arm.
 
 A run's config is `build_config(base merged with the arm, overrides + [seed=S, output_dir=...])`; the
 KEY=VALUE pairs of the command line are config overrides applied to every run, except `output_dir=`
@@ -18,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,7 +41,7 @@ from fairalign.config import (
 from fairalign.config.presets import merge
 from fairalign.errors import ConfigError
 
-SPEC_KEYS = ("output_dir", "seeds", "base", "arms", "eval", "save_every")
+SPEC_KEYS = ("output_dir", "seeds", "base", "arms", "eval", "save_every", "primary", "derived")
 # spec `eval:` aliases (the flags of `fairalign eval-dialogue`); other keys are eval.* unless dotted
 EVAL_ALIASES = {"profiles": "eval.examples", "turns": "task_options.eval_turns"}
 EVAL_KEYS = ("eval.", "task_options.eval_turns")
@@ -40,6 +49,11 @@ EVAL_KEYS = ("eval.", "task_options.eval_turns")
 NON_TRAINING_KEYS = ("output_dir", "save_every", "keep_last", "log.", "eval.", "dist_strategy", "device", "threads",
                      "reward_timeout_s", "task_options.eval_turns")
 ARM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+UNTRAINED = "untrained"  # the starting policy's evaluation: output_dir/untrained/seed-S/eval.json
+# metrics every run has (from metrics.jsonl and eval.json), and those that exist when something could clip
+RUN_METRICS = ("train/reward_final", "train/reward_mean", "time/train_s", "time/eval_s", "time/wall_s")
+CLIP_METRICS = re.compile(r"^(lre/pooled|clip_rate/pooled|clip_rate/len/\d+-\d+)$")
+METRIC_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_./+-]*$")
 
 
 @dataclass
@@ -54,9 +68,15 @@ class Study:
     spec: dict = field(default_factory=dict)       # the spec as read, for the record
     overrides: list[str] = field(default_factory=list)
     command_line: list[str] = field(default_factory=list)  # the KEY=VALUE pairs as given
+    primary: list[str] = field(default_factory=list)       # metric names fixed before the run
+    primary_default: bool = False                          # True: no primary: in the spec, the task's headline
+    derived: dict[str, list[str]] = field(default_factory=dict)  # name -> metrics it is the per-run mean of
 
     def run_dir(self, arm: str, seed: int) -> Path:
         return self.output_dir / arm / f"seed-{seed}"
+
+    def untrained_dir(self, seed: int) -> Path:
+        return self.output_dir / UNTRAINED / f"seed-{seed}"
 
 
 def undot(data: dict) -> dict:
@@ -132,6 +152,9 @@ def load_study(path: str | Path, cli: list[str] | None = None) -> Study:
     configs: dict[str, dict[int, Config]] = {}
     for name, change in arms.items():
         name = str(name)
+        if name == UNTRAINED:
+            raise fail(f"arm name '{UNTRAINED}' is reserved: it names the starting policy's evaluation, which every "
+                       f"study makes")
         if not ARM_NAME.match(name):
             raise fail(f"arm name '{name}' must be letters, digits, '_', '-', '.', '+' (it names a folder)")
         if change is None or change == {}:
@@ -163,9 +186,103 @@ def load_study(path: str | Path, cli: list[str] | None = None) -> Study:
         for b in names[:i]:
             if not training_differences(configs[a][seeds[0]], configs[b][seeds[0]]):
                 raise fail(f"arms '{b}' and '{a}' train the same config (after the command-line overrides)")
+    produced = {}  # arm -> the evaluation metrics it will produce (None: the task's own, unknown before it runs)
+    for a in names:
+        produced[a] = evaluation_metrics(build_config(to_dict(configs[a][seeds[0]]), eval_overrides))
+    derived = _derived(spec.get("derived"), produced, fail)
+    primary, default = _primary(spec.get("primary"), produced, derived, fail)
     return Study(path=path, output_dir=output_dir, seeds=seeds, arms=names, configs=configs,
                  eval_overrides=eval_overrides, spec=spec, overrides=overrides,
-                 command_line=list(cli or []))
+                 command_line=list(cli or []), primary=primary, primary_default=default, derived=derived)
+
+
+def evaluation_metrics(ecfg: Config) -> set[str] | None:
+    """The metric names the task's evaluation will write for this (evaluation) config: the default
+    held-out evaluation's (reward, response length, one per preference group evaluated; "heldout/group/*"
+    when the task's own rollout names the groups) or RLPA's (AL(k) per turn; AVG, N-IR, N-R² from 2 turns
+    on); None for a task with an evaluation of its own."""
+    from fairalign.config.task import task_from_config
+    from fairalign.envs import Task
+
+    task = task_from_config(ecfg)
+    if type(task).evaluate is Task.evaluate:
+        if type(task).rollout is not Task.rollout:
+            return {"heldout/reward", "heldout/response_length", "heldout/group/*"}
+        try:
+            chosen = task.evaluation_examples(ecfg.eval.examples)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        groups = sorted({str(ex.get("group", "all")) for ex in chosen})
+        return {"heldout/reward", "heldout/response_length", *(f"heldout/group/{g}" for g in groups)}
+    rlpa = sys.modules.get("fairalign.envs.rlpa.task")  # imported whenever the task is an RLPA task
+    if rlpa is not None and isinstance(task, rlpa.RLPATask):
+        turns = int(task.eval_turns)
+        return {*(f"dialogue/al/{k}" for k in range(1, turns + 1)),
+                *(("dialogue/avg", "dialogue/n_ir", "dialogue/n_r2") if turns >= 2 else ())}
+    return None
+
+
+def _known(name: str, produced: dict) -> bool:
+    """Whether every arm will have `name` (a task with its own evaluation may produce anything)."""
+    if name in RUN_METRICS or CLIP_METRICS.match(name):
+        return True
+    return all(p is None or name in p or any(e.endswith("*") and name.startswith(e[:-1]) for e in p)
+               for p in produced.values())
+
+
+def _unknown(name: str, produced: dict, extra=()) -> str:
+    import difflib
+
+    have = sorted(set.intersection(*[p for p in produced.values() if p is not None]) | set(RUN_METRICS) | set(extra))
+    close = difflib.get_close_matches(name, have, n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    return (f"'{name}' is not a metric every arm of this study produces{hint} (they produce "
+            f"{', '.join(have)}, and lre/pooled, clip_rate/pooled, clip_rate/len/<bin> when something clips)")
+
+
+def _names(value, what: str, fail) -> list[str]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+        raise fail(f"{what} must be a non-empty list of metric names, got {value!r}")
+    if len(set(value)) != len(value):
+        raise fail(f"{what} names a metric twice: {value!r}")
+    return list(value)
+
+
+def _derived(block, produced: dict, fail) -> dict[str, list[str]]:
+    if block is None:
+        return {}
+    if not isinstance(block, dict):
+        raise fail(f"derived must map new metric names to the metrics they are the mean of, got {block!r}")
+    out = {}
+    for name, parts in block.items():
+        name = str(name)
+        if not METRIC_NAME.match(name):
+            raise fail(f"derived: '{name}' is not a metric name (letters, digits, '_', '.', '/', '+', '-')")
+        taken = any(p is not None and _known(name, {0: p}) for p in produced.values())
+        if taken or name in RUN_METRICS or CLIP_METRICS.match(name):
+            raise fail(f"derived: '{name}' is already a metric of the study; choose another name")
+        parts = _names(parts, f"derived: '{name}'", fail)
+        for p in parts:
+            if not _known(p, produced):
+                raise fail(f"derived: '{name}': {_unknown(p, produced)}")
+        out[name] = parts
+    return out
+
+
+def _primary(value, produced: dict, derived: dict, fail) -> tuple[list[str], bool]:
+    if value is None:  # the task's headline metric, when its evaluation is known
+        known = [p for p in produced.values() if p is not None]
+        for headline in ("heldout/reward", "dialogue/avg"):
+            if known and all(headline in p for p in known):
+                return [headline], True
+        return [], True
+    names = _names(value, "primary", fail)
+    for n in names:
+        if n not in derived and not _known(n, produced):
+            raise fail(f"primary: {_unknown(n, produced, extra=derived)}")
+    return names, False
 
 
 def _seeds(value, fail) -> list[int]:

@@ -1,5 +1,6 @@
 """Small exact statistics for paired seed studies: Student-t quantiles and p-values, the paired
-difference of two arms over seeds, and a mean with its t interval. Pure Python (no scipy).
+difference of two arms over seeds with its t interval and minimum detectable difference (mde80), a mean
+with its t interval, and Holm's step-down adjustment of p-values. Pure Python (no scipy).
 
 The t distribution is evaluated through the regularized incomplete beta function,
 two-sided p = I_{ν/(ν+t²)}(ν/2, 1/2), computed with a continued fraction (modified Lentz); the
@@ -13,8 +14,12 @@ from typing import Sequence
 METHOD = ("paired difference per seed (arm minus the first arm, same seed); mean over the n seeds where both "
           "runs have the metric; 95% interval mean ± t_{0.975, n-1} · sd/√n (sd with n-1); two-sided p of the "
           "paired t-test (t = mean/(sd/√n), n-1 dof); n = 1 gives a null interval and p; sd = 0 gives a "
-          "zero-width interval and p = 1 (mean 0) or 0. Per-arm means use the same t interval. t quantiles and "
-          "p-values are exact (regularized incomplete beta), not a normal approximation.")
+          "zero-width interval and p = 1 (mean 0) or 0. mde80 = (t_{0.975, n-1} + t_{0.80, n-1}) · sd/√n: the "
+          "smallest true difference this many seeds detect with 80% power (two-sided 5%) at the observed sd. "
+          "p_adj: Holm's step-down adjustment over every arm x primary metric (only when there is more than one "
+          "such comparison). Per-arm means use the same t interval. t quantiles and p-values are exact "
+          "(regularized incomplete beta), not a normal approximation.")
+POWER = 0.80
 
 
 def _beta_cf(a: float, b: float, x: float) -> float:
@@ -105,16 +110,41 @@ def mean_interval(values: Sequence[float], level: float = 0.95) -> dict:
     return {"mean": mean, "ci95": [mean - half, mean + half], "n": n, "sd": sd, "p": p}
 
 
+def mde80(sd: float | None, n: int) -> float | None:
+    """The smallest true mean difference a paired t-test of n differences with standard deviation `sd`
+    detects with 80% power at two-sided 5%: (t_{0.975, n-1} + t_{0.80, n-1}) · sd / √n. None for n < 2."""
+    if n < 2 or sd is None:
+        return None
+    return (t_quantile(0.975, n - 1) + t_quantile(POWER, n - 1)) * sd / math.sqrt(n)
+
+
 def paired_differences(arm: dict, baseline: dict) -> dict:
-    """{metric: mean_interval of arm[seed][metric] - baseline[seed][metric]} over the seeds where both
-    runs have a finite value; `arm` and `baseline` map seed -> {metric: value}."""
+    """{metric: mean_interval of arm[seed][metric] - baseline[seed][metric], plus "mde80" and "method": "t"}
+    over the seeds where both runs have a finite value; `arm` and `baseline` map seed -> {metric: value}."""
     out = {}
     metrics = sorted({m for s in arm for m in arm[s]} & {m for s in baseline for m in baseline[s]})
     for m in metrics:
         diffs = [arm[s][m] - baseline[s][m] for s in arm
                  if s in baseline and _finite(arm[s].get(m)) and _finite(baseline[s].get(m))]
         if diffs:
-            out[m] = mean_interval(diffs)
+            d = mean_interval(diffs)
+            out[m] = {**d, "mde80": mde80(d["sd"], d["n"]), "method": "t"}
+    return out
+
+
+def holm(ps: Sequence[float | None]) -> list[float | None]:
+    """Holm's step-down adjusted p-values of a family of m tests, in the order given: with p sorted
+    ascending, p_adj(i) = max over j <= i of min(1, (m - j + 1) · p(j)). A test without a p-value (None)
+    counts in m, is ordered last, and gets None."""
+    m = len(ps)
+    order = sorted(range(m), key=lambda i: (ps[i] is None, ps[i] if ps[i] is not None else 0.0))
+    out: list[float | None] = [None] * m
+    running = 0.0
+    for rank, i in enumerate(order):
+        if ps[i] is None:
+            continue
+        running = max(running, min(1.0, (m - rank) * ps[i]))
+        out[i] = running
     return out
 
 

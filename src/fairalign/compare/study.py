@@ -1,14 +1,18 @@
 """Run a paired seed study: every arm x seed as an ordinary run directory, trained in this process,
-evaluated on the held-out set, then compared with paired t intervals (docs/compare.md).
+evaluated on the held-out set, each seed's untrained starting policy evaluated once, then compared with
+paired intervals (results.py, table.py; docs/compare.md).
 
     output_dir/ARM/seed-S/      a run directory (config.yaml, metrics.jsonl, checkpoints/, final/) + eval.json
+    output_dir/untrained/seed-S/eval.json   the starting policy's evaluation for seed S
+    output_dir/primary.json     the primary metrics and how many runs had trained when they were declared
     output_dir/comparison.json  per-run metrics, per-arm means, paired differences vs the first arm
 
 Resumable and idempotent: a run with final/ and an eval.json of the same evaluation settings is reused
-untouched; a run with checkpoints and no final/ is resumed; a rerun of a finished study only
-re-aggregates. Simplifications: one process (no data parallelism inside a study); runs go one after
-the other, seed-major (every arm of seed 0, then of seed 1, ...), so a partial study is already paired;
-a run's wall time is the sum of its logged step times (model loading and evaluation are apart).
+untouched (an untrained evaluation likewise); a run with checkpoints and no final/ is resumed; a rerun of
+a finished study only re-aggregates. Simplifications: one process (no data parallelism inside a study);
+runs go one after the other, seed-major (the seed's untrained evaluation, then every arm of seed 0, then
+of seed 1, ...), so a partial study is already paired; a run's wall time is the sum of its logged step
+times (model loading and evaluation are apart).
 """
 from __future__ import annotations
 
@@ -21,14 +25,21 @@ import sys
 import time
 from pathlib import Path
 
-from fairalign.compare.spec import Study, load_study, training_differences
-from fairalign.compare.stats import METHOD, paired_differences, summarize
+from fairalign.compare.results import (
+    EVAL_FILE,
+    PRIMARY_FILE,
+    aggregate,
+    eval_settings,
+    read_eval,
+    starting_policy,
+)
+from fairalign.compare.spec import UNTRAINED, Study, load_study, training_differences
+from fairalign.compare.table import format_table
 from fairalign.config import Config, build_config, load_yaml, to_dict
 from fairalign.errors import ConfigError, EnvironmentFault, TrainingError
-from fairalign.train.logging import format_duration, read_jsonl
+from fairalign.train.logging import format_duration
 from fairalign.train.trainer import TrainerCallback
 
-EVAL_FILE = "eval.json"
 PARTIAL_EVAL_FILE = "eval.partial.jsonl"  # the finished parts of an evaluation a fault stopped (eval/partial.py)
 STALE_FILES = ("metrics.jsonl", "samples.jsonl", "sft_metrics.jsonl")
 
@@ -56,7 +67,7 @@ def run_state(study: Study, arm: str, seed: int) -> tuple[str, int]:
         raise ConfigError(f"run '{run_dir}' was trained with another config: '{k}' is {_get(old, k)!r} there, "
                           f"{_get(cfg, k)!r} in the spec; delete the run or choose another output_dir")
     if (run_dir / "final").is_dir():
-        ev = _read_eval(run_dir)
+        ev = read_eval(run_dir)
         evaluated = ev is not None and "metrics" in ev and ev.get("eval_settings") == eval_settings(study, cfg)
         return ("done" if evaluated else "evaluate"), cfg.steps
     ckpts = list_checkpoints(run_dir)
@@ -70,18 +81,32 @@ def _get(cfg: Config, dotted: str):
     return node
 
 
-def _read_eval(run_dir: Path) -> dict | None:
+def untrained_done(study: Study, seed: int) -> bool:
+    """Whether seed's untrained evaluation exists for the current starting policy and evaluation settings."""
+    ev = read_eval(study.untrained_dir(seed))
+    cfg = study.configs[study.arms[0]][seed]
+    return ev is not None and "metrics" in ev and ev.get("starting_policy") == starting_policy(study, cfg)
+
+
+def declare_primary(study: Study, runs_trained: int) -> dict:
+    """output_dir/primary.json: the primary metrics (and derived definitions) with the number of runs that
+    had trained when they were first declared in this form; a changed declaration is recorded anew, the
+    earlier ones kept under "previous"."""
+    path = study.output_dir / PRIMARY_FILE
+    now = {"primary": list(study.primary), "default": study.primary_default, "derived": dict(study.derived)}
     try:
-        return json.loads((run_dir / EVAL_FILE).read_text())
+        old = json.loads(path.read_text())
     except (OSError, ValueError):
-        return None
-
-
-def eval_settings(study: Study, cfg: Config) -> dict:
-    """What an evaluation depends on beyond the trained model (a different one re-evaluates)."""
-    ecfg = build_config(to_dict(cfg), study.eval_overrides)
-    return {"eval": to_dict(ecfg)["eval"], "eval_turns": ecfg.task_options.get("eval_turns"),
-            "overrides": list(study.eval_overrides)}
+        old = None
+    if isinstance(old, dict) and {k: old.get(k) for k in now} == now:
+        return old
+    previous = []
+    if isinstance(old, dict):
+        previous = [{k: old.get(k) for k in (*now, "runs_trained_before")}, *old.get("previous", [])]
+    record = {**now, "runs_trained_before": runs_trained, "runs": len(study.arms) * len(study.seeds),
+              "previous": previous}
+    _write_json(path, record)
+    return record
 
 
 # ---------------------------------------------------------------------------------------------
@@ -180,9 +205,8 @@ def evaluate_run(study: Study, arm: str, seed: int, model, tokenizer) -> dict:
     """The task's evaluation of a trained run (`Task.evaluate`: held-out reward, or a dialogue task's own
     metrics), written to ARM/seed-S/eval.json with its settings."""
     from fairalign.config.task import task_from_config
-    from fairalign.eval.run import evaluate_policy
-
     from fairalign.eval.partial import PartialResults, evaluation_settings
+    from fairalign.eval.run import evaluate_policy
 
     cfg, run_dir = study.configs[arm][seed], study.run_dir(arm, seed)
     ecfg = build_config(to_dict(cfg), study.eval_overrides)
@@ -198,68 +222,60 @@ def evaluate_run(study: Study, arm: str, seed: int, model, tokenizer) -> dict:
     return res
 
 
-# ---------------------------------------------------------------------------------------------
-# metrics of one run, from its metrics.jsonl and eval.json
+def evaluate_untrained(study: Study, seed: int) -> dict:
+    """The baseline arm's starting policy (its model before any training step) evaluated as the runs of this
+    seed are (`evaluate_policy` -> `Task.evaluate`), written to untrained/seed-S/eval.json."""
+    from fairalign.config.task import task_from_config
+    from fairalign.eval.partial import PartialResults, evaluation_settings
+    from fairalign.eval.run import evaluate_policy, load_policy_for_eval
 
-def run_metrics(run_dir: Path, cfg: Config) -> dict:
-    from fairalign.diagnostics import lre_from_pooled_counts
-
-    by_step = {}
-    for row in read_jsonl(run_dir / "metrics.jsonl"):
-        if isinstance(row.get("step"), int) and 0 < row["step"] <= cfg.steps:
-            by_step[row["step"]] = row  # a resumed step's last line wins
-    rows = [by_step[s] for s in sorted(by_step)]
-    ev = _read_eval(run_dir) or {}
-    m: dict[str, float] = dict(ev.get("metrics", {}))  # the task's own evaluation metrics (Task.evaluate)
-    last = [r["reward/mean"] for r in rows[-max(1, cfg.steps // 5):] if _num(r.get("reward/mean"))]
-    if last:
-        m["train/reward_final"] = sum(last) / len(last)
-    counts: dict[str, float] = {}
-    clipped: dict[str, float] = {}
-    for r in rows:
-        for k, v in r.items():
-            if k.startswith("clip_count/len/") and _num(v):
-                b = k[len("clip_count/len/"):]
-                counts[b] = counts.get(b, 0.0) + v
-                c = r.get(f"clip_clipped/len/{b}")
-                clipped[b] = clipped.get(b, 0.0) + (c if _num(c) else 0.0)
-    if any(v > 0 for v in counts.values()):
-        m["lre/pooled"] = lre_from_pooled_counts(counts, clipped)
-        m["clip_rate/pooled"] = sum(clipped.values()) / sum(counts.values())  # every bin, sequence units
-        for b in sorted(counts, key=lambda x: int(x.split("-")[0])):
-            if counts[b] > 0:
-                m[f"clip_rate/len/{b}"] = clipped[b] / counts[b]
-    train_s = sum(r["step_s"] for r in rows if _num(r.get("step_s")))
-    m["time/train_s"] = train_s
-    if _num(ev.get("eval_s")):
-        m["time/eval_s"] = ev["eval_s"]
-    m["time/wall_s"] = train_s + (ev.get("eval_s") or 0.0)
-    return {k: float(v) for k, v in m.items() if _num(v)}
-
-
-def _num(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    cfg = study.configs[study.arms[0]][seed]
+    ecfg = build_config(to_dict(cfg), study.eval_overrides)
+    model, tok = load_policy_for_eval(ecfg, None)
+    out_dir = study.untrained_dir(seed)
+    parts = PartialResults(out_dir / PARTIAL_EVAL_FILE, evaluation_settings(ecfg, ecfg.model))
+    try:
+        res = evaluate_policy(model, tok, task_from_config(ecfg), ecfg, parts=parts)
+    except EnvironmentFault as e:  # what was evaluated is kept; the rerun evaluates the rest
+        again = " ".join(["fairalign compare", str(study.path), *study.command_line])
+        raise parts.stopped(e, f"rerun `{again}` to continue the study") from e
+    res["eval_settings"] = eval_settings(study, cfg)
+    res["starting_policy"] = starting_policy(study, cfg)
+    _write_json(out_dir / EVAL_FILE, res)
+    parts.finish()
+    del model, tok
+    _free_memory()
+    return res
 
 
 # ---------------------------------------------------------------------------------------------
 # the study
 
 def run_study(spec_path: str | Path, overrides: list[str] | None = None, *, stream=None) -> dict:
-    """Validate the spec, train / resume / reuse every run, evaluate, aggregate; returns comparison.json's
-    content (also written to output_dir/comparison.json) and prints the table."""
+    """Validate the spec, evaluate each seed's untrained policy, train / resume / reuse every run, evaluate,
+    aggregate; returns comparison.json's content (also written to output_dir/comparison.json) and prints
+    the reading."""
     out = stream or sys.stdout
     t_start = time.perf_counter()
     study = load_study(spec_path, overrides)
     plan = [(arm, seed) for seed in study.seeds for arm in study.arms]  # seed-major: pairs finish together
     states = {key: run_state(study, *key) for key in plan}  # every existing run checked before training any
+    untrained_todo = [s for s in study.seeds if not untrained_done(study, s)]
     progress = StudyProgress(study, {k: v[1] for k, v in states.items()},
-                             sum(1 for v in states.values() if v[0] != "done"), stream=out)
+                             sum(1 for v in states.values() if v[0] != "done") + len(untrained_todo), stream=out)
     todo = [v[0] for v in states.values()]
     print(f"compare: {len(study.arms)} arms x {len(study.seeds)} seeds = {len(plan)} runs in {study.output_dir} "
           f"({todo.count('done')} done, {todo.count('evaluate')} to evaluate, {todo.count('resume')} to resume, "
-          f"{todo.count('fresh')} to train)", file=out, flush=True)
+          f"{todo.count('fresh')} to train), and the untrained policy of each seed ({len(untrained_todo)} to "
+          f"evaluate)", file=out, flush=True)
+    study.output_dir.mkdir(parents=True, exist_ok=True)
+    declare_primary(study, sum(1 for v in states.values() if v[1] > 0))
     counts = {"trained": 0, "evaluated": 0, "reused": 0}
     for arm, seed in plan:
+        if arm == study.arms[0] and seed in untrained_todo:  # before the seed's first run
+            res = evaluate_untrained(study, seed)
+            progress.evaluated(res["eval_s"])
+            print(f"[{UNTRAINED} seed {seed}] evaluated: {_headline(res)}", file=out, flush=True)
         state = states[(arm, seed)][0]
         if state == "done":
             counts["reused"] += 1
@@ -290,69 +306,10 @@ def run_study(spec_path: str | Path, overrides: list[str] | None = None, *, stre
         write_report(study.output_dir)
     report_s = time.perf_counter() - t_report
     print(f"compare: {len(plan)} runs ({counts['trained']} trained, {counts['evaluated']} evaluated, "
-          f"{counts['reused']} reused) in {format_duration(time.perf_counter() - t_start)}; aggregation "
-          f"{comparison['aggregate_s']:.2f}s, report {report_s:.2f}s; wrote {study.output_dir / 'comparison.json'}",
-          file=out, flush=True)
+          f"{counts['reused']} reused) and {len(study.seeds)} untrained evaluations ({len(untrained_todo)} made) in "
+          f"{format_duration(time.perf_counter() - t_start)}; aggregation {comparison['aggregate_s']:.2f}s, report "
+          f"{report_s:.2f}s; wrote {study.output_dir / 'comparison.json'}", file=out, flush=True)
     return comparison
-
-
-def aggregate(study: Study) -> dict:
-    runs = {arm: {seed: run_metrics(study.run_dir(arm, seed), study.configs[arm][seed]) for seed in study.seeds}
-            for arm in study.arms}
-    baseline = study.arms[0]
-    summary = {arm: {m: {k: v for k, v in s.items() if k != "p"} for m, s in summarize(runs[arm]).items()}
-               for arm in study.arms}
-    diffs = {arm: paired_differences(runs[arm], runs[baseline]) for arm in study.arms[1:]}
-    return {
-        "arms": list(study.arms), "seeds": list(study.seeds), "baseline": baseline,
-        "runs": {arm: {str(seed): runs[arm][seed] for seed in study.seeds} for arm in study.arms},
-        "arms_summary": summary, "differences": diffs, "method": METHOD,
-        "spec": str(study.path), "overrides": list(study.overrides), "eval_overrides": list(study.eval_overrides),
-    }
-
-
-def _metric_order(name: str):
-    prefixes = ("heldout/reward", "heldout/group/", "dialogue/avg", "dialogue/n_", "dialogue/al/", "heldout/",
-                "train/", "lre/", "clip_rate/", "time/")
-    rank = next((i for i, p in enumerate(prefixes) if name.startswith(p)), len(prefixes))
-    tail = name.rsplit("/", 1)[-1]
-    lead = tail.split("-")[0]
-    return rank, int(lead) if lead.isdigit() else 0, name
-
-
-def format_table(comparison: dict) -> str:
-    """Metric rows; per arm: mean ± half-width of its 95% interval; per non-baseline arm: the paired
-    difference vs the baseline with its interval and p."""
-    arms, base = comparison["arms"], comparison["baseline"]
-    summary, diffs = comparison["arms_summary"], comparison["differences"]
-    metrics = sorted({m for a in arms for m in summary[a]}, key=_metric_order)
-    header = ["metric", *arms, *(f"{a} - {base} [95% CI] p" for a in arms[1:])]
-    lines = []
-    for m in metrics:
-        row = [m]
-        for a in arms:
-            s = summary[a].get(m)
-            row.append("" if s is None else _pm(s))
-        for a in arms[1:]:
-            d = diffs[a].get(m)
-            if d is None:
-                row.append("")
-            elif d["ci95"] is None:
-                row.append(f"{d['mean']:+.3f} (n=1)")
-            else:
-                row.append(f"{d['mean']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}] p={d['p']:.3g}")
-        lines.append(row)
-    widths = [max(len(r[i]) for r in [header, *lines]) for i in range(len(header))]
-    fmt = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
-    n = len(comparison["seeds"])
-    title = f"paired comparison over {n} seed{'s' if n != 1 else ''} (baseline: {base}); mean ± 95% t half-width"
-    return "\n".join([title, fmt(header), *(fmt(r) for r in lines)])
-
-
-def _pm(s: dict) -> str:
-    if s["ci95"] is None:
-        return f"{s['mean']:.3f}"
-    return f"{s['mean']:.3f} ± {(s['ci95'][1] - s['ci95'][0]) / 2:.3f}"
 
 
 def _headline(res: dict) -> str:

@@ -2,11 +2,15 @@
 directories `ARM/seed-S/`.
 
 comparison.json: {"arms": [...], "seeds": [...], "runs": {arm: {seed: {metric: value}}},
-"differences": {arm: {metric: {"mean", "ci95": [lo, hi], "n", "p"}}}, "method": str,
-"arms_summary": ...}. Sections: the method text, the paired differences (rows whose interval
-excludes 0 highlighted), per-group differences (`heldout/group/<g>`) with their intervals, each
-arm's final metrics over seeds, training curves with the seeds overlaid (thin per seed, bold mean),
-pooled clip rate per length bin per arm, and the run directories.
+"differences": {arm: {metric: {"mean", "ci95": [lo, hi], "n", "p", "mde80", "p_adj"}}}, "method": str,
+"arms_summary": ..., "primary": [...], "reading": [...], "untrained": {"runs", "summary", "differences"}}.
+Sections: the primary metrics first (the untrained policy as the first row, every arm's difference to it
+and to the baseline with interval, mde80, p, p_adj, and the one-sentence readings), the method text, the
+secondary paired differences (rows whose interval excludes 0 highlighted), per-group differences
+(`heldout/group/<g>`) with their intervals, each arm's final metrics over seeds (the untrained policy
+first), training curves with the seeds overlaid (thin per seed, bold mean), pooled clip rate per length
+bin per arm, and the run directories. A comparison.json of an older fairalign (no primary, no untrained
+policy) gives the sections it has data for.
 """
 from __future__ import annotations
 
@@ -62,12 +66,16 @@ def build_study_page(study_dir: Path) -> Page:
                 f"{study_dir.resolve()} · {len(arms)} arms × {len(seeds)} seeds")
     n_found = sum(1 for a in arms for s in seeds if rows[a][s])
     wall = comp.get("wall_s")
+    primary = _primary_names(comp)
     page.facts([("arms", ", ".join(arms)), ("baseline (differences are arm − baseline)", comp.get("baseline")),
                 ("seeds", ", ".join(seeds)), ("runs with metrics", f"{n_found} / {len(arms) * len(seeds)}"),
+                ("primary metrics", ", ".join(primary) if primary else None),
                 ("wall time of the study", f"{wall / 60:.1f} min" if D.finite(wall) else None)])
+    if primary:
+        page.section("Primary metrics", lambda: _primary(page, comp, primary))
     if comp.get("method") or comp.get("spec"):
         page.section("Method", lambda: _method(page, comp))
-    page.section("Paired differences", lambda: _differences(page, comp))
+    page.section("Paired differences", lambda: _differences(page, comp, set(primary)))
     page.section("Per-group differences", lambda: _group_differences(page, comp))
     page.section("Per-arm results", lambda: _arm_results(page, comp, arms, seeds))
     page.section("Training curves", lambda: _curves(page, arms, rows))
@@ -100,24 +108,76 @@ def _summary_cell(d) -> str:
     return f"{fmt(d.get('mean'), 3)} {fmt_interval(ci, 3) if ci != (None, None) else ''} (n={fmt(d.get('n'))})"
 
 
-def _differences(page: Page, comp: dict) -> None:
+def _primary_names(comp: dict) -> list[str]:
+    names = comp.get("primary")
+    return [str(m) for m in names] if isinstance(names, list) else []
+
+
+def _dict(v) -> dict:
+    return v if isinstance(v, dict) else {}
+
+
+def _primary(page: Page, comp: dict, primary: list[str]) -> None:
+    arms = [str(a) for a in comp.get("arms") or []]
+    base = comp.get("baseline") or (arms[0] if arms else "")
+    summary, diffs = _dict(comp.get("arms_summary")), _dict(comp.get("differences"))
+    un = _dict(comp.get("untrained"))
+    un_summary, learned = _dict(un.get("summary")), _dict(un.get("differences"))
+    status = comp.get("primary_status")
+    page.para(f"Fixed before the runs, these metrics carry the study's claims ({status or 'declared in the spec'}). "
+              "Every difference is paired by seed; mde80 is the smallest true difference the study detects with "
+              "80% power (two-sided 5%); p_adj is Holm's adjustment over every arm × primary metric. Highlighted "
+              "rows: a difference to the baseline at 5% (p_adj where there is one).")
+    for m in primary:
+        body, classes = [], []
+        if isinstance(un_summary.get(m), dict):
+            body.append(["untrained (starting policy)", _summary_cell(un_summary[m]), *["—"] * 6])
+            classes.append("")
+        for a in arms:
+            ld = _dict(_dict(learned.get(a)).get(m))
+            d = _dict(_dict(diffs.get(a)).get(m)) if a != base else {}
+            body.append([a, _summary_cell(_dict(summary.get(a)).get(m)) if m in _dict(summary.get(a)) else "—",
+                         _diff_cell(ld), fmt(ld.get("mde80"), 3), _diff_cell(d), fmt(d.get("mde80"), 3),
+                         _p(d.get("p")), _p(d.get("p_adj"))])
+            sig = d.get("p_adj") < 0.05 if D.finite(d.get("p_adj")) else _excludes_zero(d)
+            classes.append("sig" if d and sig else "")
+        page.add(f"<h3>{esc(m)}</h3>")
+        page.add(table(["arm", "mean [95% interval] (n)", "− untrained [95% interval]", "mde80",
+                        f"− {base} [95% interval]", "mde80", "p", "p_adj"], body,
+                       num_cols={2, 3, 4, 5, 6, 7}, row_classes=classes))
+    lines = comp.get("reading")
+    if isinstance(lines, list) and lines:
+        page.add("<h3>Reading</h3><ul>" + "".join(f"<li>{esc(x)}</li>" for x in lines) + "</ul>")
+
+
+def _diff_cell(d: dict) -> str:
+    if not d or not D.finite(d.get("mean")):
+        return "—"
+    return f"{d['mean']:+.3f} {fmt_interval(_ci(d), 3) if _ci(d) != (None, None) else '(n=1)'}"
+
+
+def _differences(page: Page, comp: dict, primary: set[str] = frozenset()) -> None:
     diffs = comp.get("differences") if isinstance(comp.get("differences"), dict) else {}
     body, classes = [], []
     for arm, metrics in diffs.items():
         if not isinstance(metrics, dict):
             continue
-        for m in sorted(metrics, key=_metric_order):
+        for m in sorted((m for m in metrics if m not in primary), key=_metric_order):
             d = metrics[m] if isinstance(metrics[m], dict) else {}
-            body.append([arm, m, fmt(d.get("mean"), 3), fmt_interval(_ci(d), 3), _p(d.get("p")), d.get("n")])
+            body.append([arm, m, fmt(d.get("mean"), 3), fmt_interval(_ci(d), 3), fmt(d.get("mde80"), 3),
+                         _p(d.get("p")), d.get("n"), "bootstrap" if d.get("method") == "bootstrap" else "t"])
             classes.append("sig" if _excludes_zero(d) else "")
     if not body:
         page.note("comparison.json has no paired differences.")
         return
     base = f"the baseline arm '{comp['baseline']}'" if comp.get("baseline") else "the reference arm"
-    page.para(f"Each arm minus {base}, paired by seed (same seeds, prompts and held-out set). "
-              "Highlighted rows: the 95% interval excludes 0. n is the number of paired seeds.")
-    page.add(table(["arm", "metric", "mean difference", "95% interval", "p", "n"], body,
-                   num_cols={2, 3, 4, 5}, row_classes=classes))
+    page.para(f"{'Secondary metrics (descriptive: no adjustment for the many rows). ' if primary else ''}"
+              f"Each arm minus {base}, paired by seed (same seeds, prompts and held-out set). "
+              "Highlighted rows: the 95% interval excludes 0. n is the number of paired seeds; mde80 the smallest "
+              "true difference detectable with 80% power; interval: a t interval over seeds, or the two-level "
+              "bootstrap over seeds × profiles (dialogue metrics).")
+    page.add(table(["arm", "metric", "mean difference", "95% interval", "mde80", "p", "n", "interval"], body,
+                   num_cols={2, 3, 4, 5, 6}, row_classes=classes))
 
 
 def _group_differences(page: Page, comp: dict) -> None:
@@ -142,9 +202,13 @@ def _arm_results(page: Page, comp: dict, arms: list[str], seeds: list[str]) -> N
         return
     summary = comp.get("arms_summary")
     structured = isinstance(summary, dict) and all(isinstance(v, dict) for v in summary.values())
+    un = _dict(comp.get("untrained"))
+    un_summary = _dict(un.get("summary"))
     body, raw = [], []
     for m in metrics:
         cells = []
+        if un_summary:
+            cells.append(_summary_cell(un_summary[m]) if isinstance(un_summary.get(m), dict) else "—")
         for a in arms:
             if structured and m in summary.get(a, {}):
                 cells.append(_summary_cell(summary[a][m]))
@@ -160,9 +224,11 @@ def _arm_results(page: Page, comp: dict, arms: list[str], seeds: list[str]) -> N
             cells.append(f"{fmt(mean, 3)} ± {fmt(sd, 3)} (n={len(vals)})")
         body.append([m, *cells])
         raw.append([m, *(runs.get(a, {}).get(s, {}).get(m) for a in arms for s in seeds)])
+    cols = (["untrained"] if un_summary else []) + arms
     page.para("Per arm over its seeds: the mean with its 95% interval from arms_summary (n seeds), or, "
-              "where arms_summary lacks the metric, mean ± standard deviation.")
-    page.add(table(["metric", *arms], body, num_cols=set(range(1, len(arms) + 1))))
+              "where arms_summary lacks the metric, mean ± standard deviation."
+              + (" untrained: the starting policy of each seed, evaluated once." if un_summary else ""))
+    page.add(table(["metric", *cols], body, num_cols=set(range(1, len(cols) + 1))))
     page.add("<details><summary>every run's value</summary>"
              + table(["metric", *(f"{a} / seed {s}" for a in arms for s in seeds)], raw) + "</details>")
     if summary is not None and not structured:
