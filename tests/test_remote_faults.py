@@ -286,6 +286,9 @@ def test_eval_dialogue_judge_fault_keeps_batches_that_other_settings_do_not_use(
 
 # ------------------------------------------------------------------------------------------ compare
 
+UNTRAINED_EVAL = 4  # the study first evaluates seed 0's untrained policy: 2 batches x 2 turns of user replies
+
+
 def test_compare_stops_with_a_rerun_hint_and_the_rerun_resumes(server, tmp_path, capsys):
     base = {k: yaml.safe_load(v) for k, v in (x.split("=", 1) for x in TRAIN + remote(server, "user"))}
     base["steps"] = 2
@@ -296,7 +299,7 @@ def test_compare_stops_with_a_rerun_hint_and_the_rerun_resumes(server, tmp_path,
                                     "eval": {"examples": 4, "batch_size": 2, "turns": 2}}))
     run = tmp_path / "study" / "a" / "seed-0"
     hint = f"rerun `fairalign compare {spec}` to continue the study"
-    server.script("user", [OK] * USER_PER_STEP + [("status", 500)])  # training: step 2 fails
+    server.script("user", [OK] * (UNTRAINED_EVAL + USER_PER_STEP) + [("status", 500)])  # training: step 2 fails
     assert cli_main(["compare", str(spec)]) == 1
     lines = capsys.readouterr().err.strip().splitlines()
     assert lines[-2:] == [f"fairalign: error: [a seed 0] step 2 failed: simulated user at {endpoint(server, 'user')}: "
@@ -324,3 +327,30 @@ def test_compare_stops_with_a_rerun_hint_and_the_rerun_resumes(server, tmp_path,
     got, ref = (json.loads((tmp_path / d / "comparison.json").read_text())["runs"] for d in ("study", "ref"))
     strip = lambda runs: {a: {k: v for k, v in runs[a]["0"].items() if not k.startswith("time/")} for a in runs}
     assert strip(got) == strip(ref)
+
+
+def test_compare_fault_in_the_untrained_evaluation_stops_with_a_rerun_hint(server, tmp_path, capsys):
+    """The study's first evaluation (each seed's untrained policy) fails like the others: one line, a rerun hint,
+    its finished batch kept and not asked again."""
+    base = {k: yaml.safe_load(v) for k, v in (x.split("=", 1) for x in TRAIN + remote(server, "user"))}
+    base["steps"] = 1
+    del base["seed"]
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "study"), "seeds": [0], "base": base,
+                                    "arms": {"a": {"optim.lr": 1e-5}, "b": {"optim.lr": 2e-5}}, "save_every": 1,
+                                    "eval": {"examples": 4, "batch_size": 2, "turns": 2}}))
+    server.script("user", [OK] * 2 + [("status", 500)])  # untrained evaluation: batch 1 done, batch 2 fails
+    assert cli_main(["compare", str(spec)]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    partial = tmp_path / "study" / "untrained" / "seed-0" / "eval.partial.jsonl"
+    assert lines[-2] == (f"fairalign: error: evaluation stopped: simulated user at {endpoint(server, 'user')}: "
+                         f"{FAULTS['http-500'][1]}")
+    assert lines[-1].startswith(f"2 examples evaluated before it are kept in {partial}") and \
+        lines[-1].endswith(f"rerun `fairalign compare {spec}` to continue the study")
+    assert not (tmp_path / "study" / "a" / "seed-0" / "metrics.jsonl").exists()  # nothing trained yet
+    kept = server.count("user")
+    server.script("user", [OK])
+    assert cli_main(["compare", str(spec)]) == 0
+    # untrained batch 2, then each arm: 1 step and 2 evaluation batches
+    assert server.count("user") - kept == 2 + 2 * (USER_PER_STEP + 2 + 2)
+    assert not partial.exists()
