@@ -220,3 +220,17 @@ def test_metrics_consistent_with_rows(data, adv):
     assert m["lre"] == length_reweighting_error(L, c)
     up = [d[1] for d, a in zip(data, adv) if a > 0]
     assert m["clip_rate/upper"] == pytest.approx(sum(up) / len(up) if up else 0.0)
+
+
+def test_pooled_clip_counts_sums_steps_and_skips_missing_values():
+    """One pooling for the report and the studies: per-bin sequences and clipped weight summed over steps."""
+    from fairalign.diagnostics import lre_from_pooled_counts, pooled_clip_counts
+
+    rows = [{"step": 1, "clip_count/len/4-8": 10.0, "clip_clipped/len/4-8": 2.5, "clip_count/len/8-16": 4.0},
+            {"step": 2, "clip_count/len/4-8": 6.0, "clip_clipped/len/4-8": 0.5, "clip_count/len/8-16": float("nan")},
+            {"step": 3, "clip_count/len/8-16": 5.0, "clip_clipped/len/8-16": 1.0, "reward/mean": 0.3}]
+    counts, clipped = pooled_clip_counts(rows)
+    assert counts == {"4-8": 16.0, "8-16": 9.0} and clipped == {"4-8": 3.0, "8-16": 1.0}
+    # acceptances 13/16 and 8/9, mean 21/25: LRE = max |a_k / ā − 1|
+    assert lre_from_pooled_counts(counts, clipped) == pytest.approx(max(abs((13 / 16) / (21 / 25) - 1),
+                                                                       abs((8 / 9) / (21 / 25) - 1)))

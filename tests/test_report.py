@@ -139,10 +139,10 @@ def test_run_report_sections_and_pooled_lre(tmp_path):
     assert "by_group.g1" in text and "heldout_reward" in text and "before" in text
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert "10 of 40 steps have no clip metrics" in text
-    from fairalign.report.data import pooled_counts
+    from fairalign.diagnostics import pooled_clip_counts
     from fairalign.report.html import fmt
 
-    lre = lre_from_pooled_counts(*pooled_counts(rows))
+    lre = lre_from_pooled_counts(*pooled_clip_counts(rows))
     assert f"<b>pooled LRE (whole run)</b><span>{fmt(lre)}</span>" in text
     assert "95% bootstrap interval over steps" in text
     # the config table lists the non-default keys first

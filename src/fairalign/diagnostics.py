@@ -166,6 +166,26 @@ def clip_rate_metrics(
     return out
 
 
+def pooled_clip_counts(rows) -> tuple[dict[str, float], dict[str, float]]:
+    """Per-bin sequences and clipped weight summed over logged steps: `rows` are metric dicts with
+    `clip_count/len/<bin>` and `clip_clipped/len/<bin>` (non-finite values count as absent); returns
+    ({bin label: sequences}, {bin label: clipped weight})."""
+    counts: dict[str, float] = {}
+    clipped: dict[str, float] = {}
+
+    def finite(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) != float("inf")
+
+    for r in rows:
+        for k, v in r.items():
+            if k.startswith("clip_count/len/") and finite(v):
+                b = k[len("clip_count/len/"):]
+                counts[b] = counts.get(b, 0.0) + v
+                c = r.get(f"clip_clipped/len/{b}")
+                clipped[b] = clipped.get(b, 0.0) + (c if finite(c) else 0.0)
+    return counts, clipped
+
+
 def lre_from_pooled_counts(counts: dict[str, float], clipped: dict[str, float]) -> float:
     """LRE from per-bin counts pooled over steps: {bin label: sequences}, {bin label: clipped weight}
     (labels as in the metric keys, e.g. "8-16")."""

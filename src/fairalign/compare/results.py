@@ -65,7 +65,7 @@ def comparable_arms(study: Study) -> list[str]:
 
 
 def run_metrics(run_dir: Path, cfg: Config) -> dict:
-    from fairalign.diagnostics import lre_from_pooled_counts
+    from fairalign.diagnostics import lre_from_pooled_counts, pooled_clip_counts
 
     by_step = {}
     for row in read_jsonl(run_dir / "metrics.jsonl"):
@@ -80,15 +80,7 @@ def run_metrics(run_dir: Path, cfg: Config) -> dict:
     last = [r["reward/mean"] for r in rows[-max(1, cfg.steps // 5):] if _num(r.get("reward/mean"))]
     if last:
         m["train/reward_final"] = sum(last) / len(last)
-    counts: dict[str, float] = {}
-    clipped: dict[str, float] = {}
-    for r in rows:
-        for k, v in r.items():
-            if k.startswith("clip_count/len/") and _num(v):
-                b = k[len("clip_count/len/"):]
-                counts[b] = counts.get(b, 0.0) + v
-                c = r.get(f"clip_clipped/len/{b}")
-                clipped[b] = clipped.get(b, 0.0) + (c if _num(c) else 0.0)
+    counts, clipped = pooled_clip_counts(rows)
     if any(v > 0 for v in counts.values()):
         m["lre/pooled"] = lre_from_pooled_counts(counts, clipped)
         m["clip_rate/pooled"] = sum(clipped.values()) / sum(counts.values())  # every bin, sequence units

@@ -13,7 +13,7 @@ import math
 import re
 from pathlib import Path
 
-from fairalign.diagnostics import lre_from_pooled_counts
+from fairalign.diagnostics import lre_from_pooled_counts, pooled_clip_counts
 from fairalign.train.logging import read_jsonl
 
 MAX_POINTS = 300
@@ -103,22 +103,11 @@ def clip_rate_series(rows: list[dict], label: str) -> tuple[list[float], list[fl
     return (*downsample(xs, ys), w)
 
 
-def pooled_counts(rows: list[dict]) -> tuple[dict[str, float], dict[str, float]]:
-    """Per-bin sequences and clipped weight summed over the rows ({label: value} each)."""
-    counts: dict[str, float] = {}
-    clipped: dict[str, float] = {}
-    for r in rows:
-        for k, v in r.items():
-            if k.startswith("clip_count/len/") and finite(v):
-                b = bin_label(k)
-                counts[b] = counts.get(b, 0.0) + v
-                c = r.get(f"clip_clipped/len/{b}")
-                clipped[b] = clipped.get(b, 0.0) + (c if finite(c) else 0.0)
-    return counts, clipped
+pooled_counts = pooled_clip_counts  # per-bin sequences and clipped weight summed over the rows
 
 
 def pooled_lre(rows: list[dict]) -> float | None:
-    counts, clipped = pooled_counts(rows)
+    counts, clipped = pooled_clip_counts(rows)
     return lre_from_pooled_counts(counts, clipped) if counts else None
 
 
@@ -127,7 +116,7 @@ def pooled_lre_interval(rows: list[dict], n_boot: int = 200, seed: int = 0) -> t
     so a report is reproducible); None with fewer than 2 such steps."""
     import numpy as np
 
-    labels = sorted(pooled_counts(rows)[0], key=_bin_lo)
+    labels = sorted(pooled_clip_counts(rows)[0], key=_bin_lo)
     steps = [r for r in rows if any(k.startswith("clip_count/len/") for k in r)]
     if len(steps) < 2 or not labels:
         return None
@@ -155,7 +144,7 @@ def cumulative_pooled_lre(rows: list[dict], max_points: int = MAX_POINTS) -> tup
     clipped: dict[str, float] = {}
     xs, ys, done = [], [], 0
     for i in picks:
-        part_c, part_k = pooled_counts(rows[done:i + 1])
+        part_c, part_k = pooled_clip_counts(rows[done:i + 1])
         done = i + 1
         for b, v in part_c.items():
             counts[b] = counts.get(b, 0.0) + v

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 from pathlib import Path
 
+from fairalign.diagnostics import pooled_clip_counts
 from fairalign.report import data as D
 from fairalign.report import plots as P
 from fairalign.report.html import (
@@ -152,7 +153,7 @@ def _fairness(page: Page, rows: list[dict]) -> None:
     page.figure(P.clip_over_time_figure(rows), "clip rate per length bin over steps",
                 "No clip_rate/len/<bin> metrics: nothing to show per length bin.")
     page.figure(P.lre_figure(rows), "LRE per step and pooled", "No LRE values or per-bin counts in metrics.jsonl.")
-    counts, clipped = D.pooled_counts(rows)
+    counts, clipped = pooled_clip_counts(rows)
     if not counts:
         page.note("No clip_count/len/<bin> counts to pool (runs before they were logged, or no off-policy update).")
         return

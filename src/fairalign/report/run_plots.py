@@ -8,6 +8,7 @@ from pathlib import Path
 
 
 def make_plots(run_dir: str | Path) -> list[Path]:
+    from fairalign.diagnostics import pooled_clip_counts
     from fairalign.report import data as D
     from fairalign.report import plots as P
 
@@ -15,7 +16,7 @@ def make_plots(run_dir: str | Path) -> list[Path]:
     rows = D.load_rows(run_dir)
     if not rows:
         return []
-    counts, clipped = D.pooled_counts(rows)
+    counts, clipped = pooled_clip_counts(rows)
     lre = D.pooled_lre(rows)
     figures = {
         "reward_by_group.png": P.reward_figure(rows),

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from fairalign.diagnostics import pooled_clip_counts
 from fairalign.errors import ConfigError
 from fairalign.report import data as D
 from fairalign.report import plots as P
@@ -257,7 +258,7 @@ def _fairness(page: Page, arms: list[str], seeds: list[str], rows: dict) -> None
     pools, body = {}, []
     for a in arms:
         merged = [row for r in rows[a].values() for row in r]
-        pools[a] = D.pooled_counts(merged)
+        pools[a] = pooled_clip_counts(merged)
         per_seed = [D.pooled_lre(rows[a][s]) for s in seeds if rows[a][s]]
         per_seed = [v for v in per_seed if v is not None]
         body.append([a, D.pooled_lre(merged), fmt_interval(D.pooled_lre_interval(merged)),
