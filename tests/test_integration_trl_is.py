@@ -20,7 +20,8 @@ import torch  # noqa: E402
 
 from fairalign.errors import ConfigError  # noqa: E402
 from fairalign.integrations.trl import FairGRPOTrainer  # noqa: E402
-from fairalign.integrations.trl_is import LengthRatePool, correction_weights, sqrt_band_ratio  # noqa: E402
+from fairalign.integrations.trl_is import (LengthRatePool, correction_weights, sqrt_band_ratio,  # noqa: E402
+                                          summed_mismatch)
 from test_integration_trl import _args, _dataset, model_dir, reward_fit  # noqa: E402,F401
 
 LENGTHS = (2, 4, 8, 16)
@@ -75,21 +76,30 @@ def test_sqrt_band_ratio_by_hand():
     mask = torch.zeros(3, 16)
     for row, length in enumerate((4, 9, 16)):
         mask[row, :length] = 1
+    lengths = mask.sum(1).long()
     d = torch.tensor([0.5, -1.0, 1.1])  # summed mismatch; band [-0.3*sqrt(L), 0.3*sqrt(L)] = 0.6, 0.9, 1.2
-    sampling = old - (d / mask.sum(1)).unsqueeze(1) * mask
+    sampling = old - (d / lengths).unsqueeze(1) * mask
     sampling[1, 3] = float("nan")  # a token the sampler could not score counts as no mismatch (TRL's rule)
-    d_seen = torch.tensor([0.5, -1.0 + 1.0 / 9, 1.1])
-    w, outside = sqrt_band_ratio(old, sampling, mask, 0.3, 0.3)
+    d_seen = summed_mismatch(old, sampling, mask)  # [3, 1]
+    torch.testing.assert_close(d_seen[:, 0], torch.tensor([0.5, -1.0 + 1.0 / 9, 1.1]))
+    w, outside = sqrt_band_ratio(d_seen, lengths, 0.3, 0.3)
     assert outside.tolist() == [False, False, False]
-    torch.testing.assert_close(w[:, 0], torch.exp(d_seen))
-    w, outside = sqrt_band_ratio(old, sampling, mask, 0.2, 0.3)  # lower edge -0.6 at L = 9: -0.889 is outside
+    torch.testing.assert_close(w, torch.exp(d_seen))
+    w, outside = sqrt_band_ratio(d_seen, lengths, 0.2, 0.3)  # lower edge -0.6 at L = 9: -0.889 is outside
     assert outside.tolist() == [False, True, False] and w[1, 0] == 0
-    w, outside = sqrt_band_ratio(old, sampling, mask, None, 0.2)  # upper edges 0.4, 0.6, 0.8; no lower edge
+    w, outside = sqrt_band_ratio(d_seen, lengths, None, 0.2)  # upper edges 0.4, 0.6, 0.8; no lower edge
     assert outside.tolist() == [True, False, True] and w[0, 0] == 0 and w[2, 0] == 0
+    # centred at mu*L with mu = 0.05: d - mu*L = 0.3, -1.339, 0.3 against edges -0.2*sqrt(L), 0.2*sqrt(L)
+    w, outside = sqrt_band_ratio(d_seen, lengths, 0.2, 0.2, mu=0.05)
+    assert outside.tolist() == [False, True, False] and w[2, 0] == pytest.approx(math.exp(1.1))
+    big = sqrt_band_ratio(torch.tensor([[500.0]]), torch.tensor([4]), None, 0.1)[0]  # far outside: 0, not inf*0
+    assert big.tolist() == [[0.0]]
 
 
 @pytest.mark.parametrize("fields, named", [
     ({"fair_is_band_low": 0.2}, "fair_is_band_low"),
+    ({"fair_is_band_drift": "none"}, "fair_is_band_drift"),
+    ({"fair_is_band_high": 0.3, "fair_is_band_drift": "mean"}, "fair_is_band_drift"),
     ({"fair_is_band_high": -1.0}, "fair_is_band_high"),
     ({"fair_is_band_high": 0.3, "vllm_importance_sampling_mode": "token_mask"}, "vllm_importance_sampling_mode"),
     ({"fair_is_band_high": 0.3, "vllm_importance_sampling_correction": False}, "vllm_importance_sampling_correction"),
@@ -173,16 +183,21 @@ def test_trl_mask_reaches_the_loss_and_is_logged_per_length(model_dir, tmp_path)
     assert not any(k.startswith("is_band") for h in tr.state.log_history for k in h)
 
 
-def test_sqrt_band_replaces_trls_mask(model_dir, tmp_path):
+@pytest.mark.parametrize("drift, masked", [("none", (4, 16)), ("kl", (4,))])
+def test_sqrt_band_replaces_trls_mask(model_dir, tmp_path, drift, masked):
     with pytest.warns(UserWarning, match="use_vllm=True"):  # the config is built without vLLM here
-        tr, seen = _run_on_trl_vllm_path(model_dir, tmp_path, fair_is_band_high=0.3, fair_is_band_low=0.4)
+        tr, seen = _run_on_trl_vllm_path(model_dir, tmp_path, fair_is_band_high=0.3, fair_is_band_low=0.4,
+                                         fair_is_band_drift=drift)
+    # drift "kl": mu = sum D / sum L over the generation batch (each length twice) = 1.7 / 30
+    mu = 0.0 if drift == "none" else sum(MISMATCH.values()) / sum(LENGTHS)
     by_len = _ratios_by_length(seen)
-    for length, ws in by_len.items():  # kept iff -0.4*sqrt(L) <= D <= 0.3*sqrt(L): L = 2 and 8 only
-        inside = -0.4 * math.sqrt(length) <= MISMATCH[length] <= 0.3 * math.sqrt(length)
-        assert inside == (length in (2, 8))
+    for length, ws in by_len.items():  # kept iff -0.4*sqrt(L) <= D - mu*L <= 0.3*sqrt(L)
+        inside = -0.4 * math.sqrt(length) <= MISMATCH[length] - mu * length <= 0.3 * math.sqrt(length)
+        assert inside == (length not in masked)
         assert ws == pytest.approx([math.exp(MISMATCH[length]) if inside else 0.0] * 2, abs=1e-4), length
     log = next(h for h in tr.state.log_history if "is_band_lre" in h)
-    for lo, rate in ((2, 0.0), (4, 1.0), (8, 0.0), (16, 1.0)):
-        assert log[f"is_band_rate/len/{lo}-{2 * lo}"] == rate
-    assert log["is_band_frac"] == 0.5 and log["is_band_lre"] == pytest.approx(1.0)
+    for lo in LENGTHS:
+        assert log[f"is_band_rate/len/{lo}-{2 * lo}"] == (1.0 if lo in masked else 0.0)
+    assert log["is_band_frac"] == len(masked) / 4
+    assert log.get("is_band/drift", 0.0) == pytest.approx(mu, abs=1e-5)
     assert log["is_mask_rate/len/16-32"] == 1.0 and log["is_mask_rate/len/4-8"] == 0.0  # TRL's rule, for comparison

@@ -7,8 +7,10 @@ F1 = 2k/(k+n) with k revealed of n items, response 1) and candidate 1 is malform
 else is TRL's: its sampler, rollout_func plumbing, rewards, advantages, loss and checkpoints.
 The resume test and the example script use the tiny model's own sampling.
 """
+import difflib
 import json
 import random
+import re
 import runpy
 import sys
 from pathlib import Path
@@ -74,7 +76,8 @@ def _record(trainer, rollout):
 
     def calc_rec(inputs, *a):
         out = calc(inputs, *a)
-        rec.append({"rows": [dict(x) for x in inputs], "rpf": out.clone(), "db": rollout.last_dialogues})
+        rec.append({"rows": [dict(x) for x in inputs], "rpf": out.clone(), "db": rollout.last_dialogues,
+                    "train": trainer.model.training})
         return out
 
     def gen_rec(inputs):
@@ -86,10 +89,10 @@ def _record(trainer, rollout):
     return rec
 
 
-def _fair_trainer(model_dir, tmp_path, rollout, scripted=True, **kw):
+def _fair_trainer(model_dir, tmp_path, rollout, scripted=True, eval_dataset=None, **kw):
     args = _args(tmp_path, fair_loss="fspo", pgrpo_group_column="rlpa_group", pgrpo_min_count=2, **kw)
     tr = FairGRPOTrainer(model=str(model_dir), args=args, reward_funcs=RLPA_REWARD_FUNCS,
-                         train_dataset=rlpa_dataset(PROFILES), rollout_func=rollout)
+                         train_dataset=rlpa_dataset(PROFILES), eval_dataset=eval_dataset, rollout_func=rollout)
     if scripted:
         tr._generate_single_turn = _oracle_sampler(tr, rollout)
     return tr
@@ -108,10 +111,18 @@ def _hand_rewards(db):
 
 def test_turns_are_prompt_groups_with_rlpa_rewards_and_pgrpo_groups(model_dir, tmp_path):
     rollout = rlpa_rollout_func(max_turns=T)
-    tr = _fair_trainer(model_dir, tmp_path, rollout)
+    tr = _fair_trainer(model_dir, tmp_path, rollout, eval_strategy="steps", eval_steps=2, per_device_eval_batch_size=4,
+                       eval_dataset=rlpa_dataset(PROFILES[:2]))
     rec = _record(tr, rollout)
     tr.train()
+    evals = [b for b in rec if not b["train"]]
+    rec = [b for b in rec if b["train"]]
     assert tr.state.global_step == 4 and len(rec) == 2  # 2 optimizer steps per generation batch of 8 rows
+    # evaluation: one dialogue per batch of 4 rows, the same users every time, the training users differ by step
+    assert len(evals) == 2 and evals[0]["db"].seed == evals[1]["db"].seed != rec[0]["db"].seed != rec[1]["db"].seed
+    assert [r["rlpa_turn"] for r in evals[0]["rows"]] == [1, 1, 2, 2]
+    assert sum(tr._pgrpo.state_dict()["n"]) == 16  # evaluation never moves P-GRPO's history
+    assert any("eval_rlpa/format_ok" in h for h in tr.state.log_history)
     ref = PreferenceGroupNormalizer(min_count=2)
     overridden = 0  # rows whose own dataset profile is in another group than their dialogue's
     for batch in rec:
@@ -213,6 +224,14 @@ def test_bad_setups_are_one_line_errors(model_dir, tmp_path):
     tr.use_vllm, tr._last_loaded_step = True, 0  # TRL's vLLM path (no weight sync at step 0)
     with pytest.raises(ConfigError, match="use_vllm"):
         tr.train()
+    tr = _fair_trainer(model_dir, tmp_path, rlpa_rollout_func(max_turns=T))
+    tr.tools = [len]
+    with pytest.raises(ConfigError, match="tools"):
+        tr.train()
+    tr = _fair_trainer(model_dir, tmp_path, rlpa_rollout_func(max_turns=T))
+    tr.reward_funcs, tr.reward_func_names = [torch.nn.Linear(1, 1)], ["my-reward-model"]
+    with pytest.raises(ConfigError, match="my-reward-model"):
+        tr.train()
     args = _args(tmp_path)
     tr = FairGRPOTrainer(model=str(model_dir), args=args, reward_funcs=RLPA_REWARD_FUNCS, train_dataset=_dataset(),
                          rollout_func=rlpa_rollout_func(max_turns=T))
@@ -236,3 +255,33 @@ def test_example_script_trains_two_steps(tmp_path, monkeypatch, tiny_model_dir):
     logged = {k for h in state["log_history"] for k in h}
     assert {"rewards/rlpa_profile_reward/mean", "rewards/rlpa_response_reward/mean", "rlpa/format_ok",
             "pgrpo/history_frac"} <= logged
+
+
+# ---------------------------------------------------------------------- docs/integrations.md
+def _doc_scripts():
+    text = (ROOT / "docs" / "integrations.md").read_text().split("\n## verl")[0]  # the TRL section
+    scripts = dict(re.findall(r"```python title=(\S+)\n(.*?)```", text, re.S))
+    (diff,) = re.findall(r"```diff title=rlpa_personas.py\n(.*?)```", text, re.S)
+    return scripts["grpo_personas.py"], scripts["rlpa_personas.py"], diff
+
+
+def test_doc_rlpa_diff_is_the_difference_between_the_scripts():
+    stock, rlpa, diff = _doc_scripts()
+    changes = [line for line in difflib.ndiff(stock.splitlines(), rlpa.splitlines()) if line[:2] in ("- ", "+ ")]
+    assert [c[0] + c[2:] for c in changes] == diff.splitlines()
+
+
+def test_doc_rlpa_script_trains(model_dir, tmp_path, monkeypatch):
+    _, rlpa, _ = _doc_scripts()
+    for old, new in (('"Qwen/Qwen2.5-0.5B-Instruct"', repr(str(model_dir))),
+                     ("per_device_train_batch_size=8", "per_device_train_batch_size=4"),
+                     ("num_generations=4", "num_generations=2"), ("max_completion_length=128", "max_completion_length=8"),
+                     ("max_steps=100", "max_steps=2"), ("max_turns=4", "max_turns=2"),
+                     ("logging_steps=1,", "logging_steps=1, use_cpu=True,")):
+        assert old in rlpa
+        rlpa = rlpa.replace(old, new)
+    (tmp_path / "rlpa_personas.py").write_text(rlpa)
+    monkeypatch.chdir(tmp_path)
+    trainer = runpy.run_path(str(tmp_path / "rlpa_personas.py"))["trainer"]
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    assert trainer.state.global_step == 2 and "rlpa/chosen_total/turn_2" in logs[0] and "lre" in logs[1]

@@ -56,7 +56,8 @@ from fairalign.algos import BATCH_STATISTICS, POLICY_LOSS_REGISTRY, aggregate, b
 from fairalign.algos.estimators import LOCAL
 from fairalign.integrations.trl_clip import ClipPool
 from fairalign.integrations.trl_config import FairGRPOConfig, check_fair_fields, pgrpo_hparams, resolved_loss_hparams
-from fairalign.integrations.trl_is import TRUNCATE_MODES, LengthRatePool, correction_weights, sqrt_band_ratio
+from fairalign.integrations.trl_is import (TRUNCATE_MODES, LengthRatePool, correction_weights, sqrt_band_ratio,
+                                          summed_mismatch)
 from fairalign.integrations.trl_rlpa import (RLPA_GROUP_COLUMN, RLPA_REWARD_FUNCS, RLPARollout, rlpa_dataset,
                                              rlpa_profile_reward, rlpa_response_reward, rlpa_rollout_func)
 from fairalign.errors import ConfigError
@@ -177,8 +178,13 @@ class FairGRPOTrainer(GRPOTrainer):
                                          self.vllm_importance_sampling_clip_max)  # [B]
             self._is_pool.add(lengths, weights, gather_object)
         if a.fair_is_band_high is not None:
-            ratio, outside = sqrt_band_ratio(out["old_per_token_logps"], out["sampling_per_token_logps"], mask,
-                                             a.fair_is_band_low, a.fair_is_band_high)  # [B, 1], [B]
+            d = summed_mismatch(out["old_per_token_logps"], out["sampling_per_token_logps"], mask)  # [B, 1]
+            mu = 0.0
+            if a.fair_is_band_drift == "kl":  # token-mean mismatch of the whole generation batch, all processes
+                sums = self.accelerator.reduce(torch.stack([d.sum(), lengths.sum().to(d)]).double(), reduction="sum")
+                mu = float(sums[0] / sums[1].clamp(min=1.0))
+                self._metrics[mode]["is_band/drift"].append(mu)
+            ratio, outside = sqrt_band_ratio(d, lengths, a.fair_is_band_low, a.fair_is_band_high, mu)  # [B, 1], [B]
             out["importance_sampling_ratio"] = ratio
             if mode == "train":
                 self._band_pool.add(lengths, outside.double(), gather_object)

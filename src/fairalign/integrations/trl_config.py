@@ -8,9 +8,10 @@ Fields (all optional; unset = stock TRL behaviour):
     fair_length_edges   length-bin edges of the clip-rate metrics (None = powers of two)
     pgrpo_group_column  dataset column holding the preference group -> P-GRPO advantages (None = TRL's)
     pgrpo_min_count, pgrpo_eps, pgrpo_decay, pgrpo_min_std   the P-GRPO estimator's hyperparameters
-    fair_is_band_high, fair_is_band_low   a sqrt(L) band for TRL's vLLM importance-sampling correction
-                        (trl_is.py): keep a completion iff -low*sqrt(L) <= D <= high*sqrt(L) for its summed
-                        train-inference log mismatch D; None = TRL's own rule
+    fair_is_band_high, fair_is_band_low, fair_is_band_drift   a sqrt(L) band for TRL's vLLM importance-
+                        sampling correction (trl_is.py): keep a completion iff -low*sqrt(L) <= D - mu*L <=
+                        high*sqrt(L) for its summed train-inference log mismatch D (mu: "kl" = the batch's
+                        token-mean mismatch, "none" = 0); high None = TRL's own rule
 Choices and defaults come from fairalign's registries (`POLICY_LOSS_REGISTRY`, `ESTIMATOR_REGISTRY`,
 `AGG_MODES`), never from a copied list.
 
@@ -33,6 +34,7 @@ from trl import GRPOConfig
 from fairalign.algos import AGG_MODES, ESTIMATOR_REGISTRY, POLICY_LOSS_REGISTRY, build_estimator, compute_policy_loss
 from fairalign.errors import ConfigError
 
+BAND_DRIFTS = ("kl", "none")  # fair_is_band_drift: centre the band at the batch's mean mismatch, or at 0
 _PGRPO = ESTIMATOR_REGISTRY["pgrpo"].hparams  # min_count, eps, decay, min_std -> default
 _TRL_DEFAULTS = {f.name: f.default for f in dataclasses.fields(GRPOConfig)}
 
@@ -129,10 +131,13 @@ def _check_is_band(args, warn: bool) -> None:
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
                                   or not value > 0 or value == float("inf")):
             _fail(f"{name} must be a positive number or None, got {value!r}")
+    if args.fair_is_band_drift not in BAND_DRIFTS:
+        _fail(f"fair_is_band_drift={args.fair_is_band_drift!r} is not one of {_names(BAND_DRIFTS)}")
     if args.fair_is_band_high is None:
-        if args.fair_is_band_low is not None:
-            _fail(f"fair_is_band_low={args.fair_is_band_low!r} needs fair_is_band_high (the band's upper edge "
-                  f"turns it on)")
+        for name, default in (("fair_is_band_low", None), ("fair_is_band_drift", "kl")):
+            if getattr(args, name) != default:
+                _fail(f"{name}={getattr(args, name)!r} has no effect without fair_is_band_high (the band's upper "
+                      f"edge turns it on)")
         return
     if not args.vllm_importance_sampling_correction:
         _fail("fair_is_band_high replaces the rule of TRL's vLLM importance-sampling correction: it needs "
@@ -209,6 +214,9 @@ class FairGRPOConfig(GRPOConfig):
                 "None = TRL's rule."})
     fair_is_band_low: float | None = field(default=None, metadata={
         "help": "Lower edge of the sqrt(L) band (-fair_is_band_low * sqrt(L)); None = no lower edge."})
+    fair_is_band_drift: str = field(default="kl", metadata={
+        "help": "Centre of the sqrt(L) band: 'kl' = mu*L with mu the token-mean mismatch of the generation batch "
+                "(vLLM sampling makes D drift as -KL*L), 'none' = 0."})
 
     def __post_init__(self):
         super().__post_init__()

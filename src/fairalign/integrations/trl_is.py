@@ -15,14 +15,18 @@ A fixed band on the length-summed D is the regime of docs/length_fairness.md: D 
   modes: w = 0) or truncated (truncate modes: w at a bound); 1/0 for sequence modes. The clip
   metrics count a sequence the same way.
 - `sqrt_band_ratio`: the sequence weight with FSPO's band on D instead: w = exp(D) if
-  -c_low*sqrt(L) <= D <= c_high*sqrt(L), else 0 (c_low None: no lower edge, as TRL's clip_min=None).
+  -c_low*sqrt(L) <= D - mu*L <= c_high*sqrt(L), else 0 (c_low None: no lower edge, as TRL's
+  clip_min=None). mu is the drift per token: 0 (`fair_is_band_drift="none"`) or the token-mean
+  mismatch of the whole generation batch (`"kl"`, the default). Why the drift: vLLM's tokens are
+  sampled from vLLM's distribution, so E[exp(D)] = 1 and D drifts as -sigma^2*L/2 (-mu is the per-token
+  KL(vLLM || train)), plus any systematic numeric bias; a band centred at 0 then moves long completions
+  towards its lower edge (FSPO with drift="none" has the same defect, docs/length_fairness.md).
 - `LengthRatePool`: those per-completion weights pooled over TRL's logging interval and every
   process, reported as `<name>_rate/len/<lo>-<hi>`, `<name>_count/len/...`, `<name>_<verb>/len/...`,
   `<name>_lre` (fairalign's LRE of the pooled counts), `<name>_frac` and `<name>/sequences`.
 
 Simplifications: completions with no loss token (e.g. masked by `mask_truncated_completions`) are
-left out; the band is centred at 0 (no drift term: a mean mismatch mu != 0 shifts long completions
-towards one edge, as FSPO with drift="none"); it replaces TRL's sequence_mask rule only.
+left out of the pools; the band replaces TRL's sequence_mask rule only.
 """
 from __future__ import annotations
 
@@ -53,17 +57,22 @@ def correction_weights(ratio: torch.Tensor, mask: torch.Tensor, mode: str, clip_
     return (hit.sum(1).double() / m.sum(1).clamp(min=1).double()).cpu()  # [B]
 
 
-def sqrt_band_ratio(old_logps: torch.Tensor, sampling_logps: torch.Tensor, mask: torch.Tensor,
-                    c_low: float | None, c_high: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(weight [B, 1], outside [B] bool) for per-token train / sampler log-probs [B, T] and loss mask [B, T].
-    NaN sampler log-probs count as no mismatch, as in TRL."""
-    m = mask.to(old_logps.dtype)  # [B, T]
-    d = torch.nan_to_num((old_logps - sampling_logps) * m, nan=0.0).sum(1, keepdim=True)  # [B, 1]
-    root = m.sum(1, keepdim=True).sqrt()  # [B, 1]
-    inside = d <= c_high * root  # [B, 1]
+def summed_mismatch(old_logps: torch.Tensor, sampling_logps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """D [B, 1]: the summed train - sampler log mismatch of each completion over its loss tokens
+    (mask [B, T]); a NaN sampler log-prob counts as no mismatch, as in TRL."""
+    return torch.nan_to_num((old_logps - sampling_logps) * mask.to(old_logps.dtype), nan=0.0).sum(1, keepdim=True)
+
+
+def sqrt_band_ratio(d: torch.Tensor, lengths: torch.Tensor, c_low: float | None, c_high: float,
+                    mu: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weight [B, 1], outside [B] bool) for summed mismatches d [B, 1] of completions with `lengths` [B]
+    loss tokens: exp(d) if -c_low*sqrt(L) <= d - mu*L <= c_high*sqrt(L), else 0 (mu: the drift per token)."""
+    length = lengths.to(d.dtype).unsqueeze(1)  # [B, 1]
+    centred, root = d - mu * length, length.sqrt()  # [B, 1] each
+    inside = centred <= c_high * root  # [B, 1]
     if c_low is not None:
-        inside &= d >= -c_low * root
-    weight = torch.where(inside, torch.exp(d.clamp(max=c_high * root)), torch.zeros_like(d))  # [B, 1]
+        inside &= centred >= -c_low * root
+    weight = torch.where(inside, torch.exp(torch.where(inside, d, torch.zeros_like(d))), torch.zeros_like(d))
     return weight, ~inside[:, 0]
 
 

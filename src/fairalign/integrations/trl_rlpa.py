@@ -52,7 +52,8 @@ resumed run plays exactly the dialogues of the uninterrupted one. Evaluation dia
 without the step, so every evaluation meets the same users.
 
 Simplifications: no vLLM (`use_vllm=True` is refused: the rollout returns no sampling log-probs), no
-tools, no multimodal prompts, no truncation of long dialogue prompts; the user and the judge are the
+tools or environments, no reward models (they would score the profile JSON; all three refused), no
+multimodal prompts, no truncation of long dialogue prompts; the user and the judge are the
 rules ones or OpenAI-compatible endpoints (`make_user`, `make_judge` specs); TRL's completions table
 shows the profile JSON as each row's prompt.
 """
@@ -165,6 +166,13 @@ class RLPARollout:
         if trainer.use_vllm:
             raise ConfigError("rlpa_rollout_func samples with TRL's transformers generation and returns no sampling "
                               "log-probs: use_vllm=True is not supported; set use_vllm=False")
+        if trainer.tools or trainer.environment_factories is not None:
+            raise ConfigError("rlpa_rollout_func: tools and environment_factory are not supported with RLPA "
+                              "(the simulated user answers every turn); pass neither")
+        models = [name for f, name in zip(trainer.reward_funcs, trainer.reward_func_names) if isinstance(f, torch.nn.Module)]
+        if models:
+            raise ConfigError(f"rlpa_rollout_func: reward model {models[0]!r} would score the profile JSON in each "
+                              f"row's prompt, not the dialogue; use RLPA_REWARD_FUNCS or functions of the rlpa_* fields")
         n, block = len(prompts), G * self.max_turns
         if n == 0 or n % block:
             sizes = ("per_device_train_batch_size x steps_per_generation" if mode == "train"
