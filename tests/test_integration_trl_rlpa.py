@@ -184,7 +184,8 @@ def test_resume_plays_the_same_users(model_dir, tmp_path):
 
         def recording(prompts, tr):
             out = rollout(prompts, tr)
-            into.append((rollout.last_dialogues.transcripts(), [r["user_reply"] for r in rollout.last_dialogues.records]))
+            db = rollout.last_dialogues
+            into.append((db.transcripts(), [r["user_reply"] for r in db.records]))
             return out
 
         return _fair_trainer(model_dir, tmp_path, recording, scripted=False, max_completion_length=8,
@@ -275,7 +276,8 @@ def test_doc_rlpa_script_trains(model_dir, tmp_path, monkeypatch):
     _, rlpa, _ = _doc_scripts()
     for old, new in (('"Qwen/Qwen2.5-0.5B-Instruct"', repr(str(model_dir))),
                      ("per_device_train_batch_size=8", "per_device_train_batch_size=4"),
-                     ("num_generations=4", "num_generations=2"), ("max_completion_length=128", "max_completion_length=8"),
+                     ("num_generations=4", "num_generations=2"),
+                     ("max_completion_length=128", "max_completion_length=8"),
                      ("max_steps=100", "max_steps=2"), ("max_turns=4", "max_turns=2"),
                      ("logging_steps=1,", "logging_steps=1, use_cpu=True,")):
         assert old in rlpa

@@ -9,7 +9,7 @@ mismatch d_t = logp_train,t - logp_vLLM,t of every loss token and turns it into 
     *_mask: w = 0 outside [clip_min, clip_max] (TRL's default: sequence_mask, only above 3.0);
     *_truncate: w clamped into it.
 A fixed band on the length-summed D is the regime of docs/length_fairness.md: D spreads as sigma*sqrt(L)
-(and drifts as mu*L), so long completions leave the band, and lose their gradient, more often.
+and drifts as mu*L, so the share of completions that lose their gradient depends on their length.
 
 - `correction_weights`: per completion, the share of its loss tokens the correction masked (mask
   modes: w = 0) or truncated (truncate modes: w at a bound); 1/0 for sequence modes. The clip

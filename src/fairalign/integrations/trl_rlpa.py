@@ -60,7 +60,6 @@ shows the profile JSON as each row's prompt.
 from __future__ import annotations
 
 import hashlib
-import json
 from typing import Any, Sequence
 
 import torch
@@ -169,10 +168,12 @@ class RLPARollout:
         if trainer.tools or trainer.environment_factories is not None:
             raise ConfigError("rlpa_rollout_func: tools and environment_factory are not supported with RLPA "
                               "(the simulated user answers every turn); pass neither")
-        models = [name for f, name in zip(trainer.reward_funcs, trainer.reward_func_names) if isinstance(f, torch.nn.Module)]
+        models = [name for f, name in zip(trainer.reward_funcs, trainer.reward_func_names)
+                  if isinstance(f, torch.nn.Module)]
         if models:
             raise ConfigError(f"rlpa_rollout_func: reward model {models[0]!r} would score the profile JSON in each "
-                              f"row's prompt, not the dialogue; use RLPA_REWARD_FUNCS or functions of the rlpa_* fields")
+                              f"row's prompt, not the dialogue; use RLPA_REWARD_FUNCS or functions of the rlpa_* "
+                              f"fields")
         n, block = len(prompts), G * self.max_turns
         if n == 0 or n % block:
             sizes = ("per_device_train_batch_size x steps_per_generation" if mode == "train"
