@@ -1,7 +1,8 @@
 """fairalign inside TRL 1.16: `FairGRPOTrainer(GRPOTrainer)` with `FairGRPOConfig(GRPOConfig)`.
 
 A stock TRL GRPO script switches by renaming the two classes and setting `fair_loss` and/or
-`pgrpo_group_column` (docs/integrations.md). Everything else stays TRL: datasets, reward functions,
+`pgrpo_group_column` (docs/integrations.md); RLPA dialogues come in through TRL's `rollout_func`
+(`rlpa_rollout_func`, trl_rlpa.py, re-exported here). Everything else stays TRL: datasets, reward functions,
 generation (transformers or vLLM), `accelerate launch`, PEFT, checkpoints.
 
 Where it hooks into TRL 1.16's GRPOTrainer:
@@ -12,6 +13,13 @@ Where it hooks into TRL 1.16's GRPOTrainer:
   its own rows. So every process holds the state one process would, and a prompt's generations may
   straddle processes (TRL allows it; P-GRPO's cold-start GRPO fallback needs the whole prompt group).
   Completions that no reward function scored get advantage 0 and do not enter the history (as in TRL).
+  The groups are read after TRL has written a `rollout_func`'s extra fields into the rows, so a field
+  of that name (RLPA's `rlpa_group`, trl_rlpa.py) decides the group.
+- `_generate_and_score_completions` (TRL's vLLM importance-sampling correction, trl_is.py): the share
+  of each completion that TRL's ratio masked or truncated is pooled per length bin (training only);
+  with `fair_is_band_high` the ratio is replaced by the sqrt(L) band's, from TRL's own train and
+  sampler log-probs. TRL 1.16 computes the ratio there, before `_compute_loss`, which is what lets
+  the loss below see it (tests/test_integration_trl_is.py fails if TRL moves it).
 - `_compute_loss` (fair_loss): the policy loss is `fairalign.algos.compute_policy_loss` on TRL's
   per-token log-probs, behaviour log-probs, advantages and loss mask. Its normalizers are global over
   the optimizer step: the tokens (or sequences) of all its micro-batches on all processes, counted
@@ -22,7 +30,8 @@ Where it hooks into TRL 1.16's GRPOTrainer:
   TRL's vLLM importance-sampling ratio w (per token or per sequence, > 0 or masked to 0) enters as
   advantages A·w, which for every fairalign loss equals weighting its per-token loss by w.
 - Metrics go through TRL's own logging: `self._metrics` (entropy, kl, pgrpo/*) and, for the clip
-  rates per length bin and the LRE, `log()` (pooled over the logging interval; trl_clip.py).
+  rates per length bin and the LRE, `log()` (pooled over the logging interval; trl_clip.py); the
+  correction's `is_mask_*` / `is_trunc_*` and the band's `is_band_*` the same way (trl_is.py).
   Updates that are exactly on-policy (the first optimizer step on a generation batch, or no behaviour
   log-probs at all) cannot clip and are left out of the clip metrics.
 - Checkpoints: the P-GRPO state is written as `fairalign_pgrpo.json` into every TRL checkpoint folder
@@ -47,9 +56,15 @@ from fairalign.algos import BATCH_STATISTICS, POLICY_LOSS_REGISTRY, aggregate, b
 from fairalign.algos.estimators import LOCAL
 from fairalign.integrations.trl_clip import ClipPool
 from fairalign.integrations.trl_config import FairGRPOConfig, check_fair_fields, pgrpo_hparams, resolved_loss_hparams
+from fairalign.integrations.trl_is import (TRUNCATE_MODES, LengthRatePool, correction_weights, sqrt_band_ratio,
+                                          summed_mismatch)
+from fairalign.integrations.trl_rlpa import (RLPA_GROUP_COLUMN, RLPA_REWARD_FUNCS, RLPARollout, rlpa_dataset,
+                                             rlpa_profile_reward, rlpa_response_reward, rlpa_rollout_func)
 from fairalign.errors import ConfigError
 
-__all__ = ["FairGRPOConfig", "FairGRPOTrainer", "PGRPO_STATE_FILE", "pgrpo_advantages", "sampler_weighted_advantages"]
+__all__ = ["FairGRPOConfig", "FairGRPOTrainer", "PGRPO_STATE_FILE", "pgrpo_advantages", "sampler_weighted_advantages",
+           "RLPA_GROUP_COLUMN", "RLPA_REWARD_FUNCS", "RLPARollout", "rlpa_dataset", "rlpa_profile_reward",
+           "rlpa_response_reward", "rlpa_rollout_func"]
 
 PGRPO_STATE_FILE = "fairalign_pgrpo.json"
 # extra model inputs TRL passes to its log-prob pass (multimodal models)
@@ -105,6 +120,10 @@ class FairGRPOTrainer(GRPOTrainer):
             for ds in evals:
                 self._check_group_column(ds, "eval_dataset")
         self._clip_pool = ClipPool(a.fair_length_edges)
+        is_truncate = self.vllm_importance_sampling_mode in TRUNCATE_MODES
+        self._is_pool = LengthRatePool("is_trunc" if is_truncate else "is_mask",
+                                       "truncated" if is_truncate else "masked", a.fair_length_edges)
+        self._band_pool = LengthRatePool("is_band", "masked", a.fair_length_edges)
         self._step_norms: list[list[int]] = []  # [(tokens, sequences)] per optimizer step of the buffered batch
         self._step_stats: dict = {}  # whole-minibatch statistics of the current optimizer step
         self._rewards_per_func = None  # [N, F] of the last scored generation batch, every process's rows
@@ -121,28 +140,54 @@ class FairGRPOTrainer(GRPOTrainer):
         return self._rewards_per_func
 
     def _generate_and_score_completions(self, inputs):
-        if self._pgrpo is None:
-            return super()._generate_and_score_completions(inputs)
         col = self.args.pgrpo_group_column
-        if any(col not in x for x in inputs):
+        if self._pgrpo is not None and any(col not in x for x in inputs):
             raise ConfigError(f"FairGRPOConfig: pgrpo_group_column={col!r} is missing from a batch row (columns: "
                               f"{', '.join(inputs[0])}); keep remove_unused_columns=False")
-        local_groups = [x[col] for x in inputs]
         out = super()._generate_and_score_completions(inputs)
         mode = "train" if self.model.training else "eval"
+        if "importance_sampling_ratio" in out:
+            self._sampler_correction(out, mode)
+        if self._pgrpo is not None:  # read after TRL wrote a rollout_func's extra fields into the rows
+            self._pgrpo_advantages([x[col] for x in inputs], out, mode)
+        return out
+
+    def _pgrpo_advantages(self, local_groups: list, out: dict, mode: str) -> None:
         groups = gather_object(local_groups)  # [N] in process order, like the gathered rewards
         n_gen = self.num_generations if mode == "train" else self.num_generations_eval
         est = self._pgrpo if mode == "train" else copy.deepcopy(self._pgrpo)  # evaluation never moves the history
         adv = pgrpo_advantages(est, self._rewards_per_func, self.reward_weights, groups, n_gen)  # [N]
-        start = self.accelerator.process_index * len(inputs)
-        out["advantages"] = adv[start:start + len(inputs)].to(out["advantages"])
+        start = self.accelerator.process_index * len(local_groups)
+        out["advantages"] = adv[start:start + len(local_groups)].to(out["advantages"])
         logged = self._logs["advantages"]  # TRL logged its own advantages of this batch last
         for _ in range(min(len(adv), len(logged))):
             logged.pop()
         logged.extend(adv.tolist())
         for key, value in est.metrics().items():
             self._metrics[mode][key].append(value)
-        return out
+
+    # ------------------------------------------------------------------ TRL's vLLM correction (trl_is.py)
+    def _sampler_correction(self, out: dict, mode: str) -> None:
+        """Pool what TRL's correction masked / truncated per length; apply the sqrt(L) band if set."""
+        a = self.args
+        mask = _loss_mask(out)  # [B, T]
+        lengths = mask.sum(1)  # [B]
+        if mode == "train":
+            weights = correction_weights(out["importance_sampling_ratio"], mask, self.vllm_importance_sampling_mode,
+                                         self.vllm_importance_sampling_clip_min,
+                                         self.vllm_importance_sampling_clip_max)  # [B]
+            self._is_pool.add(lengths, weights, gather_object)
+        if a.fair_is_band_high is not None:
+            d = summed_mismatch(out["old_per_token_logps"], out["sampling_per_token_logps"], mask)  # [B, 1]
+            mu = 0.0
+            if a.fair_is_band_drift == "kl":  # token-mean mismatch of the whole generation batch, all processes
+                sums = self.accelerator.reduce(torch.stack([d.sum(), lengths.sum().to(d)]).double(), reduction="sum")
+                mu = float(sums[0] / sums[1].clamp(min=1.0))
+                self._metrics[mode]["is_band/drift"].append(mu)
+            ratio, outside = sqrt_band_ratio(d, lengths, a.fair_is_band_low, a.fair_is_band_high, mu)  # [B, 1], [B]
+            out["importance_sampling_ratio"] = ratio
+            if mode == "train":
+                self._band_pool.add(lengths, outside.double(), gather_object)
 
     # ------------------------------------------------------------------ policy loss (fair_loss)
     def _prepare_inputs(self, generation_batch):
@@ -238,6 +283,8 @@ class FairGRPOTrainer(GRPOTrainer):
     def log(self, logs: dict, start_time: float | None = None) -> None:
         if self.model.training:
             logs.update(self._clip_pool.metrics())
+            logs.update(self._is_pool.metrics())
+            logs.update(self._band_pool.metrics())
         super().log(logs, start_time)
 
     # ------------------------------------------------------------------ checkpoints (P-GRPO state)

@@ -8,6 +8,10 @@ Fields (all optional; unset = stock TRL behaviour):
     fair_length_edges   length-bin edges of the clip-rate metrics (None = powers of two)
     pgrpo_group_column  dataset column holding the preference group -> P-GRPO advantages (None = TRL's)
     pgrpo_min_count, pgrpo_eps, pgrpo_decay, pgrpo_min_std   the P-GRPO estimator's hyperparameters
+    fair_is_band_high, fair_is_band_low, fair_is_band_drift   a sqrt(L) band for TRL's vLLM importance-
+                        sampling correction (trl_is.py): keep a completion iff -low*sqrt(L) <= D - mu*L <=
+                        high*sqrt(L) for its summed train-inference log mismatch D (mu: "kl" = the batch's
+                        token-mean mismatch, "none" = 0); high None = TRL's own rule
 Choices and defaults come from fairalign's registries (`POLICY_LOSS_REGISTRY`, `ESTIMATOR_REGISTRY`,
 `AGG_MODES`), never from a copied list.
 
@@ -30,6 +34,7 @@ from trl import GRPOConfig
 from fairalign.algos import AGG_MODES, ESTIMATOR_REGISTRY, POLICY_LOSS_REGISTRY, build_estimator, compute_policy_loss
 from fairalign.errors import ConfigError
 
+BAND_DRIFTS = ("kl", "none")  # fair_is_band_drift: centre the band at the batch's mean mismatch, or at 0
 _PGRPO = ESTIMATOR_REGISTRY["pgrpo"].hparams  # min_count, eps, decay, min_std -> default
 _TRL_DEFAULTS = {f.name: f.default for f in dataclasses.fields(GRPOConfig)}
 
@@ -120,6 +125,32 @@ def _check_pgrpo(args) -> None:
     _refuse_changed(args, _PGRPO_OWNED, f"pgrpo_group_column={args.pgrpo_group_column!r}")
 
 
+def _check_is_band(args, warn: bool) -> None:
+    for name in ("fair_is_band_high", "fair_is_band_low"):
+        value = getattr(args, name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not value > 0 or value == float("inf")):
+            _fail(f"{name} must be a positive number or None, got {value!r}")
+    if args.fair_is_band_drift not in BAND_DRIFTS:
+        _fail(f"fair_is_band_drift={args.fair_is_band_drift!r} is not one of {_names(BAND_DRIFTS)}")
+    if args.fair_is_band_high is None:
+        for name, default in (("fair_is_band_low", None), ("fair_is_band_drift", "kl")):
+            if getattr(args, name) != default:
+                _fail(f"{name}={getattr(args, name)!r} has no effect without fair_is_band_high (the band's upper "
+                      f"edge turns it on)")
+        return
+    if not args.vllm_importance_sampling_correction:
+        _fail("fair_is_band_high replaces the rule of TRL's vLLM importance-sampling correction: it needs "
+              "vllm_importance_sampling_correction=True")
+    if args.vllm_importance_sampling_mode != "sequence_mask":
+        _fail(f"vllm_importance_sampling_mode={args.vllm_importance_sampling_mode!r} cannot be honoured with "
+              f"fair_is_band_high: the sqrt(L) band replaces TRL's sequence-level mask (leave "
+              f"vllm_importance_sampling_mode='sequence_mask')")
+    if warn and not args.use_vllm:
+        warnings.warn("FairGRPOConfig: fair_is_band_high acts on TRL's vLLM importance-sampling correction, which "
+                      "runs only with use_vllm=True (like TRL's vllm_importance_sampling_* fields)", stacklevel=3)
+
+
 def pgrpo_hparams(args) -> dict:
     return {hp: getattr(args, f"pgrpo_{hp}") for hp in _PGRPO}
 
@@ -142,6 +173,7 @@ def check_fair_fields(args, warn: bool = True) -> None:
                 _fail(f"{name}={getattr(args, name)!r} has no effect without fair_loss (set fair_loss, e.g. 'fspo')")
     if args.fair_length_edges is not None:
         _check_edges(args.fair_length_edges)
+    _check_is_band(args, warn)
     if args.pgrpo_group_column is not None:
         _check_pgrpo(args)
     else:
@@ -175,6 +207,16 @@ class FairGRPOConfig(GRPOConfig):
         "help": "Forgetting factor in (0, 1] per update of a group, for non-stationary rewards; None = cumulative."})
     pgrpo_min_std: float = field(default=_PGRPO["min_std"], metadata={
         "help": "A group history with std <= this falls back to GRPO statistics (zero-variance guard)."})
+
+    fair_is_band_high: float | None = field(default=None, metadata={
+        "help": "With vLLM: replace TRL's importance-sampling mask by a sqrt(L) band: keep a completion iff its summed "
+                "train-inference log mismatch D <= fair_is_band_high * sqrt(L) (and >= -fair_is_band_low * sqrt(L)). "
+                "None = TRL's rule."})
+    fair_is_band_low: float | None = field(default=None, metadata={
+        "help": "Lower edge of the sqrt(L) band (-fair_is_band_low * sqrt(L)); None = no lower edge."})
+    fair_is_band_drift: str = field(default="kl", metadata={
+        "help": "Centre of the sqrt(L) band: 'kl' = mu*L with mu the token-mean mismatch of the generation batch "
+                "(vLLM sampling makes D drift as -KL*L), 'none' = 0."})
 
     def __post_init__(self):
         super().__post_init__()
