@@ -30,7 +30,7 @@ from fairalign.errors import ConfigError  # noqa: E402
 from fairalign.integrations.trl import (RLPA_REWARD_FUNCS, FairGRPOConfig, FairGRPOTrainer, rlpa_dataset,  # noqa: E402
                                         rlpa_profile_reward, rlpa_rollout_func)
 from test_integration_trl import _args, _dataset, model_dir  # noqa: E402,F401
-from test_rlpa_openai import server  # noqa: E402,F401
+from fake_openai import USER_REPLY, FakeOpenAI  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILES = [p for p in get_profiles("train") if profile_group(p) in ("health", "tech")][:16]  # groups recur
@@ -202,14 +202,14 @@ def test_resume_plays_the_same_users(model_dir, tmp_path):
     assert json.loads(json.dumps(tr._pgrpo.state_dict())) == final
 
 
-def test_openai_compatible_user(model_dir, tmp_path, server):
-    server.script = [("ok", "I work as a nurse in Oslo.")]
-    user = {"backend": "openai", "base_url": server.base_url, "model": "sim-user", "api_key_env": None}
-    rollout = rlpa_rollout_func(max_turns=T, user=user)
-    tr = _fair_trainer(model_dir, tmp_path, rollout, max_steps=2)
-    tr.train()
+def test_openai_compatible_user(model_dir, tmp_path):
+    with FakeOpenAI() as server:  # tests/fake_openai.py on 127.0.0.1
+        user = {"backend": "openai", "base_url": server.url("user"), "model": "sim-user", "api_key_env": None}
+        rollout = rlpa_rollout_func(max_turns=T, user=user)
+        tr = _fair_trainer(model_dir, tmp_path, rollout, max_steps=2)
+        tr.train()
     db = rollout.last_dialogues
-    assert [h[2]["content"] for h in db.transcripts()] == ["I work as a nurse in Oslo."] * 2
+    assert [h[2]["content"] for h in db.transcripts()] == [USER_REPLY] * 2
     assert len(server.requests) == 2  # one user reply per dialogue (none after the last turn)
     system = server.requests[0]["body"]["messages"][0]["content"]
     assert any(str(v) in system for _, v in db.profiles[0].items())  # the user role-plays its profile
