@@ -117,11 +117,17 @@ def check_methods(a: AlgoConfig) -> None:
             raise ConfigError(f"config key 'algo.{name}' {rest}") from None
     if not is_user_spec(a.advantage):
         spec = ESTIMATOR_REGISTRY[a.advantage]
-        for hp, value in estimator_hparams(a).items():
+        chosen = estimator_hparams(a)
+        for hp, value in chosen.items():
             try:
                 build_estimator(a.advantage, **{hp: value})
             except (ValueError, TypeError) as e:
                 raise ConfigError(f"config key 'algo.{spec.config_prefix}{hp}': {e}") from None
+        try:  # values that are valid alone but not together
+            build_estimator(a.advantage, **chosen)
+        except (ValueError, TypeError) as e:
+            keys = ", ".join(f"'algo.{spec.config_prefix}{hp}'" for hp in chosen)
+            raise ConfigError(f"config keys {keys}: {e}") from None
         check_critic(a, spec.requires)
 
 

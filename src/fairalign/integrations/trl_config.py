@@ -7,7 +7,7 @@ Fields (all optional; unset = stock TRL behaviour):
     fair_agg            fairalign's loss aggregation (token-mean | seq-mean-token-mean | ...)
     fair_length_edges   length-bin edges of the clip-rate metrics (None = powers of two)
     pgrpo_group_column  dataset column holding the preference group -> P-GRPO advantages (None = TRL's)
-    pgrpo_min_count, pgrpo_eps, pgrpo_decay, pgrpo_min_std   the P-GRPO estimator's hyperparameters
+    pgrpo_min_count, pgrpo_eps, pgrpo_decay, pgrpo_min_std, pgrpo_zero_std   the P-GRPO estimator's hyperparameters
 Choices and defaults come from fairalign's registries (`POLICY_LOSS_REGISTRY`, `ESTIMATOR_REGISTRY`,
 `AGG_MODES`), never from a copied list.
 
@@ -30,7 +30,7 @@ from trl import GRPOConfig
 from fairalign.algos import AGG_MODES, ESTIMATOR_REGISTRY, POLICY_LOSS_REGISTRY, build_estimator, compute_policy_loss
 from fairalign.errors import ConfigError
 
-_PGRPO = ESTIMATOR_REGISTRY["pgrpo"].hparams  # min_count, eps, decay, min_std -> default
+_PGRPO = ESTIMATOR_REGISTRY["pgrpo"].hparams  # min_count, eps, decay, min_std, zero_std -> default
 _TRL_DEFAULTS = {f.name: f.default for f in dataclasses.fields(GRPOConfig)}
 
 # TRL fields that fair_loss replaces -> what to do instead
@@ -174,7 +174,10 @@ class FairGRPOConfig(GRPOConfig):
     pgrpo_decay: float | None = field(default=_PGRPO["decay"], metadata={
         "help": "Forgetting factor in (0, 1] per update of a group, for non-stationary rewards; None = cumulative."})
     pgrpo_min_std: float = field(default=_PGRPO["min_std"], metadata={
-        "help": "A group history with std <= this falls back to GRPO statistics (zero-variance guard)."})
+        "help": "Zero-variance threshold: a group history with std <= this is degenerate (see pgrpo_zero_std)."})
+    pgrpo_zero_std: str = field(default=_PGRPO["zero_std"], metadata={
+        "help": "A degenerate history: 'fallback' (GRPO statistics of the prompt group) or 'floor' (the history's "
+                "mean, divided by max(std, pgrpo_min_std))."})
 
     def __post_init__(self):
         super().__post_init__()
