@@ -115,7 +115,8 @@ def summarize(study: Path) -> dict:
         per_seed[arm] = {}
         for seed, rows in runs.items():
             cos = D.pooled_grad_cosine(rows)
-            per_seed[arm][seed] = {"cosine": None if cos is None else cos[0], "cosine_updates": 0 if cos is None else cos[1],
+            per_seed[arm][seed] = {"cosine": None if cos is None else cos[0],
+                                   "cosine_updates": 0 if cos is None else cos[1],
                                    **length_measures(*D.pooled_counts(rows))}
         all_rows = [r for rows in runs.values() for r in rows]
         cos = D.pooled_grad_cosine(all_rows)
@@ -165,7 +166,8 @@ def print_summary(s: dict, out=sys.stdout) -> None:
         fl, lr, sl = a.get("lre_floor"), a.get("log_ratio"), a.get("slope")
         lr_s = "—" if not lr else f"{lr['log_ratio']:+.2f} [{lr['ci95'][0]:+.2f}, {lr['ci95'][1]:+.2f}]"
         sl_s = "—" if not sl else f"{sl['slope']:+.2f} [{sl['ci95'][0]:+.2f}, {sl['ci95'][1]:+.2f}]"
-        print(f"{arm:10s} {_f(a.get('clip_rate'))}      {_f(a.get('lre'))}  {_f(fl and fl['mean'])}, {_f(fl and fl['q95'])}"
+        print(f"{arm:10s} {_f(a.get('clip_rate'))}      {_f(a.get('lre'))}  "
+              f"{_f(fl and fl['mean'])}, {_f(fl and fl['q95'])}"
               f"       {lr_s:28s} {sl_s:24s}  {_f(a['cosine'])} ({a['cosine_updates']})   "
               f"{_ci(a['cosine_over_seeds'])}", file=out)
     print("clipped events / sequence-updates per length bin, all seeds:", file=out)

@@ -158,7 +158,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("spec")
     p.add_argument("overrides", nargs="*", help="KEY=VALUE config overrides (seeds=..., as for fairalign compare)")
-    p.add_argument("--history-prompts", type=int, default=4, help="training prompts per preference group in the history")
+    p.add_argument("--history-prompts", type=int, default=4,
+                   help="training prompts per preference group in the history")
     p.add_argument("--floor", type=float, default=0.1, help="min_std of the added pgrpo_floor reading")
     p.add_argument("--out", default=None, help="JSON output (default: <study output_dir>/mechanism.json)")
     args = p.parse_args(argv)

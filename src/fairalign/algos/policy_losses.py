@@ -101,7 +101,8 @@ def _finish(loss, m):
     return torch.where(m, loss, torch.zeros((), dtype=loss.dtype, device=loss.device))
 
 
-@register_policy_loss("ppo", clip_low=0.2, clip_high=0.2, dual_clip=None, check=_check_clip, unclipped=True)  # DAPO: clip_high 0.28
+# DAPO: clip_high 0.28
+@register_policy_loss("ppo", clip_low=0.2, clip_high=0.2, dual_clip=None, check=_check_clip, unclipped=True)
 def ppo(logp, old_logp, advantages, mask, *, clip_low=0.2, clip_high=0.2, dual_clip=None, clip=True):
     """PPO/GRPO token-level clipped loss. Returns (loss_mat [B,T], stats)."""
     _check_clip(clip_low, clip_high, dual_clip)

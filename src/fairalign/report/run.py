@@ -188,7 +188,8 @@ def _fairness(page: Page, rows: list[dict]) -> None:
         page.para(f"LRE of the counts pooled over the run: {fmt(lre)}, 95% bootstrap interval over steps "
                   f"{fmt_interval(ci)}. The per-step LRE (mean {fmt(mean_step)}) sees a handful of sequences per bin "
                   f"and is dominated by noise; a bin with few sequences also moves the pooled one (counts below).")
-    page.para(f"Perfectly flat clipping at the run's pooled clip rate would give an LRE of {_floor(D.pooled_lre_floor(rows))} "
+    floor = _floor(D.pooled_lre_floor(rows))
+    page.para(f"Perfectly flat clipping at the run's pooled clip rate would give an LRE of {floor} "
               f"(mean, 95th percentile) at these bin counts, from sampling noise alone: an LRE within it says nothing "
               f"about length. The LRE also shrinks as the overall clip rate falls; measures that do not: "
               f"{_measures(rows)}.")
