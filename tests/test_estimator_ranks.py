@@ -61,6 +61,8 @@ WORKER = textwrap.dedent('''
         res[name] = [est(r[rows], torch.arange(8)[rows] // 2, groups[rows], d).tolist() for r in steps]
         res[name + "/state"] = est.state_dict()
     json.dump(res, open(f"{out}/{mode}-rank{rank}.json", "w"))
+    if mode == "dp":
+        d.close()  # a gloo group left to interpreter exit can abort the process
 ''')
 
 
