@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from fairalign.algos import compute_advantages, grpo
 
-STATELESS = ("grpo", "dr_grpo", "rloo", "reinforce_pp_baseline")  # estimators that are a function of one batch
+STATELESS = ("grpo", "dr_grpo", "rloo", "reinforce_pp_baseline", "batch_joint")  # estimators that are a function of one batch
 
 SETTINGS = settings(max_examples=60, deadline=None)
 EPS = 1e-6
@@ -47,6 +47,22 @@ def test_rloo_hand_computed_and_singleton_zero():
     assert adv.tolist() == pytest.approx([1 - 3, 3 - 1, 0 - 1, 0 - 1, 2 - 0, 0.0])
 
 
+def test_batch_joint_hand_computed():
+    """One mean and sample std over the whole batch: a tied prompt group (0, 0) gets signal, and the
+    issue's example — a minority reply at its persona's mean 0.3 in a batch of mean 0.675 — gets A < 0."""
+    r = torch.tensor([1.0, 3.0, 0.0, 0.0])
+    idx = torch.tensor([0, 0, 1, 1])
+    sd = math.sqrt((0 + 4 + 1 + 1) / 3)  # mean 1; deviations 0, 2, -1, -1: sample std √2
+    adv = compute_advantages("batch_joint", r, idx)
+    assert adv.tolist() == pytest.approx([0.0, 2 / (sd + EPS), -1 / (sd + EPS), -1 / (sd + EPS)], rel=1e-6)
+    assert compute_advantages("grpo", r, idx)[2:].tolist() == [0.0, 0.0]  # GRPO: the tied group is silent
+    r = torch.tensor([0.9, 0.9, 0.6, 0.3])  # three majority replies and one minority reply at its mean
+    sd = statistics.stdev([0.9, 0.9, 0.6, 0.3])
+    adv = compute_advantages("batch_joint", r, torch.arange(4))
+    assert float(adv[3]) == pytest.approx((0.3 - 0.675) / (sd + EPS), rel=1e-6) and float(adv[3]) < -1
+    assert compute_advantages("batch_joint", torch.tensor([4.0]), torch.tensor([0])).tolist() == [0.0]
+
+
 def test_reinforce_pp_baseline_hand_computed():
     r = torch.tensor([1.0, 3.0, 0.0, 2.0])
     idx = torch.tensor([0, 0, 1, 1])
@@ -65,6 +81,11 @@ def ref_estimator(name, rewards, index):
     groups = {}
     for i, g in enumerate(ids):
         groups.setdefault(g, []).append(r[i])
+    if name == "batch_joint":  # one normalization over the whole batch, prompts ignored
+        if len(r) < 2:
+            return [0.0] * len(r)
+        m, sd = statistics.fmean(r), statistics.stdev(r)
+        return [(v - m) / (sd + EPS) for v in r]
     out = []
     for i, g in enumerate(ids):
         vals = groups[g]

@@ -1,5 +1,6 @@
 """Data parallelism on CPU (gloo, tiny model): one global batch split over 2 processes gives the
-same loss, gradients, updated parameters and P-GRPO state as 1 process with the same batch.
+same loss, gradients, updated parameters, P-GRPO state and gradient cosine (`log.grad_cosine`) as 1 process
+with the same batch.
 Also: `fairalign.dist.from_env` returns one class per strategy (plain `Dist` for one process), and which
 strategies make `all_ranks` a collective.
 
@@ -30,7 +31,7 @@ WORKER = textwrap.dedent('''
                         "algo": {"loss": "fspo", "drift": "kl", "advantage": "pgrpo", "pgrpo_min_count": 2, "minibatches": 2,
                                  "agg": sys.argv[3], "micro_batch_size": 2},
                         "optim": {"lr": 1e-3, "grad_clip": 0.0},
-                        "log": {"tensorboard": False, "progress": False}})
+                        "log": {"tensorboard": False, "progress": False, "grad_cosine": True}})
     tr = Trainer(cfg)
     eng = tr.engine
     V = tr.model.config.vocab_size
@@ -126,6 +127,9 @@ def test_two_processes_equal_one(tmp_path, agg):
             assert a[key] == pytest.approx(b[key], abs=1e-6), key
         assert ("clip_frac" in a) == ("clip_frac" in b)   # absent when every update is on-policy
         assert a.get("clip_frac", 0.0) == pytest.approx(b.get("clip_frac", 0.0), abs=1e-6)
+        # the gradient-cosine diagnostic: over the global minibatch, so the same with 2 processes
+        assert a["grad_cosine/updates"] == b["grad_cosine/updates"] == 1  # 2 minibatches: 1 can clip
+        assert a["grad_cosine"] == pytest.approx(b["grad_cosine"], abs=1e-5)
         assert {k for k in a if k.startswith("reward/group/")} == {k for k in b if k.startswith("reward/group/")}
     # gradients of every optimizer step (summed over ranks) and the updated parameters
     assert len(one["grads"]) == len(r0["grads"]) == 4  # 2 steps x 2 minibatches

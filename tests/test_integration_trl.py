@@ -319,7 +319,7 @@ def test_doc_tables_match_the_registries():
         if name in ("ppo", "gspo", "fspo", "cispo"):
             row = ", ".join(f"`{k}={v!r}`" for k, v in spec.hparams.items())
             assert f"| `{name}` | {row} |" in text
-    for f in ("min_count", "eps", "decay", "min_std"):
+    for f in ("min_count", "eps", "decay", "min_std", "zero_std"):
         assert f"| `pgrpo_{f}` | `{getattr(FairGRPOConfig, f'pgrpo_{f}')!r}` |" in text
     from fairalign.integrations.trl_config import _LOSS_OWNED, _PGRPO_OWNED
     refused = text.split("### Not supported")[1]

@@ -115,7 +115,8 @@ def test_documented_command_is_accepted_by_verl(cfg, actor_config):
     assert (actor_config.clip_ratio_low, actor_config.clip_ratio_high) == (0.02, 0.03)
     assert cfg.algorithm.adv_estimator == "pgrpo" and cfg.algorithm.pgrpo_group_key == "extra_info.persona"
     assert cfg.trainer.use_v1  # the trainer that builds checkpoint callbacks
-    assert verl_pgrpo.read_hparams(cfg.algorithm) == {"min_count": 8, "eps": 1e-6, "decay": None, "min_std": 1e-3}
+    assert verl_pgrpo.read_hparams(cfg.algorithm) == {"min_count": 8, "eps": 1e-6, "decay": None, "min_std": 1e-3,
+                                                        "zero_std": "fallback"}
     # the alternative import hook of the docs is a valid override too
     env = _compose(["+ray_kwargs.ray_init.runtime_env.env_vars.VERL_USE_EXTERNAL_MODULES=fairalign.integrations.verl"])
     assert env.ray_kwargs.ray_init.runtime_env.env_vars.VERL_USE_EXTERNAL_MODULES == "fairalign.integrations.verl"

@@ -37,9 +37,44 @@ def test_hand_computed_two_steps():
     assert st_["c"] == (1, 4.0, 0.0)
 
 
-def ref_pgrpo(batches, min_count):
+def test_zero_variance_history_fallback_and_floor_hand_computed():
+    """A group whose 8 rewards were all 0.2 (std 0 <= min_std), then a prompt group (0.3, 0.25) of it.
+    fallback: GRPO over the prompt group, ±0.025/std(0.3, 0.25) = ±1/√2 — the history is ignored;
+    floor (min_std 0.1): (r − 0.2)/0.1 = 1.0 and 0.5 — both beat the history's mean, as they should."""
+    idx = torch.tensor([0, 0])
+    r = torch.tensor([0.3, 0.25], dtype=torch.float64)
+    history = torch.full((8,), 0.2, dtype=torch.float64)
+    grpo = compute_advantages("grpo", r, idx)
+    assert grpo.tolist() == pytest.approx([1 / math.sqrt(2), -1 / math.sqrt(2)], rel=1e-4)
+    fallback = PreferenceGroupNormalizer(min_count=8, min_std=0.1)
+    fallback.update(history, ["g"] * 8)
+    assert fallback(r, ["g", "g"], idx).tolist() == pytest.approx(grpo.tolist(), rel=1e-9)
+    assert fallback.last_history_frac == 0.0  # the guard fired: GRPO statistics
+    floor = PreferenceGroupNormalizer(min_count=8, min_std=0.1, zero_std="floor")
+    floor.update(history, ["g"] * 8)
+    assert floor(r, ["g", "g"], idx).tolist() == pytest.approx([0.1 / (0.1 + EPS), 0.05 / (0.1 + EPS)], rel=1e-9)
+    assert floor.last_history_frac == 1.0  # the history was used
+    # a never-solved binary group: eight 0s, then a prompt group with one success
+    for rule, want in (("fallback", [0.5 / (math.sqrt(0.5) + EPS), -0.5 / (math.sqrt(0.5) + EPS)]),
+                       ("floor", [1 / (0.1 + EPS), 0.0])):
+        norm = PreferenceGroupNormalizer(min_count=8, min_std=0.1, zero_std=rule)
+        norm.update(torch.zeros(8), ["m"] * 8)
+        assert norm(torch.tensor([1.0, 0.0]), ["m", "m"], idx).tolist() == pytest.approx(want, rel=1e-6, abs=1e-9)
+    # a history with spread: both rules use it alike
+    for rule in ("fallback", "floor"):
+        norm = PreferenceGroupNormalizer(min_count=2, min_std=0.1, zero_std=rule)
+        norm.update(torch.tensor([0.0, 1.0]), ["s", "s"])  # mean 0.5, population std 0.5
+        assert norm(r, ["s", "s"], idx).tolist() == pytest.approx([-0.2 / (0.5 + EPS), -0.25 / (0.5 + EPS)])
+    with pytest.raises(ValueError, match="zero_std must be one of fallback, floor"):
+        PreferenceGroupNormalizer(zero_std="clip")
+    with pytest.raises(ValueError, match="min_std must be > 0 with zero_std='floor'"):
+        PreferenceGroupNormalizer(zero_std="floor", min_std=0.0)
+
+
+def ref_pgrpo(batches, min_count, zero_std="fallback"):
     """Loop reference: per-group reward history; population std; stats from before the batch; a history
-    with std <= MIN_STD (the zero-variance guard) falls back to GRPO like a cold start."""
+    with std <= MIN_STD (the zero-variance guard) falls back to GRPO like a cold start ("fallback"), or
+    keeps its mean with the std floored at MIN_STD ("floor")."""
     history, outs = {}, []
     for rewards, groups, index in batches:
         grpo = compute_advantages("grpo", torch.tensor(rewards, dtype=torch.float64),
@@ -47,7 +82,9 @@ def ref_pgrpo(batches, min_count):
         out = []
         for i, (r, g) in enumerate(zip(rewards, groups)):
             h = history.get(g, [])
-            if len(h) >= min_count and statistics.pstdev(h) > MIN_STD:
+            if len(h) >= min_count and zero_std == "floor":
+                out.append((r - statistics.fmean(h)) / (max(statistics.pstdev(h), MIN_STD) + EPS))
+            elif len(h) >= min_count and statistics.pstdev(h) > MIN_STD:
                 out.append((r - statistics.fmean(h)) / (statistics.pstdev(h) + EPS))
             else:
                 out.append(grpo[i])
@@ -64,12 +101,12 @@ batch_strategy = st.lists(
 
 @SETTINGS
 @given(batches=st.lists(batch_strategy, min_size=1, max_size=5), min_count=st.integers(1, 6),
-       as_tensor=st.booleans())
-def test_matches_loop_reference(batches, min_count, as_tensor):
+       as_tensor=st.booleans(), zero_std=st.sampled_from(["fallback", "floor"]))
+def test_matches_loop_reference(batches, min_count, as_tensor, zero_std):
     data = [([b[0] for b in batch], [b[1] for b in batch], [b[2] for b in batch])
             for batch in batches]
-    expected, history = ref_pgrpo(data, min_count)
-    norm = PreferenceGroupNormalizer(min_count=min_count)
+    expected, history = ref_pgrpo(data, min_count, zero_std)
+    norm = PreferenceGroupNormalizer(min_count=min_count, zero_std=zero_std)
     for (rewards, groups, index), want in zip(data, expected):
         g = torch.tensor(groups) if as_tensor else groups
         adv = norm(torch.tensor(rewards, dtype=torch.float64), g, torch.tensor(index))

@@ -163,7 +163,7 @@ def test_series_pooling_and_downsampling():
     assert w == 5 and rates[-1] == pytest.approx(sum(r["clip_clipped/len/4-8"] for r in last)
                                                  / sum(r["clip_count/len/4-8"] for r in last))
     lre = D.pooled_lre(rows)
-    assert lre == pytest.approx(lre_from_pooled_counts(*D.pooled_counts(rows)))
+    assert lre == pytest.approx(lre_from_pooled_counts(*D.pooled_clip_counts(rows)))
     lo, hi = D.pooled_lre_interval(rows)
     assert lo <= lre <= hi and (lo, hi) == D.pooled_lre_interval(rows)  # seeded: the same report twice
     assert D.cumulative_pooled_lre(rows)[1][-1] == pytest.approx(lre)

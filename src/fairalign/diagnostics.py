@@ -23,9 +23,23 @@ Bins are half-open, `[edges[k], edges[k+1])`. fairalign's choices for edge cases
 - no samples: `clip_rates_by_length` returns `[]` and the LRE is 0.0;
 - everything clipped (mean acceptance ā = 0): every bin has acceptance 0, i.e. all bins are
   clipped at the same rate, so the LRE is 0.0.
+
+The max-form LRE is biased upward by sampling noise (a bin of few sequences moves it) and shrinks with
+the overall clip rate, so arms clipping at different rates are not comparable on it. Next to it, from
+the same pooled counts (section "Reading the LRE" of docs/length_fairness.md):
+- `lre_noise_floor`: the LRE that perfectly flat clipping gives from sampling noise alone — every
+  sequence clipped with the pooled rate, independently, in bins of the observed counts. Exact (every
+  outcome enumerated) when there are at most `EXACT_LIMIT` outcomes, else a seeded simulation.
+- `extreme_bin_log_ratio`: log(clip rate of the longest bin / of the shortest), a 95% Wald interval
+  on the log relative risk (Haldane's +0.5 when a bin has no clip).
+- `logistic_length_slope`: the slope of a binomial logistic regression of "clipped" on log L
+  (grouped per bin at the bin's geometric-mean length), with its 95% Wald interval from the Fisher
+  information. Both measures are free of the overall rate: the intercept / the common factor absorbs it.
+The intervals treat a token-level loss's fractional clip weights as counts (an approximation).
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -193,6 +207,143 @@ def lre_from_pooled_counts(counts: dict[str, float], clipped: dict[str, float]) 
     c = torch.tensor([float(counts[b]) for b in labels], dtype=torch.float64)
     k = torch.tensor([float(clipped.get(b, 0.0)) for b in labels], dtype=torch.float64)
     return _lre_from_counts(c, k)
+
+
+# ------------------------------------------------------------------ measures beside the LRE
+EXACT_LIMIT = 200_000  # lre_noise_floor enumerates every outcome up to this many, else simulates
+Z95 = 1.959963984540054  # the normal 97.5% quantile
+
+
+def _pooled_arrays(counts: dict[str, float], clipped: dict[str, float]) -> tuple[list[str], list[float], list[float]]:
+    """(labels sorted by their lower edge, sequences, clipped weight) of the non-empty bins."""
+    labels = [b for b in sorted(counts, key=lambda b: int(b.split("-")[0])) if counts[b] > 0]
+    return labels, [float(counts[b]) for b in labels], [float(clipped.get(b, 0.0)) for b in labels]
+
+
+def _lre_of_outcomes(x, n):
+    """LRE (max form) of clip counts x [S, K] in bins of n [K] sequences, per row; numpy."""
+    import numpy as np
+
+    acc = 1.0 - x / n  # [S, K]
+    mean_acc = 1.0 - x.sum(1) / n.sum()  # [S]
+    safe = np.where(mean_acc > 0, mean_acc, 1.0)
+    lre = np.abs(acc / safe[:, None] - 1.0).max(1)
+    return np.where(mean_acc > 0, lre, 0.0)  # everything clipped: all bins equal, 0
+
+
+def lre_noise_floor(counts: Sequence[float], rate: float, *, n_sim: int = 20_000, seed: int = 0,
+                    exact_limit: int = EXACT_LIMIT) -> dict:
+    """The LRE of perfectly flat clipping: each of counts[k] sequences of bin k clipped with probability
+    `rate`, independently. {"mean": E[LRE], "q95": its 95th percentile, "method": "exact" | "simulation"}.
+    Counts are rounded to whole sequences; empty bins are left out (as the LRE leaves them out)."""
+    import numpy as np
+
+    n = np.array([round(float(c)) for c in counts if round(float(c)) > 0], dtype=np.int64)  # [K]
+    if not 0.0 <= rate <= 1.0:
+        raise ValueError(f"rate must be in [0, 1], got {rate!r}")
+    if n.size < 2 or rate in (0.0, 1.0):  # one bin, or every bin clipped alike with certainty: LRE 0
+        return {"mean": 0.0, "q95": 0.0, "method": "exact"}
+    if math.prod(int(v) + 1 for v in n) <= exact_limit:
+        grids = np.meshgrid(*[np.arange(v + 1) for v in n], indexing="ij")
+        x = np.stack([g.reshape(-1) for g in grids], 1).astype(np.float64)  # [S, K] every outcome
+        prob = np.ones(len(x))  # [S]: the product of the bins' binomial probabilities
+        for k in range(n.size):
+            prob *= _binom_pmf(int(n[k]), rate)[x[:, k].astype(np.int64)]
+        lre = _lre_of_outcomes(x, n.astype(np.float64))
+        order = np.argsort(lre)
+        cdf = np.cumsum(prob[order])
+        q95 = float(lre[order][min(np.searchsorted(cdf, 0.95 - 1e-12), len(cdf) - 1)])
+        return {"mean": float((prob * lre).sum()), "q95": q95, "method": "exact"}
+    rng = np.random.default_rng(seed)
+    x = rng.binomial(n, rate, size=(n_sim, n.size)).astype(np.float64)  # [n_sim, K]
+    lre = _lre_of_outcomes(x, n.astype(np.float64))
+    return {"mean": float(lre.mean()), "q95": float(np.quantile(lre, 0.95)), "method": "simulation"}
+
+
+def _binom_pmf(n: int, p: float):
+    """[n + 1] P(X = j), X ~ Binomial(n, p), 0 < p < 1."""
+    import numpy as np
+
+    return np.array([math.exp(math.lgamma(n + 1) - math.lgamma(j + 1) - math.lgamma(n - j + 1)
+                              + j * math.log(p) + (n - j) * math.log1p(-p)) for j in range(n + 1)])
+
+
+def lre_floor_from_pooled_counts(counts: dict[str, float], clipped: dict[str, float], **kw) -> dict:
+    """`lre_noise_floor` at the pooled counts' own overall rate (labels as in `lre_from_pooled_counts`)."""
+    _, n, k = _pooled_arrays(counts, clipped)
+    if not n:
+        return {"mean": 0.0, "q95": 0.0, "method": "exact"}
+    return lre_noise_floor(n, sum(k) / sum(n), **kw)
+
+
+def extreme_bin_log_ratio(counts: dict[str, float], clipped: dict[str, float], *, min_count: float = 1) -> dict | None:
+    """log(rate of the longest bin / rate of the shortest bin), among bins with >= min_count sequences,
+    with a 95% Wald interval: se² = 1/k_long − 1/n_long + 1/k_short − 1/n_short. A bin with no clip gets
+    Haldane's correction (k + 0.5, n + 1 in both bins). > 0: long responses clipped more. None with fewer
+    than two such bins. {"log_ratio", "ci95", "se", "short", "long", "corrected"}."""
+    labels, n, k = _pooled_arrays(counts, clipped)
+    keep = [i for i in range(len(labels)) if n[i] >= min_count]
+    if len(keep) < 2:
+        return None
+    s, ln_ = keep[0], keep[-1]
+    ks, ns, kl, nl = k[s], n[s], k[ln_], n[ln_]
+    corrected = ks == 0 or kl == 0
+    if corrected:
+        ks, ns, kl, nl = ks + 0.5, ns + 1, kl + 0.5, nl + 1
+    est = math.log((kl / nl) / (ks / ns))
+    se = math.sqrt(max(1 / kl - 1 / nl + 1 / ks - 1 / ns, 0.0))
+    return {"log_ratio": est, "ci95": [est - Z95 * se, est + Z95 * se], "se": se,
+            "short": labels[s], "long": labels[ln_], "corrected": corrected}
+
+
+def bin_length(label: str) -> float | None:
+    """The representative length of bin "lo-hi" ([lo, hi) tokens): the geometric mean of its shortest and
+    longest length, sqrt(lo·(hi − 1)); None for the bin of empty responses ("0-1")."""
+    lo, hi = (int(v) for v in label.split("-"))
+    if hi - 1 < 1:
+        return None
+    return math.sqrt(max(lo, 1) * (hi - 1))
+
+
+def logistic_slope(x: Sequence[float], clipped: Sequence[float], trials: Sequence[float], *,
+                   iters: int = 100) -> dict | None:
+    """Binomial logistic regression logit P(clipped) = a + b·x over groups (x_k, clipped_k of trials_k),
+    by Newton's method (IRLS). {"slope": b, "intercept": a, "se": se(b), "ci95": Wald interval of b};
+    None with fewer than two distinct x, no variation in the outcome, or no convergence (separation)."""
+    rows = [(float(a), float(c), float(t)) for a, c, t in zip(x, clipped, trials) if t > 0]
+    if len({r[0] for r in rows}) < 2:
+        return None
+    tot_c, tot_t = sum(r[1] for r in rows), sum(r[2] for r in rows)
+    if tot_c <= 0 or tot_c >= tot_t:
+        return None
+    a, b = math.log(tot_c / (tot_t - tot_c)), 0.0  # start at the pooled rate, slope 0
+    for _ in range(iters):
+        g0 = g1 = h00 = h01 = h11 = 0.0
+        for xi, ci, ti in rows:
+            p = 1.0 / (1.0 + math.exp(-(a + b * xi)))
+            w = ti * p * (1.0 - p)
+            g0 += ci - ti * p
+            g1 += (ci - ti * p) * xi
+            h00, h01, h11 = h00 + w, h01 + w * xi, h11 + w * xi * xi
+        det = h00 * h11 - h01 * h01
+        if det <= 0:
+            return None
+        da, db = (h11 * g0 - h01 * g1) / det, (h00 * g1 - h01 * g0) / det
+        a, b = a + da, b + db
+        if abs(b) > 1e6:
+            return None
+        if abs(da) < 1e-12 and abs(db) < 1e-12:
+            se = math.sqrt(h00 / det)  # [inverse Fisher information]_bb at the last step
+            return {"slope": b, "intercept": a, "se": se, "ci95": [b - Z95 * se, b + Z95 * se]}
+    return None
+
+
+def logistic_length_slope(counts: dict[str, float], clipped: dict[str, float]) -> dict | None:
+    """`logistic_slope` of "clipped" on log L from per-bin pooled counts, each bin at `bin_length`.
+    > 0: long responses clipped more. None when it cannot be fitted (see `logistic_slope`)."""
+    labels, n, k = _pooled_arrays(counts, clipped)
+    pts = [(math.log(bin_length(b)), k[i], n[i]) for i, b in enumerate(labels) if bin_length(b)]
+    return logistic_slope([p[0] for p in pts], [p[1] for p in pts], [p[2] for p in pts])
 
 
 def sequence_clip_weight(clipped: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """fairalign.algos: pure tensor math for RL alignment (torch only, no other fairalign imports).
 
 Policy losses (ppo, gspo, fspo, cispo), loss aggregation, advantage estimators (grpo, dr_grpo,
-rloo, reinforce_pp_baseline, pgrpo, gae), the stateful P-GRPO normalizer, KL estimators, DAPO's
+rloo, reinforce_pp_baseline, batch_joint, pgrpo, gae), the stateful P-GRPO normalizer, KL estimators, DAPO's
 rollout-side pieces (overlong penalty, tied-group detection and selection for dynamic sampling) and the
 critic's pieces: GAE (gae.py) and the clipped value loss (value_loss.py). Tensors in,
 tensors and plain dicts out. Definitions: docs/algorithms.md.
@@ -10,7 +10,7 @@ estimator protocol (estimators.py) is how a trainer calls any of them; `compute_
 `compute_advantages` call one by name.
 """
 
-from .advantages import dr_grpo, grpo, group_stats, reinforce_pp_baseline, rloo
+from .advantages import batch_joint, dr_grpo, grpo, group_stats, reinforce_pp_baseline, rloo
 from .aggregation import AGG_MODES, aggregate
 from .dapo import group_order, overlong_penalty, select_groups, tied_groups, zero_groups
 from .fspo import fspo_log_band
@@ -38,6 +38,7 @@ __all__ = [
     "KL_ESTIMATORS",
     "PreferenceGroupNormalizer",
     "aggregate",
+    "batch_joint",
     "compute_advantages",
     "compute_gae",
     "compute_value_loss",

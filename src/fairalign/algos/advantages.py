@@ -4,10 +4,13 @@
   dr_grpo                r − mean_g                                       (Dr. GRPO)
   rloo                   r_i − mean_{j≠i} r_j                              (RLOO)
   reinforce_pp_baseline  r − mean_g, then whitened over the batch: (x − mean)/(std + eps)
+  batch_joint            (r − mean_B) / (std_B + eps) over the whole batch, prompts and preference
+                         groups mixed (the joint normalization P-GRPO replaces; `index` is not used)
 
 Groups are the distinct values of `index` (any integers, not necessarily contiguous), found
 with torch.unique(return_inverse=True); per-group sums use index_add (no Python loop).
 
+A batch of one: reinforce_pp_baseline and batch_joint give 0 (no spread to normalize by).
 Groups of one (the convention of verl's GRPO family, fairalign documents it): grpo, dr_grpo and
 reinforce_pp_baseline use mean 0 (and std 1 for grpo), so the advantage is the raw reward
 (÷(1+eps) for grpo); rloo has no leave-one-out baseline and gives 0.
@@ -83,3 +86,14 @@ def reinforce_pp_baseline(rewards: torch.Tensor, index: torch.Tensor,
         return torch.zeros_like(rewards)
     white = (x - x.mean()) / (x.std(unbiased=True) + eps)
     return white.to(rewards.dtype)
+
+
+def batch_joint(rewards: torch.Tensor, index: torch.Tensor, eps: float = GRPO_EPS) -> torch.Tensor:
+    """Batch-joint normalization: (r − mean)/(std + eps) over every sample of the batch (sample std),
+    whatever its prompt or preference group; `index` is checked but not used. A batch of one gives 0."""
+    check_number(eps, "eps", low=0.0, low_open=True)
+    check_rewards_index(rewards, index)
+    r = rewards.to(torch.float64)  # [N]
+    if r.numel() < 2:
+        return torch.zeros_like(rewards)
+    return ((r - r.mean()) / (r.std(unbiased=True) + eps)).to(rewards.dtype)

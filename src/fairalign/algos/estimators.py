@@ -9,7 +9,8 @@ rewards into advantages and may keep state across steps.
 Each estimator declares its *scope*, i.e. what it must see to be exact:
 - `prompt_group`: the samples of each prompt (grpo, dr_grpo, rloo). A trainer keeps a prompt's
   generations on one rank, so no communication is needed.
-- `batch`: the whole global batch (reinforce_pp_baseline whitens over it). Rewards are gathered
+- `batch`: the whole global batch (reinforce_pp_baseline whitens over it, batch_joint normalizes
+  every reward by its mean and std, whatever the prompt or preference group). Rewards are gathered
   from every rank through `collectives`, the estimate is computed on the global batch, and each
   rank keeps its own rows.
 - `preference_history`: running statistics per preference group (pgrpo). Advantages use the state
@@ -39,7 +40,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from ._validate import check_name, check_rewards_index
-from .advantages import dr_grpo, grpo, reinforce_pp_baseline, rloo
+from .advantages import batch_joint, dr_grpo, grpo, reinforce_pp_baseline, rloo
 from .gae import compute_gae, last_token_rewards, masked_moments, whiten_with_moments
 from .pgrpo import PreferenceGroupNormalizer
 from .registry import ESTIMATOR_REGISTRY, register_estimator
@@ -149,13 +150,39 @@ class ReinforcePPBaseline(AdvantageEstimator):
         return adv[start:start + rewards.numel()].to(rewards.device)
 
 
+@register_estimator("batch_joint", scope="batch")
+class BatchJoint(AdvantageEstimator):
+    """(r − mean_B)/(std_B + 1e-6) over the step's whole global batch, prompts and preference groups mixed."""
+
+    def __init__(self):
+        self.last = (0.0, 0.0)  # (mean, sample std) of the last global batch
+
+    def estimate(self, rewards, index, groups, collectives):
+        if collectives.world == 1:
+            all_r = rewards.detach().to(torch.float64).cpu()  # [N]
+            adv, start = batch_joint(rewards, index), 0
+        else:
+            parts, start = _gather(collectives, rewards)
+            all_r = torch.tensor([x for p in parts for x in p[0]], dtype=torch.float64)  # [N_global]
+            adv = batch_joint(all_r, torch.zeros(all_r.numel(), dtype=torch.long))
+            adv = adv[start:start + rewards.numel()].to(rewards.dtype).to(rewards.device)
+        self.last = (float(all_r.mean()) if all_r.numel() else 0.0,
+                     float(all_r.std(unbiased=True)) if all_r.numel() > 1 else 0.0)
+        return adv
+
+    def metrics(self):
+        return {"batch_joint/mean": self.last[0], "batch_joint/std": self.last[1]}
+
+
 @register_estimator("pgrpo", scope="preference_history", config_prefix="pgrpo_",
-                    min_count=8, eps=1e-6, decay=None, min_std=1e-3)
+                    min_count=8, eps=1e-6, decay=None, min_std=1e-3, zero_std="fallback")
 class PGRPO(AdvantageEstimator):
     """(r − mean_p)/(std_p + eps) against each preference group's reward history (P-GRPO)."""
 
-    def __init__(self, min_count: int = 8, eps: float = 1e-6, decay: float | None = None, min_std: float = 1e-3):
-        self.normalizer = PreferenceGroupNormalizer(min_count=min_count, eps=eps, decay=decay, min_std=min_std)
+    def __init__(self, min_count: int = 8, eps: float = 1e-6, decay: float | None = None, min_std: float = 1e-3,
+                 zero_std: str = "fallback"):
+        self.normalizer = PreferenceGroupNormalizer(min_count=min_count, eps=eps, decay=decay, min_std=min_std,
+                                                    zero_std=zero_std)
 
     def estimate(self, rewards, index, groups, collectives):
         if collectives.world == 1:

@@ -16,6 +16,7 @@ the mean over the tensors given.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -44,9 +45,11 @@ def fspo_log_band(lengths: torch.Tensor, mu: Any, c_low: float, c_high: float):
 
 
 def fspo_loss(logp: torch.Tensor, ell: torch.Tensor, adv: torch.Tensor, m: torch.Tensor,
-              *, c_low: float, c_high: float, drift: str, dual_clip: float | None, mu: Any = None):
+              *, c_low: float, c_high: float, drift: str, dual_clip: float | None, mu: Any = None,
+              clip: bool = True):
     """FSPO per-token loss [B, T] on sanitized inputs (see `prepare_loss_inputs`):
-    logp [B,T] with grad, ell = logp − old_logp [B,T] detached (0 on padding)."""
+    logp [B,T] with grad, ell = logp − old_logp [B,T] detached (0 on padding). clip=False: no band
+    and no dual clip, −A·exp(S_i) with the same per-token gradient form."""
     lengths = m.sum(dim=1)  # [B]
     S = ell.sum(dim=1)  # [B]
     if drift == "kl" and mu is not None:
@@ -56,6 +59,9 @@ def fspo_loss(logp: torch.Tensor, ell: torch.Tensor, adv: torch.Tensor, m: torch
     else:
         mu = torch.zeros((), dtype=ell.dtype, device=ell.device)
     lo, hi = fspo_log_band(lengths.to(ell.dtype), mu, c_low, c_high)  # [B], [B]
+    if not clip:  # an infinite band: nothing is clipped
+        lo, hi = torch.full_like(lo, -math.inf), torch.full_like(hi, math.inf)
+        dual_clip = None
     log_r = S.unsqueeze(1) + (logp - logp.detach())  # [B, T]: value S_i, gradient d logp
     loss, upper, lower, dual = clipped_surrogate(
         log_r, S.unsqueeze(1), adv, lo.unsqueeze(1), hi.unsqueeze(1), dual_clip)

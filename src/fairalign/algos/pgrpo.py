@@ -5,11 +5,17 @@ For a sample of preference group p with reward r (docs/algorithms.md):
 using the statistics from BEFORE the current batch; then the batch is added to the statistics.
 Cold start: while n_p < min_count the sample gets plain GRPO (its prompt group's mean and sample
 std, eps added to the std; a group of one: mean 0, std 1).
-Zero-variance guard (fairalign's choice): a group whose history has std_p <= min_std (default 1e-3;
-e.g. a 0/1 reward that has always been 0) also gets the GRPO fallback, never (r − mean)/eps (which
-is 1e6 for the first success after eight failures). A floored std would still give 1/min_std, so
-the fallback is to the prompt group's statistics. `last_history_frac` is the share of the last
-batch normalized by group history (logged as `pgrpo/history_frac`).
+Zero-variance guard (fairalign's choice), `zero_std`: a group whose history has std_p <= min_std
+(default 1e-3; e.g. a 0/1 reward that has always been 0) must not give (r − mean)/eps (which is 1e6
+for the first success after eight failures). Two rules:
+- "fallback" (default): such a sample gets the GRPO fallback (its prompt group's statistics). For a
+  never-solved minority this turns P-GRPO back into GRPO, exactly where it was meant to differ.
+- "floor": the history is used with its std floored, A = (r − mean_p)/(max(std_p, min_std) + eps), so
+  the history's mean stays in play; |A| is then bounded by (reward range)/min_std, so set min_std
+  to the smallest spread you accept as a scale (e.g. 0.1 for rewards in [0, 1]).
+Which one keeps P-GRPO's mechanism alive is an open, measured question (docs/algorithms.md).
+`last_history_frac` is the share of the last batch normalized by group history (logged as
+`pgrpo/history_frac`): under "floor" every sample past the cold start counts.
 
 State per group: Welford (n, mean, M2) in float64 on the CPU, grown as new groups appear. A
 batch is folded in with Chan et al.'s parallel update, which is also how `merge` combines two
@@ -33,6 +39,7 @@ from ._validate import check_number, check_rewards, check_rewards_index
 from .advantages import group_stats
 
 STATE_FORMAT = "fairalign.pgrpo/1"
+ZERO_STD_RULES = ("fallback", "floor")
 
 
 def _plain_key(key: Any) -> Hashable:
@@ -48,12 +55,17 @@ class PreferenceGroupNormalizer:
     """Stateful P-GRPO advantage normalizer; call it like `norm(rewards, groups, index)`."""
 
     def __init__(self, min_count: int = 8, eps: float = 1e-6, decay: float | None = None,
-                 min_std: float = 1e-3):
+                 min_std: float = 1e-3, zero_std: str = "fallback"):
         if isinstance(min_count, bool) or not isinstance(min_count, int) or min_count < 1:
             raise ValueError(f"min_count must be an int >= 1, got {min_count!r}")
         check_number(eps, "eps", low=0.0, low_open=True)
         check_number(min_std, "min_std", low=0.0)
         self.min_std = float(min_std)
+        if zero_std not in ZERO_STD_RULES:
+            raise ValueError(f"zero_std must be one of {', '.join(ZERO_STD_RULES)}, got {zero_std!r}")
+        if zero_std == "floor" and self.min_std <= 0:
+            raise ValueError("min_std must be > 0 with zero_std='floor' (it is the floor of the std)")
+        self.zero_std = zero_std
         check_number(decay, "decay", low=0.0, low_open=True, allow_none=True)
         if decay is not None and decay > 1:
             raise ValueError(f"decay must be None or in (0, 1], got {decay!r}")
@@ -146,10 +158,14 @@ class PreferenceGroupNormalizer:
         dev = rewards.device
         n_s, mean_s, std_s = (t[inv].to(dev) for t in (n_u, mean_u, std_u))  # [N] each
         r = rewards.to(torch.float64)
+        use = n_s >= self.min_count  # [N]: enough history
+        if self.zero_std == "floor":
+            std_s = std_s.clamp(min=self.min_std)  # a degenerate history keeps its mean, with a floored scale
+        else:
+            use = use & (std_s > self.min_std)  # a degenerate history falls back to the prompt group
         adv_pref = (r - mean_s) / (std_s + self.eps)  # [N]
         _, g_mean, g_std = group_stats(rewards, index)  # GRPO fallback statistics, [N]
         adv_grpo = (r - g_mean) / (g_std + self.eps)
-        use = (n_s >= self.min_count) & (std_s > self.min_std)  # [N]: enough history, and not degenerate
         adv = torch.where(use, adv_pref, adv_grpo)
         self.last_history_frac = float(use.double().mean()) if use.numel() else 0.0
         if update:
@@ -193,7 +209,7 @@ class PreferenceGroupNormalizer:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore the statistics saved by `state_dict` (min_count/eps/decay stay as constructed)."""
+        """Restore the statistics saved by `state_dict` (min_count/eps/decay/min_std/zero_std stay as constructed)."""
         if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
             raise ValueError(f"state must be a dict from state_dict() with format {STATE_FORMAT!r}")
         keys = [_plain_key(k) for k in state["groups"]]
@@ -212,5 +228,5 @@ class PreferenceGroupNormalizer:
 
     def __repr__(self) -> str:
         return (f"PreferenceGroupNormalizer(min_count={self.min_count}, eps={self.eps}, "
-                f"decay={self.decay}, min_std={self.min_std}, groups={self.group_count})")
+                f"decay={self.decay}, min_std={self.min_std}, zero_std={self.zero_std!r}, groups={self.group_count})")
 

@@ -2,10 +2,13 @@
 
 Every loss is registered with `@register_policy_loss(name, **defaults)` (registry.py) and has one
 signature:
-    fn(logp [B,T], old_logp [B,T], advantages [B] | [B,T], mask [B,T], **hparams)
+    fn(logp [B,T], old_logp [B,T], advantages [B] | [B,T], mask [B,T], **hparams, clip=True)
         -> (loss_mat [B,T] (0 on padding), stats dict)
 and `compute_policy_loss` adds hyperparameter defaults/checks, the minibatch statistics the loss
-declares (`batch_stats`) and the aggregation.
+declares (`batch_stats`) and the aggregation. `clip=False` is the same importance-weighted loss with
+no band and no dual clip (the loss's own ratio: per token for ppo/cispo, per sequence for gspo/fspo),
+the reference of the gradient-cosine diagnostic (`log.grad_cosine`); every built-in loss has it
+(registered with `unclipped=True`).
 
   ppo    r = exp(ℓ) per token, band [1−clip_low, 1+clip_high], optional dual clip (GRPO/DAPO)
   gspo   r = exp(mean_t ℓ) per sequence, token gradient via sg(s_i)+logp−sg(logp) (GSPO-token)
@@ -19,6 +22,7 @@ report a sequence as clipped if any of its tokens is.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -31,6 +35,7 @@ from .fspo import fspo_loss
 from .registry import POLICY_LOSS_REGISTRY, register_policy_loss
 
 FSPO_DRIFTS = ("none", "kl")
+NO_BAND = (-math.inf, math.inf)  # the log-space band of clip=False: nothing is ever clipped
 
 
 def _check_clip(clip_low: Any, clip_high: Any, dual_clip: Any) -> None:
@@ -96,34 +101,35 @@ def _finish(loss, m):
     return torch.where(m, loss, torch.zeros((), dtype=loss.dtype, device=loss.device))
 
 
-@register_policy_loss("ppo", clip_low=0.2, clip_high=0.2, dual_clip=None, check=_check_clip)  # DAPO: clip_high 0.28
-def ppo(logp, old_logp, advantages, mask, *, clip_low=0.2, clip_high=0.2, dual_clip=None):
+# DAPO: clip_high 0.28
+@register_policy_loss("ppo", clip_low=0.2, clip_high=0.2, dual_clip=None, check=_check_clip, unclipped=True)
+def ppo(logp, old_logp, advantages, mask, *, clip_low=0.2, clip_high=0.2, dual_clip=None, clip=True):
     """PPO/GRPO token-level clipped loss. Returns (loss_mat [B,T], stats)."""
     _check_clip(clip_low, clip_high, dual_clip)
     logp, old, ell, adv, m = prepare_loss_inputs(logp, old_logp, advantages, mask)
-    lo, hi = log_bounds(clip_low, clip_high)
-    loss, up, low, dual = clipped_surrogate(logp - old, ell, adv, lo, hi, dual_clip)
+    lo, hi = log_bounds(clip_low, clip_high) if clip else NO_BAND
+    loss, up, low, dual = clipped_surrogate(logp - old, ell, adv, lo, hi, dual_clip if clip else None)
     return _finish(loss, m), _stats(m, ell, up, low, dual, seq_level=False)
 
 
-@register_policy_loss("gspo", clip_low=3e-4, clip_high=4e-4, dual_clip=None, check=_check_clip)
-def gspo(logp, old_logp, advantages, mask, *, clip_low=3e-4, clip_high=4e-4, dual_clip=None):
+@register_policy_loss("gspo", clip_low=3e-4, clip_high=4e-4, dual_clip=None, check=_check_clip, unclipped=True)
+def gspo(logp, old_logp, advantages, mask, *, clip_low=3e-4, clip_high=4e-4, dual_clip=None, clip=True):
     """GSPO sequence-level loss, s_i = exp(mean_t ℓ), GSPO-token gradient form."""
     _check_clip(clip_low, clip_high, dual_clip)
     logp, old, ell, adv, m = prepare_loss_inputs(logp, old_logp, advantages, mask)
     lengths = m.sum(dim=1, keepdim=True)  # [B, 1]
     seq_mean = ell.sum(dim=1, keepdim=True) / lengths.clamp(min=1)  # [B, 1]
     log_r = seq_mean + (logp - logp.detach())  # [B, T]: value mean ℓ_i, gradient d logp
-    lo, hi = log_bounds(clip_low, clip_high)
-    loss, up, low, dual = clipped_surrogate(log_r, seq_mean, adv, lo, hi, dual_clip)
+    lo, hi = log_bounds(clip_low, clip_high) if clip else NO_BAND
+    loss, up, low, dual = clipped_surrogate(log_r, seq_mean, adv, lo, hi, dual_clip if clip else None)
     stats = _stats(m, ell, up, low, dual, seq_level=True, extra={"seq_log_ratio": seq_mean[:, 0]})
     return _finish(loss, m), stats
 
 
-@register_policy_loss("fspo", c_low=0.02, c_high=0.03, drift="none", dual_clip=None, check=_check_fspo,
+@register_policy_loss("fspo", c_low=0.02, c_high=0.03, drift="none", dual_clip=None, check=_check_fspo, unclipped=True,
                       batch_stats=lambda hp: ("mean_log_ratio",) if hp["drift"] == "kl" else ())
 def fspo(logp, old_logp, advantages, mask, *, c_low=0.02, c_high=0.03, drift="none",
-         dual_clip=None, mean_log_ratio=None):
+         dual_clip=None, mean_log_ratio=None, clip=True):
     """FSPO sequence-level loss with the √L log band (see fspo.py).
 
     drift="kl" centres the band on `mean_log_ratio`, the token-mean log ratio of the whole minibatch
@@ -131,14 +137,14 @@ def fspo(logp, old_logp, advantages, mask, *, c_low=0.02, c_high=0.03, drift="no
     _check_fspo(c_low, c_high, drift, dual_clip)
     logp, _, ell, adv, m = prepare_loss_inputs(logp, old_logp, advantages, mask)
     loss, up, low, dual, extra = fspo_loss(logp, ell, adv, m, c_low=c_low, c_high=c_high,
-                                           drift=drift, dual_clip=dual_clip, mu=mean_log_ratio)
+                                           drift=drift, dual_clip=dual_clip, mu=mean_log_ratio, clip=clip)
     stats = _stats(m, ell, up, low, dual, seq_level=True, extra=extra)
     return _finish(loss, m), stats
 
 
 # clip_low None = no lower truncation (MiniMax-M1); clip_high 3.0 = weights capped at 4.
-@register_policy_loss("cispo", clip_low=None, clip_high=3.0, dual_clip=None, check=_check_cispo)
-def cispo(logp, old_logp, advantages, mask, *, clip_low=None, clip_high=3.0, dual_clip=None):
+@register_policy_loss("cispo", clip_low=None, clip_high=3.0, dual_clip=None, check=_check_cispo, unclipped=True)
+def cispo(logp, old_logp, advantages, mask, *, clip_low=None, clip_high=3.0, dual_clip=None, clip=True):
     """CISPO: loss = −sg(w)·A·logp with w = clamp(r, 1−clip_low, 1+clip_high) per token.
 
     The clip never removes a token's gradient, it only bounds its weight; `clipped` marks tokens
@@ -146,7 +152,9 @@ def cispo(logp, old_logp, advantages, mask, *, clip_low=None, clip_high=3.0, dua
     """
     _check_cispo(clip_low, clip_high, dual_clip)
     logp, _, ell, adv, m = prepare_loss_inputs(logp, old_logp, advantages, mask)
-    lo, hi = log_bounds(clip_low if clip_low is not None else 1.0, clip_high)
+    lo, hi = log_bounds(clip_low if clip_low is not None else 1.0, clip_high) if clip else NO_BAND
+    if not clip:
+        dual_clip = None
     upper = ell > hi  # [B, T]; padded ℓ = 0 <= hi
     lower = ell < lo  # padded ℓ = 0 >= lo
     weight = torch.exp(ell.clamp(min=lo, max=min(hi, LOG_RATIO_MAX)))  # [B, T], detached
@@ -171,11 +179,12 @@ def loss_batch_stats(name: str, **hparams) -> tuple[str, ...]:
 def compute_policy_loss(name: str, logp: torch.Tensor, old_logp: torch.Tensor,
                         advantages: torch.Tensor, mask: torch.Tensor, agg: str = "token-mean",
                         *, horizon: float | None = None, global_tokens: Any = None,
-                        global_seqs: Any = None, batch_stats: dict | None = None, **hparams):
+                        global_seqs: Any = None, batch_stats: dict | None = None, clip: bool = True, **hparams):
     """Scalar policy loss (to minimize) and a stats dict; see the module docstring and
     docs/algorithms.md. `horizon`, `global_tokens`, `global_seqs` go to `aggregate`;
     `batch_stats` holds whole-minibatch statistics the loss declared (e.g. FSPO drift="kl":
-    {"mean_log_ratio": μ}); a missing one is computed over these inputs alone."""
+    {"mean_log_ratio": μ}); a missing one is computed over these inputs alone. `clip=False`: the
+    loss's unclipped importance-weighted variant (a loss registered with `unclipped=True`)."""
     check_name(name, POLICY_LOSS_REGISTRY, "policy loss")
     check_agg_args(agg, horizon, global_tokens, global_seqs)
     spec = POLICY_LOSS_REGISTRY[name]
@@ -183,6 +192,11 @@ def compute_policy_loss(name: str, logp: torch.Tensor, old_logp: torch.Tensor,
     for key in spec.batch_stats(hp):
         if batch_stats and batch_stats.get(key) is not None:
             hp[key] = batch_stats[key]
+    if not clip:
+        if not spec.unclipped:
+            raise ValueError(f"policy loss {name!r} has no unclipped variant (register it with unclipped=True "
+                             f"and accept clip=False)")
+        hp["clip"] = False
     loss_mat, stats = spec.fn(logp, old_logp, advantages, mask, **hp)
     loss = aggregate_masked(loss_mat, as_bool_mask(mask), agg, horizon=horizon,
                             global_tokens=global_tokens, global_seqs=global_seqs)

@@ -35,6 +35,7 @@ class PolicyLossSpec:
     # check(**hparams): raises ValueError "<name> must ..." for a bad value; the loss calls it, and so does a
     # config's validation, so each hyperparameter is checked by one function
     check: Callable[..., None] = field(default=lambda **hp: None)
+    unclipped: bool = False  # fn accepts clip=False: the same importance-weighted loss with no band (log.grad_cosine)
 
 
 @dataclass(frozen=True)
@@ -64,16 +65,18 @@ def _first_line(fn) -> str:
 
 
 def register_policy_loss(name: str, *, batch_stats: Callable[[dict], tuple[str, ...]] | None = None,
-                         check: Callable[..., None] | None = None, **hparams: Any):
+                         check: Callable[..., None] | None = None, unclipped: bool = False, **hparams: Any):
     """Decorator: register `fn` as policy loss `name` with these hyperparameter defaults; `check(**hparams)`
-    validates their values (a ValueError naming the hyperparameter)."""
+    validates their values (a ValueError naming the hyperparameter); `unclipped`: `fn` also takes
+    `clip=False`, the same importance-weighted loss with no clip band (the gradient-cosine diagnostic)."""
     def deco(fn):
         unknown = [s for s in (batch_stats(dict(hparams)) if batch_stats else ()) if s not in BATCH_STATISTICS]
         if unknown:
             raise ValueError(f"policy loss {name!r}: unknown batch statistic(s) {unknown}; "
                              f"known: {', '.join(BATCH_STATISTICS)}")
         POLICY_LOSS_REGISTRY[name] = PolicyLossSpec(name, fn, dict(hparams), _first_line(fn),
-                                                    batch_stats or (lambda hp: ()), check or (lambda **hp: None))
+                                                    batch_stats or (lambda hp: ()), check or (lambda **hp: None),
+                                                    bool(unclipped))
         return fn
     return deco
 

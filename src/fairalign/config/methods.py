@@ -15,8 +15,9 @@ Config keys and hyperparameters:
   method's registered default, which changes nothing (configs written by earlier versions list
   every key with its default).
 A user loss is called as `fn(logp, old_logp, advantages, mask, agg=, global_tokens=, global_seqs=,
-horizon=, **loss_args) -> (loss, stats)`; a user estimator is an `AdvantageEstimator` subclass or
-`fn(rewards, index, groups=) -> advantages`.
+horizon=, **loss_args) -> (loss, stats)`; one that sets `fn.unclipped = True` is also called with
+`clip=False` for its unclipped importance-weighted variant (`log.grad_cosine`). A user estimator is an
+`AdvantageEstimator` subclass or `fn(rewards, index, groups=) -> advantages`.
 """
 from __future__ import annotations
 
@@ -117,11 +118,17 @@ def check_methods(a: AlgoConfig) -> None:
             raise ConfigError(f"config key 'algo.{name}' {rest}") from None
     if not is_user_spec(a.advantage):
         spec = ESTIMATOR_REGISTRY[a.advantage]
-        for hp, value in estimator_hparams(a).items():
+        chosen = estimator_hparams(a)
+        for hp, value in chosen.items():
             try:
                 build_estimator(a.advantage, **{hp: value})
             except (ValueError, TypeError) as e:
                 raise ConfigError(f"config key 'algo.{spec.config_prefix}{hp}': {e}") from None
+        try:  # values that are valid alone but not together
+            build_estimator(a.advantage, **chosen)
+        except (ValueError, TypeError) as e:
+            keys = ", ".join(f"'algo.{spec.config_prefix}{hp}'" for hp in chosen)
+            raise ConfigError(f"config keys {keys}: {e}") from None
         check_critic(a, spec.requires)
 
 
@@ -136,7 +143,8 @@ def check_critic(a: AlgoConfig, requires: tuple[str, ...]) -> None:
 
 
 class PolicyLoss:
-    """The configured loss as one callable; `batch_stats` names the whole-minibatch statistics it needs."""
+    """The configured loss as one callable; `batch_stats` names the whole-minibatch statistics it needs;
+    `unclipped`: whether it can be called with clip=False (its unclipped importance-weighted variant)."""
 
     def __init__(self, a: AlgoConfig, horizon: int | None):
         self.hparams = loss_hparams(a)
@@ -144,17 +152,24 @@ class PolicyLoss:
         if is_user_spec(a.loss):
             self.fn = load_callable(a.loss, "config key 'algo.loss'")
             self.name, self.batch_stats = a.loss, tuple(getattr(self.fn, "batch_stats", ()))
+            self.unclipped = getattr(self.fn, "unclipped", False) is True
         else:
             self.fn, self.name = None, a.loss
             self.batch_stats = tuple(POLICY_LOSS_REGISTRY[a.loss].batch_stats(self.hparams))
+            self.unclipped = POLICY_LOSS_REGISTRY[a.loss].unclipped
 
-    def __call__(self, logp, old_logp, advantages, mask, *, global_tokens, global_seqs, batch_stats=None):
-        """(scalar loss, stats); logp/old_logp/mask [B, T], advantages [B]."""
+    def __call__(self, logp, old_logp, advantages, mask, *, global_tokens, global_seqs, batch_stats=None,
+                 clip: bool = True):
+        """(scalar loss, stats); logp/old_logp/mask [B, T], advantages [B]; clip=False: the unclipped variant."""
+        if not clip and not self.unclipped:
+            raise ValueError(f"loss {self.name} has no unclipped variant")
         if self.fn is None:
             return compute_policy_loss(self.name, logp, old_logp, advantages, mask, self.agg, horizon=self.horizon,
                                        global_tokens=global_tokens, global_seqs=global_seqs,
-                                       batch_stats=batch_stats, **self.hparams)
+                                       batch_stats=batch_stats, clip=clip, **self.hparams)
         extra = {k: v for k, v in (batch_stats or {}).items() if k in self.batch_stats}
+        if not clip:
+            extra["clip"] = False
         out = self.fn(logp, old_logp, advantages, mask, agg=self.agg, global_tokens=global_tokens,
                       global_seqs=global_seqs, horizon=self.horizon, **extra, **self.hparams)
         if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], dict)):

@@ -14,6 +14,7 @@ from fairalign.algos import (
     KL_ESTIMATORS,
     POLICY_LOSS_REGISTRY,
 )
+from fairalign.algos.pgrpo import ZERO_STD_RULES
 from fairalign.algos.policy_losses import FSPO_DRIFTS
 
 
@@ -45,7 +46,8 @@ class AlgoConfig:
     pgrpo_min_count: Optional[int] = setting(None, "samples a preference group needs before its running stats are used (None = the estimator's default)")
     pgrpo_eps: Optional[float] = setting(None, "added to the group std (None = the estimator's default)")
     pgrpo_decay: Optional[float] = setting(None, "forgetting factor in (0, 1] for non-stationary rewards (None = cumulative)")
-    pgrpo_min_std: Optional[float] = setting(None, "a group history with std <= this falls back to GRPO statistics (None = the estimator's default)")
+    pgrpo_min_std: Optional[float] = setting(None, "zero-variance threshold: a group history with std <= this is degenerate (pgrpo_zero_std decides what happens; None = the estimator's default)")
+    pgrpo_zero_std: Optional[str] = setting(None, "a degenerate history (std <= pgrpo_min_std): fallback (the sample gets its prompt group's GRPO statistics) | floor (the history's mean, divided by max(std, pgrpo_min_std)); None = the estimator's default")
     gamma: Optional[float] = setting(None, "GAE discount γ over response tokens, in [0, 1] (None = the estimator's default)")
     lam: Optional[float] = setting(None, "GAE λ in [0, 1] (None = the estimator's default)")
     whiten: Optional[bool] = setting(None, "GAE: whiten the advantages over the batch's response tokens (None = the estimator's default)")
@@ -114,6 +116,7 @@ class LogConfig:
     wandb: bool = setting(False, "also log to Weights & Biases (needs `pip install wandb`)")
     progress: bool = setting(True, "live progress bar with ETA")
     length_bins: Optional[list] = setting(None, "clip-rate length-bin edges (None = powers of two)")
+    grad_cosine: bool = setting(False, "diagnostic: on every off-policy minibatch, the cosine between the gradients of the clipped policy loss and of the same loss unclipped (one extra backward per micro-batch); logged as grad_cosine")
 
 
 @dataclass
@@ -156,6 +159,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "algo.advantage": tuple(ESTIMATOR_REGISTRY),
     "algo.drift": tuple(FSPO_DRIFTS),
     "algo.kl": tuple(KL_ESTIMATORS),
+    "algo.pgrpo_zero_std": ZERO_STD_RULES,
     "algo.critic": ("none", "head", "model"),
     "rollout.engine": ("hf", "vllm"),
     "rollout.chat_template": ("auto", "none"),

@@ -7,7 +7,7 @@ Fields (all optional; unset = stock TRL behaviour):
     fair_agg            fairalign's loss aggregation (token-mean | seq-mean-token-mean | ...)
     fair_length_edges   length-bin edges of the clip-rate metrics (None = powers of two)
     pgrpo_group_column  dataset column holding the preference group -> P-GRPO advantages (None = TRL's)
-    pgrpo_min_count, pgrpo_eps, pgrpo_decay, pgrpo_min_std   the P-GRPO estimator's hyperparameters
+    pgrpo_min_count, pgrpo_eps, pgrpo_decay, pgrpo_min_std, pgrpo_zero_std   the P-GRPO estimator's hyperparameters
     fair_is_band_high, fair_is_band_low, fair_is_band_drift   a sqrt(L) band for TRL's vLLM importance-
                         sampling correction (trl_is.py): keep a completion iff -low*sqrt(L) <= D - mu*L <=
                         high*sqrt(L) for its summed train-inference log mismatch D (mu: "kl" = the batch's
@@ -35,7 +35,7 @@ from fairalign.algos import AGG_MODES, ESTIMATOR_REGISTRY, POLICY_LOSS_REGISTRY,
 from fairalign.errors import ConfigError
 
 BAND_DRIFTS = ("kl", "none")  # fair_is_band_drift: centre the band at the batch's mean mismatch, or at 0
-_PGRPO = ESTIMATOR_REGISTRY["pgrpo"].hparams  # min_count, eps, decay, min_std -> default
+_PGRPO = ESTIMATOR_REGISTRY["pgrpo"].hparams  # min_count, eps, decay, min_std, zero_std -> default
 _TRL_DEFAULTS = {f.name: f.default for f in dataclasses.fields(GRPOConfig)}
 
 # TRL fields that fair_loss replaces -> what to do instead
@@ -206,7 +206,10 @@ class FairGRPOConfig(GRPOConfig):
     pgrpo_decay: float | None = field(default=_PGRPO["decay"], metadata={
         "help": "Forgetting factor in (0, 1] per update of a group, for non-stationary rewards; None = cumulative."})
     pgrpo_min_std: float = field(default=_PGRPO["min_std"], metadata={
-        "help": "A group history with std <= this falls back to GRPO statistics (zero-variance guard)."})
+        "help": "Zero-variance threshold: a group history with std <= this is degenerate (see pgrpo_zero_std)."})
+    pgrpo_zero_std: str = field(default=_PGRPO["zero_std"], metadata={
+        "help": "A degenerate history: 'fallback' (GRPO statistics of the prompt group) or 'floor' (the history's "
+                "mean, divided by max(std, pgrpo_min_std))."})
 
     fair_is_band_high: float | None = field(default=None, metadata={
         "help": "With vLLM: replace TRL's importance-sampling mask by a sqrt(L) band: keep a completion iff its summed "

@@ -4,7 +4,10 @@ Pure Python over the logged rows (one dict per step). metrics.jsonl writes null 
 value and leaves a key out where a step has no value (clip metrics of an on-policy step), so every
 series here keeps only the steps whose value is a finite number. Long runs are drawn from at most
 `MAX_POINTS` points: consecutive steps are averaged into windows. Per-bin clip rates are pooled from
-the logged counts (clipped weight / sequences), never averaged as rates.
+the logged counts (clipped weight / sequences), never averaged as rates; next to the pooled LRE, the same
+counts give its flat-clipping noise floor and two measures that do not shrink with the overall clip rate
+(the extreme bins' log rate ratio, the logistic slope on log L; fairalign.diagnostics), and the logged
+gradient cosines pool into one mean over every update.
 """
 from __future__ import annotations
 
@@ -13,7 +16,13 @@ import math
 import re
 from pathlib import Path
 
-from fairalign.diagnostics import lre_from_pooled_counts, pooled_clip_counts
+from fairalign.diagnostics import (
+    extreme_bin_log_ratio,
+    logistic_length_slope,
+    lre_floor_from_pooled_counts,
+    lre_from_pooled_counts,
+    pooled_clip_counts,
+)
 from fairalign.train.logging import read_jsonl
 
 MAX_POINTS = 300
@@ -103,12 +112,41 @@ def clip_rate_series(rows: list[dict], label: str) -> tuple[list[float], list[fl
     return (*downsample(xs, ys), w)
 
 
-pooled_counts = pooled_clip_counts  # per-bin sequences and clipped weight summed over the rows
-
-
 def pooled_lre(rows: list[dict]) -> float | None:
     counts, clipped = pooled_clip_counts(rows)
     return lre_from_pooled_counts(counts, clipped) if counts else None
+
+
+def pooled_lre_floor(rows: list[dict]) -> dict | None:
+    """The LRE that flat clipping at the run's pooled rate would give from sampling noise alone, at the
+    pooled bin counts: {"mean", "q95", "method"} (diagnostics.lre_noise_floor); None without counts."""
+    counts, clipped = pooled_clip_counts(rows)
+    return lre_floor_from_pooled_counts(counts, clipped) if counts else None
+
+
+def pooled_extreme_log_ratio(rows: list[dict], min_count: float = 1) -> dict | None:
+    """log(clip rate of the longest / the shortest bin with >= min_count sequences) of the pooled counts,
+    with its 95% Wald interval (diagnostics.extreme_bin_log_ratio); None with fewer than two bins."""
+    counts, clipped = pooled_clip_counts(rows)
+    return extreme_bin_log_ratio(counts, clipped, min_count=min_count) if counts else None
+
+
+def pooled_length_slope(rows: list[dict]) -> dict | None:
+    """Logistic slope of "clipped" on log length over the pooled bins, with its 95% Wald interval
+    (diagnostics.logistic_length_slope); None when it cannot be fitted."""
+    counts, clipped = pooled_clip_counts(rows)
+    return logistic_length_slope(counts, clipped) if counts else None
+
+
+def pooled_grad_cosine(rows: list[dict]) -> tuple[float, int] | None:
+    """(mean of `grad_cosine` over every update of the rows, number of updates): Σ grad_cosine·updates /
+    Σ updates (log.grad_cosine); None when no step logged one."""
+    num = den = 0.0
+    for r in rows:
+        if finite(r.get("grad_cosine")) and finite(r.get("grad_cosine/updates")):
+            num += r["grad_cosine"] * r["grad_cosine/updates"]
+            den += r["grad_cosine/updates"]
+    return (num / den, int(den)) if den > 0 else None
 
 
 def pooled_lre_interval(rows: list[dict], n_boot: int = 200, seed: int = 0) -> tuple[float, float] | None:

@@ -93,6 +93,8 @@ def _headline(page: Page, run_dir: Path, cfg: dict, rows: list[dict]) -> None:
         ("reward/mean, last 10% of steps", D.window_mean(rows, "reward/mean")),
         ("pooled LRE (whole run)", D.pooled_lre(rows)),
         ("pooled LRE, 95% interval", fmt_interval(D.pooled_lre_interval(rows))),
+        ("LRE of flat clipping at these counts (noise floor: mean, 95th pct)", _floor(D.pooled_lre_floor(rows))),
+        ("gradient cosine, clipped vs unclipped loss (mean over updates)", _cosine(D.pooled_grad_cosine(rows))),
         ("tokens per second (mean)", sum(tps) / len(tps) if tps else None),
         ("seed", cfg.get("seed")),
     ])
@@ -101,6 +103,26 @@ def _headline(page: Page, run_dir: Path, cfg: dict, rows: list[dict]) -> None:
     elif len(rows) > D.MAX_POINTS:
         page.note(f"{len(rows)} steps: curves show means of consecutive windows ({D.MAX_POINTS} points at most); "
                   f"tables and pooled numbers use every step.")
+
+
+def _cosine(pooled: tuple[float, int] | None) -> str | None:
+    return None if pooled is None else f"{fmt(pooled[0])} ({pooled[1]} updates)"
+
+
+def _floor(floor: dict | None) -> str | None:
+    return None if floor is None else f"{fmt(floor['mean'])}, {fmt(floor['q95'])}"
+
+
+def _measures(rows: list[dict]) -> str:
+    """The extreme bins' log rate ratio and the logistic slope on log L, each with its 95% Wald interval."""
+    ratio, slope = D.pooled_extreme_log_ratio(rows), D.pooled_length_slope(rows)
+    parts = []
+    if ratio:
+        parts.append(f"log(clip rate of bin {ratio['long']} / bin {ratio['short']}) {fmt(ratio['log_ratio'])} "
+                     f"{fmt_interval(ratio['ci95'])}")
+    if slope:
+        parts.append(f"logistic slope of clipped on log length {fmt(slope['slope'])} {fmt_interval(slope['ci95'])}")
+    return "; ".join(parts) + " (> 0: long responses clipped more)" if parts else "none can be computed here"
 
 
 def _config(page: Page, run_dir: Path, cfg: dict) -> None:
@@ -167,6 +189,11 @@ def _fairness(page: Page, rows: list[dict]) -> None:
         page.para(f"LRE of the counts pooled over the run: {fmt(lre)}, 95% bootstrap interval over steps "
                   f"{fmt_interval(ci)}. The per-step LRE (mean {fmt(mean_step)}) sees a handful of sequences per bin "
                   f"and is dominated by noise; a bin with few sequences also moves the pooled one (counts below).")
+    floor = _floor(D.pooled_lre_floor(rows))
+    page.para(f"Perfectly flat clipping at the run's pooled clip rate would give an LRE of {floor} "
+              f"(mean, 95th percentile) at these bin counts, from sampling noise alone: an LRE within it says nothing "
+              f"about length. The LRE also shrinks as the overall clip rate falls; measures that do not: "
+              f"{_measures(rows)}.")
     page.figure(P.pooled_clip_figure({"run": (counts, clipped)},
                                      f"Clip rate per length bin, pooled over {with_clip} steps "
                                      f"(pooled LRE {lre:.3f}; mean per-step LRE {mean_step:.3f})"),

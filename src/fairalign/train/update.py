@@ -13,6 +13,13 @@ Simplifications, on purpose:
   exactly on-policy first update (where ℓ ≡ 0).
 - A non-finite forward, loss or gradient skips that optimizer step on every rank; the streak of skips is
   returned, and the update stops early (`halted`) once it reaches `max_skipped_updates`.
+- `log.grad_cosine` (a diagnostic, off by default): on every minibatch that can clip (not the exactly
+  on-policy first one, where the two gradients are equal), the cosine between the gradient of the
+  clipped policy loss and of the same loss called with clip=False (its unclipped importance-weighted
+  variant), both over the whole minibatch (all micro-batches and ranks), before gradient clipping, on the
+  trainable parameters. Cost: one extra backward per micro-batch through the retained graph (two when
+  the backward also carries a KL term or a value head's loss, whose gradients are left out) and two
+  gradient-sized buffers; one process or DDP only (sharded strategies hold no full gradient).
 """
 from __future__ import annotations
 
@@ -22,6 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from fairalign.algos import BATCH_STATISTICS, aggregate, kl_penalty
+from fairalign.errors import ConfigError
 from fairalign.train.policy import Policy
 from fairalign.train.update_stats import UpdateStats
 
@@ -33,12 +41,71 @@ class UpdateResult:
     halted: bool = False  # the streak reached max_skipped_updates: the run must stop
 
 
+class GradientCosine:
+    """The gradients of the unclipped loss (and, when the backward carries other terms, of the clipped
+    policy loss alone) over one minibatch's micro-batches, and their cosine (`log.grad_cosine`)."""
+
+    def __init__(self, params: list, separate: bool):
+        self.params = params
+        self.unclipped = [torch.zeros_like(p) for p in params]  # Σ over micro-batches of ∇ unclipped loss
+        # None: the backward's loss is the clipped policy loss, so the accumulated .grad is its gradient
+        self.clipped = [torch.zeros_like(p) for p in params] if separate else None
+
+    def _add(self, bufs: list, loss: torch.Tensor) -> None:
+        grads = torch.autograd.grad(loss, self.params, retain_graph=True, allow_unused=True)
+        for b, g in zip(bufs, grads):
+            if g is not None:
+                b.add_(g)
+
+    def add(self, unclipped_loss: torch.Tensor, clipped_loss: torch.Tensor) -> None:
+        """One micro-batch (before its own backward, which may then free the graph)."""
+        self._add(self.unclipped, unclipped_loss)
+        if self.clipped is not None:
+            self._add(self.clipped, clipped_loss)
+
+    def _global(self, bufs: list, dist, model) -> list:
+        """`bufs` summed over ranks, through the strategy's own gradient all-reduce."""
+        if dist.world == 1:
+            return bufs
+        saved = [p.grad for p in self.params]
+        for p, b in zip(self.params, bufs):
+            p.grad = b
+        dist.sync_gradients(model)
+        out = [p.grad for p in self.params]
+        for p, g in zip(self.params, saved):
+            p.grad = g
+        return out
+
+    def cosine(self, dist, model) -> float | None:
+        """cos(∇ clipped, ∇ unclipped) of the minibatch after the policy's gradients were synced (a
+        collective); None when the unclipped gradient is 0 (no direction to agree with), 0.0 when only the
+        clipped one is (everything that mattered was clipped: no progress along the unclipped direction)."""
+        gu = self._global(self.unclipped, dist, model)
+        gc = (self._global(self.clipped, dist, model) if self.clipped is not None else
+              [torch.zeros_like(p) if p.grad is None else p.grad for p in self.params])
+        dot = sum(float((a.double() * b.double()).sum()) for a, b in zip(gc, gu))
+        nc = sum(float(a.double().square().sum()) for a in gc)
+        nu = sum(float(b.double().square().sum()) for b in gu)
+        if nu == 0.0:
+            return None
+        return 0.0 if nc == 0.0 else dot / math.sqrt(nc * nu)
+
+
 class PolicyUpdate:
     """The update of one rollout batch; built once per run from the policy, its optimizer and the loss."""
 
     def __init__(self, policy: Policy, optimizer, scheduler, loss, critic, cfg):
         self.policy, self.optimizer, self.scheduler = policy, optimizer, scheduler
         self.loss, self.critic, self.cfg = loss, critic, cfg
+        if cfg.log.grad_cosine:
+            if not getattr(loss, "unclipped", False):
+                raise ConfigError(f"config key 'log.grad_cosine' needs a loss with an unclipped variant; "
+                                  f"'{getattr(loss, 'name', loss)}' has none (a user loss declares one with "
+                                  f"fn.unclipped = True and a clip=True keyword)")
+            d = policy.dist
+            if d.world > 1 and d.strategy != "ddp":
+                raise ConfigError(f"config key 'log.grad_cosine' needs the full gradient on every rank: one "
+                                  f"process or dist_strategy=ddp, not {d.strategy}")
 
     # ------------------------------------------------------------------ rows
     def minibatches(self, B: int, gen: torch.Generator) -> list[torch.Tensor]:
@@ -113,9 +180,15 @@ class PolicyUpdate:
                     continue
                 mics = self.micro_batches(mb, micro)
                 norms = {"on_policy": on_policy, "global_tokens": mb_tokens, "global_seqs": mb_seqs}
-                mb_loss = self._accumulate(batch, mics, epoch, stats, norms, self.batch_stats(batch, mics, on_policy))
+                cos = None  # the diagnostic on updates that can clip (on_policy is the same on every rank)
+                if cfg.log.grad_cosine and not on_policy:
+                    cos = GradientCosine(params, batch.ref_logp is not None or self.critic.reads_policy_hidden)
+                mb_loss = self._accumulate(batch, mics, epoch, stats, norms, self.batch_stats(batch, mics, on_policy),
+                                           cos)
                 mb_loss = d.sum_metric(mb_loss)  # global: every rank makes the same skip decision
                 d.sync_gradients(pol.model)
+                cosine = None if cos is None else cos.cosine(d, pol.model)  # before gradient clipping
+                del cos
                 gn = d.clip_grad_norm(params, cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf"))
                 critic_gn = self.critic.finish_minibatch(cfg.optim.grad_clip)
                 if not (math.isfinite(mb_loss) and torch.isfinite(gn) and torch.isfinite(critic_gn)):
@@ -131,6 +204,8 @@ class PolicyUpdate:
                 stats.updates += 1
                 stats.off_policy_updates += int(not on_policy)
                 stats.grad_norms.append(float(gn))
+                if cosine is not None:
+                    stats.cosines.append(cosine)
                 self.optimizer.step()
                 self.scheduler.step()
                 self.critic.step()
@@ -138,9 +213,10 @@ class PolicyUpdate:
                                with_mismatch=batch.engine_logp is not None)
         return UpdateResult(metrics, skip_streak)
 
-    def _accumulate(self, batch, mics: list, epoch: int, stats: UpdateStats, norms: dict, batch_stats: dict) -> float:
+    def _accumulate(self, batch, mics: list, epoch: int, stats: UpdateStats, norms: dict, batch_stats: dict,
+                    cos: GradientCosine | None = None) -> float:
         """Forward + backward of every micro-batch of one minibatch (gradients accumulate); the summed loss
-        (NaN when a forward was not finite)."""
+        (NaN when a forward was not finite). `cos`: also accumulate the gradient-cosine diagnostic's gradients."""
         a, pol, d = self.cfg.algo, self.policy, self.policy.dist
         mb_tokens, mb_seqs, on_policy = norms["global_tokens"], norms["global_seqs"], norms["on_policy"]
         self.optimizer.zero_grad(set_to_none=True)
@@ -172,6 +248,10 @@ class PolicyUpdate:
             adv = adv[:, :rlen] if adv.dim() == 2 else adv  # token advantages: [b, R']
             loss, loss_stats = self.loss(logp, old, adv, r_mask, global_tokens=mb_tokens,
                                          global_seqs=mb_seqs, batch_stats=batch_stats)
+            if cos is not None:  # the same loss unclipped, on the same forward
+                unclipped, _ = self.loss(logp, old, adv, r_mask, global_tokens=mb_tokens, global_seqs=mb_seqs,
+                                         batch_stats=batch_stats, clip=False)
+                cos.add(unclipped, loss)
             kl = None
             if batch.ref_logp is not None:
                 kl = kl_penalty(logp, batch.ref_logp[rows, :rlen], kind=a.kl)  # [b, R']

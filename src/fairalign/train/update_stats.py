@@ -11,6 +11,9 @@ Simplifications (fairalign's rules, docs/length_fairness.md):
 - With token advantages [B, T] (gae), a sequence's advantage for the upper / lower clip split is the
   mean of its tokens' advantages (`sequence_advantages`).
 - Sums are local; `finish` reduces them over ranks with the generic collectives only.
+- `grad_cosine` (log.grad_cosine): the mean over the step's off-policy optimizer steps of the cosine
+  between the clipped and the unclipped loss's gradients, with `grad_cosine/min` and
+  `grad_cosine/updates` (how many), so a run's or a study's mean over every update can be pooled.
 """
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ class UpdateStats:
         self.mm_max = 0.0
         self.loss, self.updates, self.off_policy_updates, self.skipped = 0.0, 0, 0, 0
         self.grad_norms: list[float] = []
+        self.cosines: list[float] = []  # log.grad_cosine: one per optimizer step that could clip
         self._lengths, self._clip, self._adv = [], [], []
 
     def add(self, stats: dict, mask: torch.Tensor, ent: torch.Tensor, adv: torch.Tensor, *, off_policy: bool,
@@ -74,6 +78,10 @@ class UpdateStats:
         if with_mismatch:
             out["rollout/logprob_mismatch"] = s["mm_sum"] / max(s["mm_tok"], 1.0)
             out["rollout/logprob_mismatch_max"] = dist.max_metric(self.mm_max)
+        if self.cosines:  # the same value on every rank (computed from the global gradients)
+            out["grad_cosine"] = sum(self.cosines) / len(self.cosines)
+            out["grad_cosine/min"] = min(self.cosines)
+            out["grad_cosine/updates"] = float(len(self.cosines))  # pooled mean: Σ grad_cosine·updates / Σ updates
         local = ([torch.cat(x).tolist() if x else [] for x in (self._lengths, self._clip, self._adv)])
         parts = dist.all_gather_objects(local) if dist.world > 1 else [local]
         lengths = torch.tensor([v for p in parts for v in p[0]], dtype=torch.long)

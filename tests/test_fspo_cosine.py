@@ -1,0 +1,89 @@
+"""The FSPO cosine study's harness (docs/evidence/fspo_cosine) on the tiny model, so it cannot rot: run.py's
+probe -> calibrated bands -> spec -> `fairalign compare` -> summary, one step per arm; a second call reuses
+everything; the summary's numbers are the report functions' own on each run's metrics."""
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fairalign.report import data as D
+
+HERE = Path(__file__).resolve().parents[1] / "docs" / "evidence" / "fspo_cosine"
+TINY = ["model=tiny", "steps=1", "rollout.max_new_tokens=8", "rollout.prompts_per_step=2", "rollout.generations=2",
+        "threads=1", "log.length_bins=[1,4,6,9]", "seeds=[0]", "eval.examples=4", "log.tensorboard=false"]
+ARMS = ["gspo", "ppo", "fspo", "fspo_kl", "fixed_seq"]
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(f"fspo_cosine_{name}", HERE / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    out = tmp_path_factory.mktemp("fspo_cosine")
+    assert _load("run").main(["--out", str(out), *TINY]) == 0
+    return out
+
+
+def test_template_is_the_pre_registered_design():
+    spec = yaml.safe_load((HERE / "spec_template.yaml").read_text())
+    assert list(spec["arms"]) == ARMS
+    base = spec["base"]
+    assert base["log"]["grad_cosine"] is True and base["log"]["length_bins"] == [1, 24, 48, 65]
+    # 6x study 1's off-policy sequence-updates per arm (4 steps x 24 x 3 seeds = 288)
+    per_step = base["rollout"]["prompts_per_step"] * base["rollout"]["generations"] * base["algo"]["ppo_epochs"]
+    off_policy = per_step - per_step // (base["algo"]["ppo_epochs"] * base["algo"]["minibatches"])
+    assert off_policy * base["steps"] * len(spec["seeds"]) >= 5 * 288
+
+
+def test_run_calibrates_every_arm_and_writes_the_spec(study):
+    bands = json.loads((study / "bands.json").read_text())
+    assert list(bands["bands"]) == ARMS and bands["target"] == 0.15 and bands["bins"] == [1, 4, 6, 9]
+    assert bands["sequence_updates"] > 0 and (study / "probe" / "final").is_dir()
+    spec = yaml.safe_load((study / "spec.yaml").read_text())
+    assert spec["output_dir"] == str(study)
+    assert spec["arms"]["fspo"]["algo.c_low"] == bands["bands"]["fspo"]["c_low"]
+    assert spec["arms"]["fixed_seq"]["algo.loss_args.eps_high"] == bands["bands"]["fixed_seq"]["eps_high"]
+    assert spec["arms"]["ppo"]["algo.clip_high"] == bands["bands"]["ppo"]["clip_high"]
+    assert json.loads((study / "comparison.json").read_text())["arms"] == ARMS
+
+
+def test_summary_reads_each_runs_metrics(study):
+    summary = json.loads((study / "summary.json").read_text())
+    assert list(summary["arms"]) == ARMS and set(summary["paired_vs_primary"]) == set(ARMS) - {"fspo"}
+    for arm in ARMS:
+        rows = D.load_rows(study / arm / "seed-0")
+        a = summary["arms"][arm]
+        cos = D.pooled_grad_cosine(rows)
+        assert (a["cosine"], a["cosine_updates"]) == (pytest.approx(cos[0]), cos[1]) and cos[1] == 3
+        assert a["lre"] == pytest.approx(D.pooled_lre(rows)) and a["lre_floor"] == D.pooled_lre_floor(rows)
+        counts, clipped = D.pooled_clip_counts(rows)
+        assert a["clip_rate"] == pytest.approx(sum(clipped.values()) / sum(counts.values()))
+        if a["clip_rate"] == 0:  # nothing clipped: the clipped and the unclipped gradients agree
+            assert a["cosine"] == pytest.approx(1.0, abs=1e-6)
+    d = summary["paired_vs_primary"]["ppo"]["cosine"]["mean"]
+    assert d == pytest.approx(summary["arms"]["fspo"]["cosine"] - summary["arms"]["ppo"]["cosine"])
+
+
+def test_a_second_call_reuses_the_probe_bands_and_runs(study, capsys):
+    files = [study / "bands.json", study / "probe" / "probe.jsonl"] + [study / a / "seed-0" / "metrics.jsonl" for a in ARMS]
+    before = [f.read_text() for f in files]
+    assert _load("run").main(["--out", str(study), *TINY]) == 0
+    out = capsys.readouterr().out
+    assert "done, reused" in out and "(target 0.15), reused" in out
+    assert [f.read_text() for f in files] == before  # nothing retrained or recalibrated
+
+
+def test_summary_helpers_hand_computed():
+    s = _load("summarize")
+    assert s.holm([0.01, None, 0.04, 0.03]) == [pytest.approx(0.03), None, pytest.approx(0.06), pytest.approx(0.06)]
+    assert s.spearman([0.1, 0.2, 0.3, 0.4], [0.9, 0.8, 0.85, 0.1]) == pytest.approx(-0.8)
+    assert s.spearman([0.1, 0.2], [1, 2]) is None
+    # mde80 of 3 paired differences with sd 0.1: (t_.975,2 + t_.80,2)·0.1/√3 = (4.3027 + 1.0607)·0.0577
+    assert s.mde80({"n": 3, "sd": 0.1}) == pytest.approx((4.3027 + 1.0607) * 0.1 / 3 ** 0.5, abs=1e-4)
+    assert s.mde80({"n": 1, "sd": None}) is None
