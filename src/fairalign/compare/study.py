@@ -24,6 +24,7 @@ from pathlib import Path
 from fairalign.compare.spec import Study, load_study, training_differences
 from fairalign.compare.stats import METHOD, paired_differences, summarize
 from fairalign.config import Config, build_config, load_yaml, to_dict
+from fairalign.config.paths import absolute_paths
 from fairalign.errors import ConfigError
 from fairalign.train.logging import format_duration, read_jsonl
 from fairalign.train.trainer import TrainerCallback
@@ -49,7 +50,7 @@ def run_state(study: Study, arm: str, seed: int) -> tuple[str, int]:
     except ConfigError as e:
         raise ConfigError(f"run '{run_dir}': its config.yaml cannot be used ({e}); delete the run or choose another "
                           f"output_dir") from None
-    diff = training_differences(old, cfg)
+    diff = training_differences(old, absolute_paths(cfg))  # config.yaml holds absolute file paths
     if diff:
         k = diff[0]
         raise ConfigError(f"run '{run_dir}' was trained with another config: '{k}' is {_get(old, k)!r} there, "

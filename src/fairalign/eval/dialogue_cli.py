@@ -26,6 +26,9 @@ KEY=VALUE overrides (the syntax of `fairalign train`), then the flags, which are
 | --completion-prefix TEXT | task_options.completion_prefix |
 | --seed S | seed |
 
+Example:
+    fairalign eval-dialogue runs/rlpa-smollm2-cpu --profiles 16 --max-new-tokens 160
+
 Simplification: the test profiles are the task's test split in order (the first N).
 """
 from __future__ import annotations
