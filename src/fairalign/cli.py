@@ -112,14 +112,12 @@ def _newest_checkpoint_step(run_dir: Path) -> int | None:
 def _finished_message(run_dir: Path, cfg) -> str | None:
     """The line to print instead of training when the resumed run is already finished (its final model
     exists and its newest checkpoint is at `steps`); a ConfigError when steps is below that checkpoint."""
-    from fairalign.errors import ConfigError
+    from fairalign.train.build import check_resume_steps
 
     step = _newest_checkpoint_step(run_dir)
     if step is None:
         return None
-    if step > cfg.steps:
-        raise ConfigError(f"--resume: steps={cfg.steps} is below the run's newest checkpoint, step {step}; steps is "
-                          f"the run's total, so give steps={step + 1} or more to train on")
+    check_resume_steps(step, cfg.steps)
     if step == cfg.steps and (run_dir / "final").is_dir():
         return (f"{run_dir} is already finished ({step} of {cfg.steps} steps; final model in {run_dir / 'final'}); "
                 f"to train on, raise the total: fairalign train --resume {run_dir} steps={step * 2}")
@@ -360,8 +358,11 @@ def command_parser(name: str) -> argparse.ArgumentParser:
 
 
 def top_parser() -> argparse.ArgumentParser:
+    usages = "\n".join(f"  fairalign {name} {usage}" for name, (_s, usage, _e) in COMMANDS.items())
     p = argparse.ArgumentParser(prog="fairalign", description="RL alignment with FSPO, P-GRPO and RLPA.",
-                                epilog="`fairalign COMMAND --help` shows a command's arguments and an example.")
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=f"usage of each command (`fairalign COMMAND --help`: its arguments and an "
+                                       f"example):\n{usages}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     for name, (summary, _usage, _examples) in COMMANDS.items():
         sub.add_parser(name, help=summary.replace("%", "%%"), add_help=False)
@@ -382,8 +383,7 @@ def _dispatch(argv: list[str]) -> int:
         return EXIT_USAGE
     name, rest = argv[0], argv[1:]
     if name in ("-h", "--help"):
-        top_parser().print_help()
-        return 0
+        top_parser().parse_args(argv)  # prints the help; SystemExit(0), as every --help here
     if name not in COMMANDS:
         from fairalign.errors import ConfigError
 
@@ -392,11 +392,7 @@ def _dispatch(argv: list[str]) -> int:
         raise ConfigError(f"unknown command '{name}'; {hint}commands: {', '.join(COMMANDS)}")
     if name in OWN_PARSERS:
         return OWN_PARSERS[name](rest)
-    try:
-        ns = command_parser(name).parse_intermixed_args(rest)
-    except SystemExit as e:  # --help
-        return e.code or 0
-    return RUNNERS[name](ns)
+    return RUNNERS[name](command_parser(name).parse_intermixed_args(rest))  # --help: SystemExit(0)
 
 
 def main(argv: list[str] | None = None) -> int:

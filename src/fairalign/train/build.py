@@ -62,9 +62,16 @@ def _run_files(run_dir: Path) -> list[str]:
 
 
 def check_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
-    """A ConfigError when a new run (not `resume`, not `overwrite`) would write into another run's directory."""
-    if resume or overwrite or not run_dir.is_dir():
+    """A ConfigError when the directory is in use by a live run (its lock), or when a new run (not `resume`,
+    not `overwrite`) would write into another run's directory."""
+    if not run_dir.is_dir():
         return
+    RunLock(run_dir).release()  # a live run holds it: "in use by another fairalign run (pid N)"
+    if not (resume or overwrite):
+        _refuse_another_run(run_dir)
+
+
+def _refuse_another_run(run_dir: Path) -> None:
     found = _run_files(run_dir)
     if found:
         raise ConfigError(f"output_dir '{run_dir}' holds another run ({', '.join(found)}); continue it with "
@@ -98,7 +105,8 @@ def open_run_dir(run_dir: Path, dist: Dist, resume: bool, *, overwrite: bool = F
         lock = RunLock(run_dir)
         if overwrite and not resume:
             remove_run_files(run_dir)
-        check_run_dir(run_dir, resume=resume, overwrite=False)
+        if not resume:
+            _refuse_another_run(run_dir)
     if not resume:
         return lock, 0, None
     if not ckpt.list_checkpoints(run_dir):
@@ -109,10 +117,16 @@ def open_run_dir(run_dir: Path, dist: Dist, resume: bool, *, overwrite: bool = F
         raise ConfigError(f"--resume: no checkpoint under '{run_dir / 'checkpoints'}' verifies (each has a damaged "
                           f"or missing file, named above); start a new run")
     step, path = found
-    if steps is not None and step > steps:
-        raise ConfigError(f"--resume: steps={steps} is below the run's checkpoint, step {step}; steps is the run's "
-                          f"total, so give steps={step + 1} or more to train on")
+    if steps is not None:
+        check_resume_steps(step, steps)
     return lock, step, path
+
+
+def check_resume_steps(step: int, steps: int) -> None:
+    """A ConfigError when a run resumed from checkpoint `step` is given a total of `steps` below it."""
+    if step > steps:
+        raise ConfigError(f"--resume: steps={steps} is below the run's newest checkpoint, step {step}; steps is the "
+                          f"run's total, so give steps={step + 1} or more to train on")
 
 
 def lora_config(cfg: Config):
