@@ -339,6 +339,8 @@ def test_doc_script_trains_as_written_on_a_cpu(model_dir, tmp_path, monkeypatch,
         assert old in code
         code = code.replace(old, new)
     assert "use_cpu" not in code
+    text = DOC.read_text().split("### The diff")[0]
+    assert "`Qwen/Qwen2.5-0.5B-Instruct`, which TRL **downloads**" in text  # the page says it is a download
     (tmp_path / script).write_text(code)
     monkeypatch.chdir(tmp_path)
     trainer = runpy.run_path(str(tmp_path / script))["trainer"]

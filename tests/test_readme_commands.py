@@ -108,3 +108,13 @@ def test_readme_two_process_lines(tmp_path, monkeypatch, capsys):
         _run_line(line, capsys)
     for name in ("grpo-ddp", "grpo-fsdp2"):
         assert _steps(Path("runs") / name) == [1, 2], name
+
+
+def test_quick_start_says_how_to_run_fairalign_after_make():
+    text = (ROOT / "README.md").read_text()
+    quick = text[text.index("## Quick start"):text.index("### What `make demo` shows")]
+    assert "`.venv/bin/fairalign`" in quick and "`source .venv/bin/activate`" in quick
+    assert "`make install`" in quick
+    makefile = (ROOT / "Makefile").read_text()
+    assert re.search(r"^install: \$\(STAMP\)$", makefile, re.M)  # the target README names
+    assert re.search(r"^demo: \$\(STAMP\)$", makefile, re.M) and re.search(r"^test: \$\(STAMP\)$", makefile, re.M)
