@@ -181,11 +181,11 @@ def cmd_train(ns) -> int:
 
 
 def _train(cfg, ns) -> int:
-    from fairalign.train.trainer import Trainer, run_header
+    from fairalign.train.trainer import Trainer
 
     trainer = Trainer(cfg, resume=bool(ns.resume), overwrite=ns.overwrite)
     if trainer.dist.is_main:
-        print(run_header(cfg, trainer.step), flush=True)
+        print(trainer.header(), flush=True)
     rows = trainer.train()
     if trainer.dist.is_main:
         from fairalign.report.run_plots import make_plots

@@ -57,16 +57,6 @@ from fairalign.train.update import PolicyUpdate
 from fairalign.train.update_stats import sequence_advantages
 
 
-def run_header(cfg: Config, start_step: int = 0) -> str:
-    """What `fairalign train` prints before its first step: the run in three lines."""
-    r = cfg.rollout
-    steps = f"steps {start_step + 1}-{cfg.steps} of {cfg.steps} (resumed)" if start_step else f"{cfg.steps} steps"
-    warm = f", after a {cfg.sft.steps}-step supervised warm-up" if cfg.sft.steps and not start_step else ""
-    return (f"fairalign train -> {cfg.output_dir}\n"
-            f"  model {cfg.model}, task {cfg.task}, loss {cfg.algo.loss}, advantage {cfg.algo.advantage}\n"
-            f"  {steps}, each {r.prompts_per_step} prompts x {r.generations} samples{warm}")
-
-
 class TrainerCallback:
     """Hooks for whoever drives a run (`fairalign compare`, a notebook). Every method does nothing by
     default; override the ones you need. They run on every rank."""
@@ -147,6 +137,15 @@ class Trainer:
         self.update.loss = value
 
     # ------------------------------------------------------------------ setup
+    def header(self) -> str:
+        """What `fairalign train` prints before the first step: the run in three lines."""
+        cfg, r = self.cfg, self.cfg.rollout
+        steps = f"steps {self.step + 1}-{cfg.steps} of {cfg.steps} (resumed)" if self.step else f"{cfg.steps} steps"
+        warm = "" if self.sft_done else f", after a {cfg.sft.steps}-step supervised warm-up"
+        return (f"fairalign train -> {self.run_dir}\n"
+                f"  model {cfg.model}, task {cfg.task}, loss {cfg.algo.loss}, advantage {cfg.algo.advantage}\n"
+                f"  {steps}, each {r.prompts_per_step} prompts x {r.generations} samples{warm}")
+
     def _open_logs(self, resume: bool) -> RunLogger:
         """config.yaml (relative file paths made absolute, so the run can be evaluated and resumed from any
         folder), and the logs (on resume cut back to the checkpoint's step)."""
