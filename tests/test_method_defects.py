@@ -140,7 +140,7 @@ def test_kl_reference_survives_resume(tmp_path):
     full = Trainer(_rlpa_cfg(tmp_path, "full", steps=2)).train()
     cfg = _rlpa_cfg(tmp_path, "cut", steps=2)
     Trainer(cfg).train(stop_after=1)
-    tr = Trainer(cfg)  # fresh process state would not have the warm-up model in memory
+    tr = Trainer(cfg, resume=True)  # fresh process state would not have the warm-up model in memory
     del tr
     resumed = Trainer(cfg, resume=True).train()
     assert resumed[-1]["step"] == 2

@@ -225,8 +225,9 @@ def test_second_run_on_a_live_directory_refuses(tmp_path):
     assert q.returncode == 2
     assert err.strip().splitlines()[-1].startswith(f"fairalign: error: output_dir '{run}' is in use by another "
                                                     f"fairalign run (pid {p.pid})")
-    # the killed run's lock is stale: --resume works
-    r = _cli("train", "--resume", str(run), "steps=1")  # at or past step 1: finishes at once
+    # the killed run's lock is stale: --resume works (steps = its newest checkpoint: it finishes at once)
+    newest = max(int(c.name.split("-")[1]) for c in (run / "checkpoints").glob("step-*"))
+    r = _cli("train", "--resume", str(run), f"steps={newest}")
     _, err = r.communicate(timeout=300)
     assert r.returncode == 0, err
 

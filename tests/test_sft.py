@@ -89,7 +89,7 @@ def test_sft_only_run_and_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="sft.batch_size"):
         _cfg(tmp_path, sft={"batch_size": 0})
     with pytest.raises(ValueError, match="demonstrations"):
-        Trainer(_cfg(tmp_path, task="arithmetic", task_options={})).train()
+        Trainer(_cfg(tmp_path, task="arithmetic", task_options={}, output_dir=str(tmp_path / "arith"))).train()
 
 
 def test_keep_last_never_prunes_the_warmup_checkpoint(tmp_path):

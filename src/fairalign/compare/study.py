@@ -36,6 +36,7 @@ from fairalign.compare.results import (
 from fairalign.compare.spec import UNTRAINED, Study, load_study, training_differences
 from fairalign.compare.table import format_table
 from fairalign.config import Config, build_config, load_yaml, to_dict
+from fairalign.config.paths import absolute_paths
 from fairalign.errors import ConfigError, EnvironmentFault, TrainingError
 from fairalign.train.logging import format_duration
 from fairalign.train.trainer import TrainerCallback
@@ -61,7 +62,7 @@ def run_state(study: Study, arm: str, seed: int) -> tuple[str, int]:
     except ConfigError as e:
         raise ConfigError(f"run '{run_dir}': its config.yaml cannot be used ({e}); delete the run or choose another "
                           f"output_dir") from None
-    diff = training_differences(old, cfg)
+    diff = training_differences(old, absolute_paths(cfg))  # config.yaml holds absolute file paths
     if diff:
         k = diff[0]
         raise ConfigError(f"run '{run_dir}' was trained with another config: '{k}' is {_get(old, k)!r} there, "

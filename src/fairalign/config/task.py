@@ -2,7 +2,8 @@
 `reward_timeout_s`, `task_options.*`), built through the task registry; errors are reported in config
 keys (`task_reward=`, `task_options.*`) rather than the task factory's Python argument names.
 Simplification: the translation is a fixed table of the factories' argument names (get_task's keywords
-and the built-in tasks' options), applied to the message of the task layer's ValueError."""
+and the built-in tasks' options), applied to the message of the task layer's ValueError up to a hint for
+Python users ("; in Python, get_task(..., reward_funcs=[...])"), which keeps the Python names."""
 from __future__ import annotations
 
 import re
@@ -26,9 +27,10 @@ def in_config_terms(message: str) -> str:
         return f"unknown config key 'task_options.{unknown.group(1)}' for task '{unknown.group(2)}'; valid: {valid or 'none'}"
     if message.startswith("bad reward function spec"):
         return f"config key 'task_reward': {message}"
+    message, python = (message.split("; in Python, ", 1) + [None])[:2]  # a Python hint keeps Python's names
     for pattern, key in _CONFIG_TERMS:
         message = pattern.sub(key, message)
-    return message
+    return message if python is None else f"{message}; in Python, {python}"
 
 
 def task_from_config(cfg: Config):

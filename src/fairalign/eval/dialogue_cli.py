@@ -30,6 +30,9 @@ While it runs, the finished batches of dialogues are kept in dialogue_eval.parti
 folder: when a remote user or judge keeps failing, the command stops (exit 1) naming the role, the endpoint
 and the fault, and the same command, rerun once the endpoint works, does not replay them.
 
+Example:
+    fairalign eval-dialogue runs/rlpa-smollm2-cpu --profiles 16 --max-new-tokens 160
+
 Simplification: the test profiles are the task's test split in order (the first N).
 """
 from __future__ import annotations

@@ -68,7 +68,10 @@ def resolve_target(target: str, overrides: list[str], checkpoint: int | None = N
         raise ConfigError(f"{command}: '{target}' is neither a run directory (no config.yaml) nor a model folder "
                           f"(no config.json)")
     if target.startswith(("runs/", "./runs/")) and not run.exists():
-        raise ConfigError(f"{command}: run directory '{target}' does not exist")
+        raise ConfigError(f"{command}: run directory '{target}' does not exist (a run writes it: `fairalign demo` "
+                          f"writes runs/demo, `fairalign train` its output_dir)")
+    if target.startswith(("./", "../", "/", "~")) and not run.expanduser().exists():
+        raise ConfigError(f"{command}: '{target}' does not exist (neither a run directory nor a model folder)")
     return build_config({}, [*overrides, f"model={target}"]), None, None
 
 

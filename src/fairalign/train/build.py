@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import shutil
 import sys
 from pathlib import Path
 
@@ -45,9 +46,55 @@ def set_threads(cfg: Config) -> None:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 
-def open_run_dir(run_dir: Path, dist: Dist, resume: bool) -> tuple[RunLock | None, int, Path | None]:
+# what a run writes into its directory (besides the lock): what --overwrite deletes
+RUN_FILES = ("config.yaml", "metrics.jsonl", "samples.jsonl", "sft_metrics.jsonl", "checkpoints", "final",
+             "reference", "tb", ".tmp-final", "report.html", "summary.json", "eval.json", "reward_by_group.png",
+             "clip_rate_by_length.png", "response_length.png", "dialogue_eval.json", "dialogue_al.png", "wandb")
+
+
+def _run_files(run_dir: Path) -> list[str]:
+    """The files of a run in `run_dir` that a new run would mix with: its logs, a complete checkpoint, its
+    final model (a config.yaml alone is left by a run stopped before its first step: nothing to mix)."""
+    found = [n for n in ("metrics.jsonl", "samples.jsonl", "sft_metrics.jsonl") if (run_dir / n).exists()]
+    found += ["final/"] if (run_dir / "final").exists() else []
+    steps = ckpt.list_checkpoints(run_dir) if (run_dir / "checkpoints").is_dir() else []
+    return found + ([f"checkpoints/step-{steps[-1][0]}"] if steps else [])
+
+
+def check_run_dir(run_dir: Path, *, resume: bool, overwrite: bool) -> None:
+    """A ConfigError when the directory is in use by a live run (its lock), or when a new run (not `resume`,
+    not `overwrite`) would write into another run's directory."""
+    if not run_dir.is_dir():
+        return
+    RunLock(run_dir).release()  # a live run holds it: "in use by another fairalign run (pid N)"
+    if not (resume or overwrite):
+        _refuse_another_run(run_dir)
+
+
+def _refuse_another_run(run_dir: Path) -> None:
+    found = _run_files(run_dir)
+    if found:
+        raise ConfigError(f"output_dir '{run_dir}' holds another run ({', '.join(found)}); continue it with "
+                          f"--resume {run_dir}, choose a new output_dir=..., or delete it and start over with "
+                          f"--overwrite")
+
+
+def remove_run_files(run_dir: Path) -> None:
+    """Delete what a run wrote into `run_dir` (RUN_FILES and eval-step-N/); other files are left alone."""
+    for p in run_dir.iterdir():
+        if p.name in RUN_FILES or p.name.startswith("eval-step-"):
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+
+
+def open_run_dir(run_dir: Path, dist: Dist, resume: bool, *, overwrite: bool = False,
+                 steps: int | None = None) -> tuple[RunLock | None, int, Path | None]:
     """Create the run directory and take its lock (rank 0: one live run per directory; a killed run's
-    lock is released by the OS). With `resume`: the newest checkpoint that verifies, as (step, path).
+    lock is released by the OS). A new run refuses a directory that holds another run's logs or
+    checkpoints (`overwrite`: they are deleted first, under the lock). With `resume`: the newest checkpoint
+    that verifies, as (step, path); `steps` (the run's total) may not be below it.
     Returns (lock, step, checkpoint path or None)."""
     lock = None
     if dist.is_main:
@@ -56,6 +103,10 @@ def open_run_dir(run_dir: Path, dist: Dist, resume: bool) -> tuple[RunLock | Non
         except OSError as e:
             raise ConfigError(f"output_dir '{run_dir}' cannot be created: {e.strerror or e}") from None
         lock = RunLock(run_dir)
+        if overwrite and not resume:
+            remove_run_files(run_dir)
+        if not resume:
+            _refuse_another_run(run_dir)
     if not resume:
         return lock, 0, None
     if not ckpt.list_checkpoints(run_dir):
@@ -66,7 +117,16 @@ def open_run_dir(run_dir: Path, dist: Dist, resume: bool) -> tuple[RunLock | Non
         raise ConfigError(f"--resume: no checkpoint under '{run_dir / 'checkpoints'}' verifies (each has a damaged "
                           f"or missing file, named above); start a new run")
     step, path = found
+    if steps is not None:
+        check_resume_steps(step, steps)
     return lock, step, path
+
+
+def check_resume_steps(step: int, steps: int) -> None:
+    """A ConfigError when a run resumed from checkpoint `step` is given a total of `steps` below it."""
+    if step > steps:
+        raise ConfigError(f"--resume: steps={steps} is below the run's newest checkpoint, step {step}; steps is the "
+                          f"run's total, so give steps={step + 1} or more to train on")
 
 
 def lora_config(cfg: Config):

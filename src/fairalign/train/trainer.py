@@ -32,6 +32,7 @@ import torch
 
 from fairalign.config import Config, dump_yaml
 from fairalign.config.methods import resolve_estimator, resolve_policy_loss
+from fairalign.config.paths import absolute_paths
 from fairalign.config.task import task_from_config
 from fairalign.dist import Dist, from_env
 from fairalign.errors import ConfigError, EnvironmentFault, StopRequested, TrainingError
@@ -69,7 +70,7 @@ class TrainerCallback:
 
 class Trainer:
     def __init__(self, cfg: Config, *, run_dir: str | Path | None = None, resume: bool = False,
-                 dist: Dist | None = None, progress: bool | None = None, callbacks=()):
+                 overwrite: bool = False, dist: Dist | None = None, progress: bool | None = None, callbacks=()):
         self.cfg = cfg
         self.dist = dist or from_env(cfg.dist_strategy)
         self.run_dir = Path(run_dir or cfg.output_dir)
@@ -81,7 +82,8 @@ class Trainer:
         self.consecutive_skips = 0
         self.sft_done = cfg.sft.steps == 0  # the supervised warm-up (sft.*) runs once, before step 1
         self.stopped_by: int | None = None  # the signal that came during the last step of train()
-        self._lock, self.step, start_ckpt = open_run_dir(self.run_dir, self.dist, resume)
+        self._lock, self.step, start_ckpt = open_run_dir(self.run_dir, self.dist, resume, overwrite=overwrite,
+                                                         steps=cfg.steps)
         self.policy = build_policy(cfg, self.dist, self.task, start_ckpt)
         self.ref_model = None  # built once the policy RL starts from exists (after any warm-up): _setup_reference
         self.optimizer = adamw(self.policy.parameters(), cfg.optim.lr, cfg)
@@ -135,9 +137,19 @@ class Trainer:
         self.update.loss = value
 
     # ------------------------------------------------------------------ setup
+    def header(self) -> str:
+        """What `fairalign train` prints before the first step: the run in three lines."""
+        cfg, r = self.cfg, self.cfg.rollout
+        steps = f"steps {self.step + 1}-{cfg.steps} of {cfg.steps} (resumed)" if self.step else f"{cfg.steps} steps"
+        warm = "" if self.sft_done else f", after a {cfg.sft.steps}-step supervised warm-up"
+        return (f"fairalign train -> {self.run_dir}\n"
+                f"  model {cfg.model}, task {cfg.task}, loss {cfg.algo.loss}, advantage {cfg.algo.advantage}\n"
+                f"  {steps}, each {r.prompts_per_step} prompts x {r.generations} samples{warm}")
+
     def _open_logs(self, resume: bool) -> RunLogger:
-        """config.yaml, and the logs (on resume cut back to the checkpoint's step)."""
-        (self.run_dir / "config.yaml").write_text(dump_yaml(self.cfg))
+        """config.yaml (relative file paths made absolute, so the run can be evaluated and resumed from any
+        folder), and the logs (on resume cut back to the checkpoint's step)."""
+        (self.run_dir / "config.yaml").write_text(dump_yaml(absolute_paths(self.cfg)))
         if resume:
             truncate_after_step(self.run_dir / "metrics.jsonl", self.step)
             truncate_after_step(self.run_dir / "samples.jsonl", self.step)
