@@ -278,8 +278,7 @@ def test_doc_rlpa_script_trains(model_dir, tmp_path, monkeypatch):
                      ("per_device_train_batch_size=8", "per_device_train_batch_size=4"),
                      ("num_generations=4", "num_generations=2"),
                      ("max_completion_length=128", "max_completion_length=8"),
-                     ("max_steps=100", "max_steps=2"), ("max_turns=4", "max_turns=2"),
-                     ("logging_steps=1,", "logging_steps=1, use_cpu=True,")):
+                     ("max_steps=100", "max_steps=2"), ("max_turns=4", "max_turns=2")):
         assert old in rlpa
         rlpa = rlpa.replace(old, new)
     (tmp_path / "rlpa_personas.py").write_text(rlpa)

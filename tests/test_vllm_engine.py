@@ -168,7 +168,10 @@ def test_greedy_asks_one_sample_and_repeats_it(tiny_policy):
     eng, fake = make_engine(model, tok, script_from(ref, 2, greedy=True), max_new_tokens=5, temperature=0)
     got = eng.generate(PROMPTS, generations=2)  # FakeLLM's SamplingParams raise if n > 1 here
     assert_same_batch(got, ref)
-    assert torch.equal(got.engine_logp, ref.old_logp)
+    # the engine repeats sample 0's log-probs; the reference's second (identical) greedy row comes from another
+    # row of a batched forward, which may differ from the first in the last bit on a busy CPU
+    torch.testing.assert_close(got.engine_logp, ref.old_logp, rtol=0, atol=1e-6)
+    assert torch.equal(got.engine_logp[::2], ref.old_logp[::2])  # the row it replays: exactly
     for sp in fake.calls[0]["params"]:
         assert sp.kw["n"] == 1 and sp.kw["temperature"] == 0.0 and "seed" not in sp.kw and "top_p" not in sp.kw
 
