@@ -9,7 +9,9 @@ How each line is treated (a line = one shell command, `\\` continuations joined,
   checkout's src (the temporary folder has none).
 - `--num-processes 2` and `torchrun --nproc_per_node 2` CPU lines: run (two gloo workers each, ~20 s),
   in their own test, marked slow.
-- GPU, multi-machine, vLLM and live-server lines, and usage synopses: SKIPPED below, each with its reason.
+- GPU, multi-machine, vLLM and live-server lines, and usage synopses: SKIPPED below, each with its reason;
+  what they name is still checked (their CONFIG and KEY=VALUEs through `fairalign config`, the
+  accelerate config file, a synopsis's options in --help).
 - `python benchmarks/X.py ...`: not fairalign commands; the script exists and `--help` lists every
   option the line uses (a full run is a benchmark: minutes).
 - `pip install`: not run (network, and it would change the environment); the extra it names exists in
@@ -67,7 +69,8 @@ def _lines(page: str) -> list[str]:
     out = []
     for block in re.findall(r"```bash\n(.*?)```", text, re.S):
         for line in block.replace("\\\n", " ").splitlines():
-            code = " ".join(shlex.split(line, comments=True)) if "[" not in line else \
+            # a synopsis's [OPTIONAL ...] parts are kept as written; elsewhere the shell's own quoting
+            code = shlex.join(shlex.split(line, comments=True)) if "[" not in line else \
                 " ".join(line.split("#")[0].split())
             if code:
                 out.append(code)
@@ -131,7 +134,9 @@ def test_page_commands_run_in_order(tmp_path, monkeypatch, capsys):
     assert _steps(runs / "rlpa-smollm2-cpu") == [1, 2]
     for name in ("rlpa-smollm2-cpu", "eval-untrained", "rlpa-sft-only"):
         assert (runs / name / "dialogue_eval.json").is_file(), name
-    assert not (runs / "rlpa-sft-only" / "metrics.jsonl").exists() or _steps(runs / "rlpa-sft-only") == []
+    sft_only = runs / "rlpa-sft-only"  # steps=0 sft.steps=10: the warm-up's 10 steps, no RL step
+    assert len((sft_only / "sft_metrics.jsonl").read_text().splitlines()) == 10
+    assert not (sft_only / "metrics.jsonl").exists() or _steps(sft_only) == []
     assert (Path("docs/figures") / "clip_rate_by_length.json").is_file()
     assert (runs / "simulate-none" / "clip_rate_by_length.json").is_file()
 
@@ -208,6 +213,28 @@ def test_lines_that_are_not_fairalign_commands():
     assert targets == ["simulate"]
     for target in targets:
         assert re.search(rf"^{target}:", (ROOT / "Makefile").read_text(), re.M), target
+
+
+def test_skipped_lines_name_real_things(tmp_path, monkeypatch, capsys):
+    """What a skipped line names is checked without the GPU or server it needs: its config (the
+    same CONFIG and KEY=VALUEs through `fairalign config`, which refuses an unknown key or bad value),
+    its accelerate config file, and a synopsis's options (in the command's --help)."""
+    monkeypatch.chdir(tmp_path)
+    run_cli("fairalign config pgrpo-fspo output_dir=runs/my_run > my_run.yaml", capsys)  # docs/training.md
+    for line in SKIPPED:
+        if line.startswith("fairalign eval-dialogue RUN_DIR_OR_MODEL"):
+            from fairalign.cli import main
+            with pytest.raises(SystemExit):
+                main(["eval-dialogue", "--help"])
+            usage = capsys.readouterr().out
+            assert all(flag in usage for flag in re.findall(r"--[a-z-]+", line)), line
+            continue
+        words = shlex.split(line)
+        if "--config_file" in words:
+            assert (ROOT / words[words.index("--config_file") + 1]).is_file(), line
+        train = words.index("train")
+        config = run_cli(shlex.join(["fairalign", "config", *words[train + 1:]]), capsys)
+        assert yaml.safe_load(config)["model"], line
 
 
 @pytest.mark.slow
