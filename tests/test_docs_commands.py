@@ -207,8 +207,8 @@ def test_lines_that_are_not_fairalign_commands():
                     for f in files:
                         assert re.search(rf"^{f}(::|: [1-9])", done.stdout, re.M), (line, f)  # -q or -qq
     assert set(helps) == {"benchmarks/profile_step.py", "benchmarks/step_time.py", "benchmarks/rlpa_compare.py"}
-    blocks = "".join(b for page in PAGES for b in re.findall(r"```bash\n(.*?)```", (ROOT / f"docs/{page}.md").read_text(),
-                                                               re.S))
+    pages = "".join((ROOT / f"docs/{page}.md").read_text() for page in PAGES)
+    blocks = "".join(re.findall(r"```bash\n(.*?)```", pages, re.S))
     targets = re.findall(r"# .*?\bmake (\w+)", blocks)
     assert targets == ["simulate"]
     for target in targets:
