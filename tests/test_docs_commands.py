@@ -161,7 +161,8 @@ def test_inline_commands_run(tmp_path, monkeypatch, capsys):
     Path("my_tasks.py").write_text(re.search(r"```python\n(.*?)```", section, re.S).group(1))
     commands = [s for s in _inline() if _is_command(s)]
     assert commands == [
-        "fairalign config --keys", "fairalign config rlpa-smollm2-cpu", "fairalign train dapo",
+        "fairalign config --keys", "fairalign config pgrpo-fspo output_dir=runs/my_run > my_run.yaml",
+        "fairalign config rlpa-smollm2-cpu", "fairalign train dapo",
         "fairalign train pgrpo-fspo model=tiny task=personas steps=40 rollout.prompts_per_step=4 "
         "rollout.generations=4 rollout.max_new_tokens=16 algo.pgrpo_min_count=4 optim.lr=3e-4",  # docs/report.md
         "fairalign train ppo", "fairalign train task=my_tasks.py:make_my_task task_options.n=50"], commands
@@ -171,6 +172,7 @@ def test_inline_commands_run(tmp_path, monkeypatch, capsys):
     assert _steps(runs / "dapo") == [1, 2] and _steps(runs / "ppo") == [1, 2]
     assert _steps(runs / "pgrpo-fspo") == [1, 2, 3, 4]  # steps=40 -> 4
     assert _steps(runs / "run") == [1, 2]  # the task from my_tasks.py, output_dir left at its default
+    assert yaml.safe_load(Path("my_run.yaml").read_text())["output_dir"] == "runs/my_run"  # docs/distributed.md
 
 
 def test_lines_that_are_not_fairalign_commands():
