@@ -12,18 +12,15 @@ default suite. The runs must not collide: each trains into its own directory and
 its own steps."""
 import json
 import re
-import shlex
 import shutil
 from pathlib import Path
 
 import pytest
 import yaml
 
-from fairalign.cli import main
+from docs_support import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["model=tiny", "rollout.prompts_per_step=2", "rollout.generations=2", "rollout.max_new_tokens=6",
-        "eval.examples=2", "log.tensorboard=false", "log.progress=false"]
 
 
 def readme_commands() -> list[str]:
@@ -31,23 +28,6 @@ def readme_commands() -> list[str]:
     section = text[text.index("## Command line"):text.index("## Python API")]
     (block,) = re.findall(r"```bash\n(.*?)```", section, re.S)
     return [line for line in block.splitlines() if line.strip()]
-
-
-def tiny(argv: list[str]) -> list[str]:
-    """The test's additions to one command (see the module docstring)."""
-    command = argv[1]
-    if command == "train":
-        steps = [a for a in argv if a.startswith("steps=")]
-        if steps == ["steps=40"]:
-            return [a if a != "steps=40" else "steps=4" for a in argv] + TINY
-        return argv + TINY + ([] if steps else ["steps=2"]) + ["sft.steps=2"] * ("rlpa-smollm2-cpu" in argv)
-    if command == "demo":
-        return argv + TINY + ["steps=2", "save_every=1"]
-    if command == "compare":
-        return argv + TINY + ["seeds=2", "steps=1"]
-    if command == "eval-dialogue":
-        return argv + ["--max-turns", "2"]
-    return argv  # config, eval, report, simulate-clipping: no model to shrink (eval reads the run's config)
 
 
 def _steps(run: Path) -> list[int]:
@@ -62,19 +42,6 @@ def _setup(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
 
 
-def _run_line(line: str, capsys) -> None:
-    argv = shlex.split(line, comments=True)
-    assert argv[0] == "fairalign", line
-    redirect = argv[argv.index(">") + 1] if ">" in argv else None
-    argv = argv[:argv.index(">")] if redirect else argv
-    capsys.readouterr()
-    code = main(tiny(argv)[1:])
-    out = capsys.readouterr()
-    assert code == 0, f"{line}\n{out.err[-2000:]}"
-    if redirect:
-        Path(redirect).write_text(out.out)
-
-
 def _two_processes(line: str) -> bool:
     return "--num-processes 2" in line
 
@@ -85,7 +52,7 @@ def test_readme_command_block_runs_top_to_bottom_without_collisions(tmp_path, mo
     assert len(lines) == 16 and sum(map(_two_processes, lines)) == 2
     for line in lines:
         if not _two_processes(line):  # the slow test below runs these
-            _run_line(line, capsys)
+            run_cli(line, capsys)
     runs = Path("runs")
     assert _steps(runs / "pgrpo-fspo") == [1, 2, 3, 4, 5]  # steps=5, not mixed with any other run
     assert _steps(runs / "my_run") == [1, 2, 3, 4]  # trained to 2, resumed to 4
@@ -105,7 +72,7 @@ def test_readme_two_process_lines(tmp_path, monkeypatch, capsys):
     _setup(tmp_path, monkeypatch)
     lines = [line for line in readme_commands() if _two_processes(line)]
     for line in lines:
-        _run_line(line, capsys)
+        run_cli(line, capsys)
     for name in ("grpo-ddp", "grpo-fsdp2"):
         assert _steps(Path("runs") / name) == [1, 2], name
 
