@@ -202,48 +202,44 @@ def load_final(cfg: Config, run_dir: Path):
     return load_policy_for_eval(cfg, str(run_dir / "final"))
 
 
-def evaluate_run(study: Study, arm: str, seed: int, model, tokenizer) -> dict:
-    """The task's evaluation of a trained run (`Task.evaluate`: held-out reward, or a dialogue task's own
-    metrics), written to ARM/seed-S/eval.json with its settings."""
+def _evaluate_into(study: Study, cfg: Config, model, tokenizer, out_dir: Path, weights: str, **extra) -> dict:
+    """`evaluate_policy` (-> `Task.evaluate`) of `model` with the study's eval settings, written to
+    out_dir/eval.json with `extra`; the finished batches are kept while it runs, so a remote fault stops the
+    study with a rerun hint and the rerun evaluates only the rest."""
     from fairalign.config.task import task_from_config
     from fairalign.eval.partial import PartialResults, evaluation_settings
     from fairalign.eval.run import evaluate_policy
 
-    cfg, run_dir = study.configs[arm][seed], study.run_dir(arm, seed)
     ecfg = build_config(to_dict(cfg), study.eval_overrides)
-    parts = PartialResults(run_dir / PARTIAL_EVAL_FILE, evaluation_settings(ecfg, str(run_dir / "final")))
+    parts = PartialResults(out_dir / PARTIAL_EVAL_FILE, evaluation_settings(ecfg, weights))
     try:
         res = evaluate_policy(model, tokenizer, task_from_config(ecfg), ecfg, parts=parts)
-    except EnvironmentFault as e:  # what was evaluated is kept; the rerun evaluates the rest
+    except EnvironmentFault as e:
         again = " ".join(["fairalign compare", str(study.path), *study.command_line])
         raise parts.stopped(e, f"rerun `{again}` to continue the study") from e
     res["eval_settings"] = eval_settings(study, cfg)
-    _write_json(run_dir / EVAL_FILE, res)
+    res.update(extra)
+    _write_json(out_dir / EVAL_FILE, res)
     parts.finish()
     return res
 
 
+def evaluate_run(study: Study, arm: str, seed: int, model, tokenizer) -> dict:
+    """The task's evaluation of a trained run (`Task.evaluate`: held-out reward, or a dialogue task's own
+    metrics), written to ARM/seed-S/eval.json with its settings."""
+    run_dir = study.run_dir(arm, seed)
+    return _evaluate_into(study, study.configs[arm][seed], model, tokenizer, run_dir, str(run_dir / "final"))
+
+
 def evaluate_untrained(study: Study, seed: int) -> dict:
     """The baseline arm's starting policy (its model before any training step) evaluated as the runs of this
-    seed are (`evaluate_policy` -> `Task.evaluate`), written to untrained/seed-S/eval.json."""
-    from fairalign.config.task import task_from_config
-    from fairalign.eval.partial import PartialResults, evaluation_settings
-    from fairalign.eval.run import evaluate_policy, load_policy_for_eval
+    seed are, written to untrained/seed-S/eval.json."""
+    from fairalign.eval.run import load_policy_for_eval
 
     cfg = study.configs[study.arms[0]][seed]
-    ecfg = build_config(to_dict(cfg), study.eval_overrides)
-    model, tok = load_policy_for_eval(ecfg, None)
-    out_dir = study.untrained_dir(seed)
-    parts = PartialResults(out_dir / PARTIAL_EVAL_FILE, evaluation_settings(ecfg, ecfg.model))
-    try:
-        res = evaluate_policy(model, tok, task_from_config(ecfg), ecfg, parts=parts)
-    except EnvironmentFault as e:  # what was evaluated is kept; the rerun evaluates the rest
-        again = " ".join(["fairalign compare", str(study.path), *study.command_line])
-        raise parts.stopped(e, f"rerun `{again}` to continue the study") from e
-    res["eval_settings"] = eval_settings(study, cfg)
-    res["starting_policy"] = starting_policy(study, cfg)
-    _write_json(out_dir / EVAL_FILE, res)
-    parts.finish()
+    model, tok = load_policy_for_eval(build_config(to_dict(cfg), study.eval_overrides), None)
+    res = _evaluate_into(study, cfg, model, tok, study.untrained_dir(seed), cfg.model,
+                         starting_policy=starting_policy(study, cfg))
     del model, tok
     _free_memory()
     return res
