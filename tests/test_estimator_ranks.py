@@ -14,17 +14,7 @@ import torch
 from replay_support import write_worker
 
 from fairalign.algos import LOCAL, build_estimator, compute_advantages
-
-
-class _TwoRanks:
-    """Collectives of rank `rank` of 2 whose other rank gathers `other` (what all_gather_objects returns)."""
-    world = 2
-
-    def __init__(self, rank, other):
-        self.rank, self.other = rank, other
-
-    def all_gather_objects(self, obj):
-        return [obj, self.other] if self.rank == 0 else [self.other, obj]
+from two_ranks import TwoRanks
 
 
 def test_batch_joint_over_two_ranks_equals_one_process():
@@ -35,7 +25,7 @@ def test_batch_joint_over_two_ranks_equals_one_process():
     for k, h in enumerate(halves):
         other = halves[1 - k]
         est = build_estimator("batch_joint")
-        adv = est(r[h], idx[h], ["g"] * 4, _TwoRanks(k, (r[other].tolist(),)))
+        adv = est(r[h], idx[h], ["g"] * 4, TwoRanks(k, (r[other].tolist(),)))
         torch.testing.assert_close(adv, one[h])
         assert est.metrics() == pytest.approx({"batch_joint/mean": float(r.double().mean()),
                                                "batch_joint/std": float(r.double().std())})

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from fairalign.algos import (ESTIMATOR_REGISTRY, LOCAL, build_estimator, compute_gae, compute_value_loss,
                              explained_variance, last_token_rewards)
+from two_ranks import TwoRanks
 
 
 # ----------------------------------------------------------------------------- references (from the formulas)
@@ -135,17 +136,6 @@ def test_last_token_rewards_and_input_errors():
 
 
 # ----------------------------------------------------------------------------- the estimator, as the trainer calls it
-class _TwoRanks:
-    """Collectives of rank `rank` of 2 whose other rank holds `other` (as all_gather_objects returns)."""
-    world = 2
-
-    def __init__(self, rank, other):
-        self.rank, self.other = rank, other
-
-    def all_gather_objects(self, obj):
-        return [obj, self.other] if self.rank == 0 else [self.other, obj]
-
-
 def test_gae_estimator_whitens_over_the_global_batch():
     spec = ESTIMATOR_REGISTRY["gae"]
     assert spec.requires == ("values", "mask") and spec.scope == "batch"
@@ -168,7 +158,7 @@ def test_gae_estimator_whitens_over_the_global_batch():
     raw = [compute_gae(last_token_rewards(R[h], mask[h]), values[h], mask[h], 0.99, 0.9, whiten=False)[0] for h in halves]
     for k, h in enumerate(halves):
         other = [float(x) for x in masked_moments(raw[1 - k], mask[halves[1 - k]])]
-        a, r = est.advantages_and_targets(R[h], torch.arange(3), ["x"] * 3, _TwoRanks(k, other), values=values[h],
+        a, r = est.advantages_and_targets(R[h], torch.arange(3), ["x"] * 3, TwoRanks(k, other), values=values[h],
                                           mask=mask[h])
         torch.testing.assert_close(a, adv[h], atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(r, ret[h])
