@@ -121,7 +121,8 @@ def main(argv=None) -> dict:
     for arm in arms[1:]:
         d = comp["differences"][arm]
         dslope = mean_interval([slope(runs[arm][str(s)]) - slope(runs[base][str(s)]) for s in seeds])
-        tests += [(f"{arm} - {base}, per-seed LRE", d["lre/pooled"]["p"]), (f"{arm} - {base}, length slope", dslope["p"]),
+        tests += [(f"{arm} - {base}, per-seed LRE", d["lre/pooled"]["p"]),
+                  (f"{arm} - {base}, length slope", dslope["p"]),
                   (f"{arm} - {base}, clip rate 1-24", d["clip_rate/len/1-24"]["p"]),
                   (f"{arm} - {base}, held-out reward", d["heldout/reward"]["p"])]
     adjusted = holm([t[1] for t in tests])

@@ -100,7 +100,8 @@ def study(name: str) -> dict:
     wall = {(a, s): comp["runs"][a][s]["time/wall_s"] for a in arms for s in seeds}
     ev = {(a, s): comp["runs"][a][s]["time/eval_s"] for a in arms for s in seeds}
     out["time"] = {"sum_wall_s": sum(wall.values()), "study_wall_s": comp["wall_s"], "sum_eval_s": sum(ev.values()),
-                   "run_wall_s": [min(wall.values()), max(wall.values())], "run_eval_s": [min(ev.values()), max(ev.values())]}
+                   "run_wall_s": [min(wall.values()), max(wall.values())],
+                   "run_eval_s": [min(ev.values()), max(ev.values())]}
     print(f"\n2. Σ time/wall_s over the {len(wall)} runs {sum(wall.values()):.0f} s (runs {min(wall.values()):.0f}–"
           f"{max(wall.values()):.0f} s); study wall_s {comp['wall_s']:.0f} s; Σ time/eval_s {sum(ev.values()):.0f} s "
           f"(runs {min(ev.values()):.1f}–{max(ev.values()):.1f} s)")
@@ -127,8 +128,9 @@ def study(name: str) -> dict:
         for r in rows_of(folder, "pgrpo", s):
             fracs.setdefault(r["step"], []).append(r["pgrpo/history_frac"])
     out["history_frac_by_step"] = {k: [min(v), max(v)] for k, v in sorted(fracs.items())}
+    steps = out["history_frac_by_step"].items()
     print("   pgrpo/history_frac per step, min–max over seeds: " +
-          ", ".join(f"step {k} {100 * lo:.0f}–{100 * hi:.0f}%" for k, (lo, hi) in out["history_frac_by_step"].items()))
+          ", ".join(f"step {k} {100 * lo:.0f}–{100 * hi:.0f}%" for k, (lo, hi) in steps))
     scored = {}
     for a in ("grpo", "pgrpo"):
         for s in seeds:
