@@ -59,7 +59,7 @@ def instrument(trainer, timer: PhaseTimer) -> None:
     """Wrap the update's pieces with timers (the trainer module's names are patched, not fairalign's code)."""
     import torch
     import fairalign.config.methods as mm
-    import fairalign.train.trainer as tm
+    import fairalign.train.policy as tm
 
     # grad-enabled calls only: the no-grad behaviour / reference passes belong to the "logprob" phase
     tm.sequence_logprobs = timer.wrap("  forward (sequence_logprobs)", tm.sequence_logprobs,

@@ -12,12 +12,14 @@ prompts longer than `max_prompt_length` keep their last tokens.
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any, Callable, Hashable, Sequence
 
 import torch
 
 from fairalign.rollout.batch import RolloutBatch
+from fairalign.rollout.decode_kernels import growing_cache, packed_linears
 from fairalign.rollout.engine_base import GenerationEngineBase, Sampling, decode_completions  # noqa: F401 (re-exported)
 from fairalign.rollout.logprobs import gather_logprobs, supports_logits_to_keep
 
@@ -59,7 +61,9 @@ class HFGenerationEngine(GenerationEngineBase):
     Settings, EOS/pad resolution and the prompt side (`render_prompts`, `encode_prompts`) come from
     `GenerationEngineBase`, shared with the vLLM engine. `all_ranks`: flag -> whether it holds on every
     process sharing a sharded model (`Dist.all_ranks`), so decoding stops on every process at the same
-    step; None: the model's forwards are local.
+    step; None: the model's forwards are local. `cpu_kernels` (default on): decode with packed linear
+    weights and a growing KV cache, and drop finished rows from the cache (decode_kernels.py; the same
+    samples up to float rounding); False runs the plain transformers forwards.
     """
 
     def __init__(
@@ -69,12 +73,14 @@ class HFGenerationEngine(GenerationEngineBase):
         sampling: Sampling | None = None,
         *,
         all_ranks: Callable[[bool], bool] | None = None,
+        cpu_kernels: bool = True,
         **settings,
     ):
         super().__init__(tokenizer, getattr(model, "generation_config", None),
                          (sampling or Sampling()).with_(**settings))
         self.model = model
         self.all_ranks = all_ranks or bool
+        self.cpu_kernels = cpu_kernels
 
     # ---- sampling ------------------------------------------------------------------------------
     def _next_token(self, logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -106,13 +112,24 @@ class HFGenerationEngine(GenerationEngineBase):
         device = prompt_ids.device
         n, P = prompt_ids.shape
         B = n * generations
+        kernels = packed_linears(model, B) if self.cpu_kernels else contextlib.nullcontext(0)
+        with kernels:
+            return self._decode(prompt_ids, prompt_mask, generator, generations, return_logprobs, n, P, B)
+
+    def _decode(self, prompt_ids, prompt_mask, generator, generations, return_logprobs, n, P, B):
+        model = self.model
+        device = prompt_ids.device
         eos = torch.tensor(self.eos_token_ids, device=device)
         keep = {"logits_to_keep": 1} if supports_logits_to_keep(model) else {}
+        cache = growing_cache(model) if self.cpu_kernels else None
+        if cache is not None:
+            keep["past_key_values"] = cache
         position = (prompt_mask.long().cumsum(-1) - 1).clamp(min=0)  # [n, P]
         out = model(
             input_ids=prompt_ids, attention_mask=prompt_mask.long(), position_ids=position,
             use_cache=True, **keep,
         )
+        keep.pop("past_key_values", None)
         cache, last_logits = out.past_key_values, out.logits[:, -1:, :]  # last_logits [n, 1, V]
         if generations > 1:
             if hasattr(cache, "batch_repeat_interleave"):
@@ -129,12 +146,16 @@ class HFGenerationEngine(GenerationEngineBase):
         )  # [B, P + max_new]; grows by slicing
         next_pos = position[:, -1:] + 1  # [B, 1]
         done = torch.zeros(B, dtype=torch.bool, device=device)  # [B]
+        # rows still in the cache (original row numbers): finished rows leave it when enough of them have
+        # finished (forwards local to this process only: a sharded model needs equal forwards everywhere)
+        live = torch.arange(B, device=device)  # [b]
+        compact = self.cpu_kernels and self.all_ranks is bool and hasattr(cache, "batch_select_indices")
+        logits = last_logits[:, -1, :]  # [B, V]
         tokens, alive, logps = [], [], []
         scale = self.temperature if self.temperature > 0 else 1.0
         for step in range(self.max_new_tokens):
-            logits = last_logits[:, -1, :]  # [B, V]
-            token = self._next_token(logits, generator)  # [B]
-            token = token.masked_fill(done, self.pad_token_id)
+            token = self._next_token(logits, generator)  # [B]; every row draws, so the random stream is
+            token = token.masked_fill(done, self.pad_token_id)  # the same whichever rows are live
             tokens.append(token)
             if return_logprobs:
                 logps.append(gather_logprobs(logits.float() / scale, token).masked_fill(done, 0.0))  # [B]
@@ -143,11 +164,22 @@ class HFGenerationEngine(GenerationEngineBase):
             # a sharded model (FSDP2) decodes until every process's rows are done: equal forward calls
             if step == self.max_new_tokens - 1 or self.all_ranks(bool(done.all())):
                 break
+            if compact:
+                finished = done[live]  # [b]
+                if int(finished.sum()) * 8 >= len(live):  # an eighth of the cache's rows are done: drop them
+                    keep_rows = (~finished).nonzero().flatten()
+                    cache.batch_select_indices(keep_rows)
+                    live, attn, next_pos = live[keep_rows], attn[keep_rows], next_pos[keep_rows]
             out = model(
-                input_ids=token[:, None], attention_mask=attn[:, : P + step + 1], position_ids=next_pos,
+                input_ids=token[live, None], attention_mask=attn[:, : P + step + 1], position_ids=next_pos,
                 past_key_values=cache, use_cache=True, **keep,
             )
-            cache, last_logits = out.past_key_values, out.logits
+            cache = out.past_key_values
+            step_logits = out.logits[:, -1, :]  # [b, V]
+            if len(live) == B:
+                logits = step_logits
+            else:  # finished rows get any logits: their tokens are replaced by padding
+                logits = step_logits.new_zeros(B, step_logits.shape[-1]).index_copy_(0, live, step_logits)
             next_pos = next_pos + 1
         response_ids = torch.stack(tokens, dim=1)  # [B, R]
         response_mask = torch.stack(alive, dim=1)  # [B, R]

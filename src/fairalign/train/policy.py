@@ -62,11 +62,15 @@ class Policy:
         return (out[0].float(), out[1], r_mask, rlen) + tuple(out[2:])
 
     @torch.no_grad()
-    def logprobs(self, model, batch, micro: int) -> torch.Tensor:
-        """[B, R] float32 token log-probs of the whole batch under `model`, on the policy's device (0 on
-        padding), `micro` rows per forward."""
+    def logprobs(self, model, batch, micro: int, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, R] float32 token log-probs of the batch under `model`, on the policy's device (0 on padding),
+        `micro` rows per forward; with `rows` [b] only those rows are computed (the others are NaN)."""
         out = torch.zeros(batch.response_ids.shape, dtype=torch.float32, device=self.device)
-        for mic in torch.split(torch.arange(len(batch)), micro):
+        if rows is not None:
+            out[:] = float("nan")
+            out[rows.to(self.device)] = 0.0
+        todo = torch.arange(len(batch)) if rows is None else rows.cpu()  # [b]
+        for mic in torch.split(todo, micro) if len(todo) else ():
             lp, _, _, rlen = self.forward(model, batch, mic, with_entropy=False)
             out[mic.to(self.device), :rlen] = lp.to(self.device)
         return out

@@ -220,7 +220,9 @@ class Trainer:
         # 3. behaviour / reference log-probs, once, before the first update (only when they are not the
         #    first update's own forward)
         if reuse and batch.old_logp is None:
-            batch.old_logp = self.policy.logprobs(self.model, batch, micro)  # [B, R]
+            # the first minibatch's rows get theirs from its own (on-policy) forward in the update: NaN here
+            later = self.update.later_rows(len(batch), step)  # [b]
+            batch.old_logp = self.policy.logprobs(self.model, batch, micro, rows=later)  # [B, R]
         if a.beta > 0:
             batch.ref_logp = self._ref_logprobs(batch, micro)  # [B, R]
         t_lp = time.perf_counter()

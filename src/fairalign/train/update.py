@@ -8,6 +8,10 @@ Memory settings never change the algorithm:
 - every normalizer (tokens, sequences) and every whole-minibatch statistic a loss declares (FSPO
   drift="kl": the token-mean log ratio) is summed over all micro-batches and ranks;
 - a rank with fewer micro-batches runs zero-weighted placeholder passes so collectives stay matched.
+Behaviour log-probs (needed when ppo_epochs x minibatches > 1) come from one no-grad pass over every row
+*outside* epoch 0's first minibatch (`later_rows`, run by the trainer); the first minibatch's rows take
+theirs from its own forward, which is on-policy (nothing has been updated yet), so that pass is not run
+twice. Sharded models run the pass over every row (equal forwards on every rank).
 Simplifications, on purpose:
 - A loss's whole-minibatch statistics cost one extra no-grad forward over the minibatch, except on the
   exactly on-policy first update (where ℓ ≡ 0).
@@ -120,6 +124,33 @@ class PolicyUpdate:
             out.append(mine.sort().values)
         return out
 
+    def later_rows(self, B: int, step: int) -> torch.Tensor:
+        """This rank's rows [b] that need behaviour log-probs before the update of step `step`: every row
+        outside epoch 0's first minibatch, whose behaviour log-probs are that minibatch's own on-policy
+        forward (`_own_behaviour`). Where forwards are collectives (sharded models), every row, so every
+        rank makes the same forward calls."""
+        if self.policy.dist.all_ranks is not bool:
+            return torch.arange(B)
+        first = self.minibatches(B, torch.Generator().manual_seed(self.cfg.seed * 7919 + step - 1))[0]
+        keep = torch.ones(B, dtype=torch.bool)
+        keep[first] = False
+        return keep.nonzero().flatten()
+
+    @staticmethod
+    def _own_behaviour(batch, rows: torch.Tensor, logp: torch.Tensor | None, rlen: int) -> None:
+        """Rows [b] whose behaviour log-probs are still missing (NaN, see `later_rows`) take this forward's
+        `logp` [b, R'] (an on-policy forward: the policy has not changed since sampling), or 0 when `logp`
+        is None (rows that carry no loss weight: the value is never used)."""
+        old = batch.old_logp
+        rows = rows.to(old.device)
+        missing = torch.isnan(old[rows]).any(1)  # [b]
+        if not bool(missing.any()):
+            return
+        r = rows[missing]
+        old[r] = 0.0
+        if logp is not None:
+            old[r, :rlen] = logp.detach()[missing].to(old.device, old.dtype)
+
     def micro_batches(self, mb: torch.Tensor, micro: int) -> list[torch.Tensor | None]:
         """The minibatch's micro-batches; None = a placeholder, so every rank runs as many forward /
         backward passes as the rank with the most (sharded models need matching collectives)."""
@@ -177,6 +208,8 @@ class PolicyUpdate:
                 mb_tokens = d.sum_metric(float(weighted.sum()))  # global normalizers
                 mb_seqs = d.sum_metric(float(len(mb) if w is None else w[mb].sum()))
                 if mb_tokens == 0:  # no row of this minibatch has loss weight, on any rank: no update
+                    if batch.old_logp is not None:
+                        self._own_behaviour(batch, mb, None, 0)
                     continue
                 mics = self.micro_batches(mb, micro)
                 norms = {"on_policy": on_policy, "global_tokens": mb_tokens, "global_seqs": mb_seqs}
@@ -234,6 +267,8 @@ class PolicyUpdate:
             logp, ent, r_mask, rlen, *hidden = pol.forward(model, batch, mic, with_entropy=True,
                                                            with_hidden=self.critic.reads_policy_hidden)
             r_mask = self.weighted(batch, mic, r_mask.to(logp.device))  # [b, R']
+            if on_policy and batch.old_logp is not None:
+                self._own_behaviour(batch, mic, logp, rlen)
             old = logp.detach() if batch.old_logp is None else batch.old_logp[rows, :rlen]  # [b, R']
             if not bool(torch.isfinite(logp[r_mask]).all() & torch.isfinite(old[r_mask]).all()):
                 # a numerical fault of the forward pass, not bad input: this optimizer step is skipped
