@@ -14,10 +14,12 @@ repeated work: for every forward, 2 FLOPs per weight of every linear layer per r
 (QK and AV over the causal context) + the LM head only where logits are needed; a backward counts 2 forwards.
 - generation: each distinct prompt pre-filled once; then each decode step is max(FLOPs of the rows still
   alive / matmul rate, every weight read once / bandwidth);
-- log-prob passes (behaviour, reference): one forward over the distinct prompts and the real response tokens;
+- log-prob passes: the behaviour pass over the rows outside the first minibatch (whose own on-policy forward
+  gives theirs) and the reference pass over every row, each one forward over the distinct prompts and the
+  real response tokens;
 - update: per minibatch, forward + backward over its distinct prompts and real response tokens, plus the
   optimizer (AdamW: parameters, gradients and both moments read and written once);
-- evaluation: as generation, for every evaluation batch.
+- evaluation: as generation, for every evaluation batch, at the fp32 rate (evaluation runs in fp32).
 Simplifications: rates are one square matmul's and one copy's (skinny decode matmuls run slower, which
 shows up as ratio); element-wise work (norms, activations, softmax, sampling) counts as free; precision=bf16
 uses the bf16 matmul rate and 2-byte weights.
@@ -186,6 +188,7 @@ def child(a) -> None:
         res = evaluate_policy(trainer.model, trainer.tokenizer, trainer.task, cfg)
         evaluation = {"seconds": time.perf_counter() - t, "generate_calls": list(calls), "n": res["n"]}
     json.dump({"shape": vars(shape), "steps": steps, "evaluation": evaluation, "precision": cfg.precision,
+               "revision": os.environ.get("STEP_FLOOR_REVISION", ""),
                "passes": {"behaviour": cfg.algo.ppo_epochs * cfg.algo.minibatches > 1, "reference": cfg.algo.beta > 0},
                "optimizer_bytes_per_param": 4 * 7},  # fp32 p r/w, g r, m r/w, v r/w
               sys.stdout)
@@ -199,13 +202,17 @@ def batch_work(batch, minibatches, cfg) -> dict:
             "minibatches": [mb.tolist() for mb in minibatches], "epochs": cfg.algo.ppo_epochs}
 
 
-def rows_forward(shape: ModelShape, work: dict, rows: list[int]) -> float:
-    """FLOPs of one forward over `rows` of a batch, each distinct prompt once."""
-    prompts = {}
-    for i in rows:
-        prompts[work["prompt_keys"][i]] = work["prompt_lengths"][i]
-    return sequence_forward(shape, list(prompts.values()),
-                            [(work["prompt_lengths"][i], work["lengths"][i]) for i in rows])
+def rows_forward(shape: ModelShape, work: dict, rows: list[int], padded: bool = False) -> float:
+    """FLOPs of one forward over `rows` of a batch, each distinct prompt once; `padded`: every prompt and
+    response as long as the longest among `rows` (what a padded forward computes)."""
+    if not rows:
+        return 0.0
+    pl = {work["prompt_keys"][i]: work["prompt_lengths"][i] for i in rows}
+    rl = [(work["prompt_lengths"][i], work["lengths"][i]) for i in rows]
+    if padded:
+        P, R = max(pl.values()), max(r for _, r in rl)
+        pl, rl = {k: P for k in pl}, [(P, R)] * len(rl)
+    return sequence_forward(shape, list(pl.values()), rl)
 
 
 def floors(run: dict, machine: dict) -> list[dict]:
@@ -220,13 +227,22 @@ def floors(run: dict, machine: dict) -> list[dict]:
     for st in run["steps"]:
         w = st["batch"]
         every = list(range(len(w["lengths"])))
+        first = set(w["minibatches"][0])
+        later = [i for i in every if i not in first]  # the first minibatch's forward gives its own
         gen = sum(generation_floor(shape, c, rate, bw, weight_bytes) for c in st["generate_calls"])
-        passes = sum(run["passes"].values())
-        lp = passes * rows_forward(shape, w, every) / rate
-        upd = w["epochs"] * sum(3 * rows_forward(shape, w, mb) / rate
-                                + shape.trainable * run["optimizer_bytes_per_param"] / bw for mb in w["minibatches"])
-        out.append({"generation": gen, "logprob passes": lp, "update": upd, "step": gen + lp + upd})
-    ev = sum(generation_floor(shape, c, rate, bw, weight_bytes) for c in run["evaluation"]["generate_calls"])
+        row = {"generation": gen}
+        for key, padded in (("", False), (" (padded)", True)):
+            lp = (run["passes"]["behaviour"] * rows_forward(shape, w, later, padded)
+                  + run["passes"]["reference"] * rows_forward(shape, w, every, padded)) / rate
+            upd = w["epochs"] * sum(3 * rows_forward(shape, w, mb, padded) / rate
+                                    + shape.trainable * run["optimizer_bytes_per_param"] / bw
+                                    for mb in w["minibatches"])
+            row.update({"logprob passes" + key: lp, "update" + key: upd})
+        row["step"] = gen + row["logprob passes"] + row["update"]
+        out.append(row)
+    # evaluation runs in fp32 whatever `precision` says (eval/run.py does not autocast)
+    ev = sum(generation_floor(shape, c, 1e9 * machine["fp32_gflops"], bw, shape.params * 4)
+             for c in run["evaluation"]["generate_calls"])
     return out, ev
 
 
@@ -236,6 +252,8 @@ def summarize(run: dict, machine: dict) -> dict:
     out = {}
     for ph in PHASES[:-1]:
         out[ph] = (statistics.median(s["seconds"][ph] for s in run["steps"]), statistics.median(f[ph] for f in fl))
+        if ph + " (padded)" in fl[0]:
+            out[ph + " (padded)"] = (out[ph][0], statistics.median(f[ph + " (padded)"] for f in fl))
     out["evaluation"] = (run["evaluation"]["seconds"], ev)
     return out
 
@@ -290,6 +308,8 @@ def main() -> None:
         if tmp:
             subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", tmp], check=False)
     table = {name: {ph: [summarize(run, machine)[ph] for run in rs] for ph in PHASES} for name, rs in runs.items()}
+    padded = {name: {ph: [summarize(run, machine)[ph + " (padded)"][1] for run in rs]
+                     for ph in ("logprob passes", "update")} for name, rs in runs.items()}
     med = lambda pairs, k: statistics.median(p[k] for p in pairs)  # noqa: E731
     first = runs["this tree"][0]
     print(f"\nsettings: the demo's{' + ' + ' '.join(a.overrides) if a.overrides else ''}"
@@ -309,6 +329,9 @@ def main() -> None:
             row += f" {s2:.2f} | {s2 / f2:.2f} | {s2 / s:.2f}x |"
         print(row)
     print("\n(step = generation + log-prob passes + update + metrics; evaluation: one pass over eval.examples)")
+    for ph, fl in padded["this tree"].items():
+        print(f"{ph}: the floor of the padded work (every row as long as its micro-batch's longest) is "
+              f"{statistics.median(fl):.2f} s, ratio {med(table['this tree'][ph], 0) / statistics.median(fl):.2f}")
     if a.json:
         Path(a.json).write_text(json.dumps({"machine": machine, "argv": sys.argv[1:], "runs": runs,
                                             "table": table}, indent=1))
