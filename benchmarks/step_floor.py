@@ -27,6 +27,7 @@ uses the bf16 matmul rate and 2-byte weights.
     PYTHONPATH=src .venv/bin/python benchmarks/step_floor.py [--steps 2 --warmup 1 --threads 2] [KEY=VALUE ...]
     PYTHONPATH=src .venv/bin/python benchmarks/step_floor.py --against 645919d --repeats 2 --json out.json
     PYTHONPATH=src .venv/bin/python benchmarks/step_floor.py --model tiny --steps 2   # seconds, a smoke run
+    PYTHONPATH=src .venv/bin/python benchmarks/step_floor.py --table out.json        # re-print a saved one
 
 --against REV checks REV out into a temporary git worktree and runs the same measurement on it, in
 alternating subprocesses (this tree, REV, this tree, REV, ...) on the same machine; the table gains REV's
@@ -282,6 +283,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1, help="measurements per tree (alternating with --against)")
     ap.add_argument("--against", default=None, metavar="REV", help="a git revision to measure side by side")
     ap.add_argument("--json", default=None, help="write the machine, the runs and the table here")
+    ap.add_argument("--table", default=None, metavar="JSON", help="re-print the table of a saved --json file")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     a = ap.parse_args()
@@ -289,6 +291,9 @@ def main() -> None:
         raise SystemExit("step_floor: --steps and --repeats must be >= 1, --warmup >= 0")
     if a.child:
         return child(a)
+    if a.table:  # re-print a saved measurement (floors recomputed from its raw counts)
+        saved = json.loads(Path(a.table).read_text())
+        return print_table(saved["machine"], saved["runs"], saved.get("against"), saved["argv"])
     machine = measure_machine(a.threads)
     print(f"machine: fp32 {machine['fp32_gflops']:.0f} GFLOP/s, bf16 {machine['bf16_gflops']:.0f} GFLOP/s, "
           f"copy {machine['copy_gbs']:.1f} GB/s (read + write), {a.threads} threads", flush=True)
@@ -307,36 +312,42 @@ def main() -> None:
     finally:
         if tmp:
             subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", tmp], check=False)
+    print_table(machine, runs, a.against, sys.argv[1:])
+    if a.json:
+        Path(a.json).write_text(json.dumps({"machine": machine, "argv": sys.argv[1:], "against": a.against,
+                                            "runs": runs}, indent=1))
+        print(f"wrote {a.json}")
+
+
+def print_table(machine: dict, runs: dict, against: str | None, argv: list) -> None:
+    """The per-phase table: median seconds, floor and ratio of this tree (and of `against`)."""
+    print(f"machine: fp32 {machine['fp32_gflops']:.0f} GFLOP/s, bf16 {machine['bf16_gflops']:.0f} GFLOP/s, "
+          f"copy {machine['copy_gbs']:.1f} GB/s (read + write), {machine['threads']} threads")
     table = {name: {ph: [summarize(run, machine)[ph] for run in rs] for ph in PHASES} for name, rs in runs.items()}
     padded = {name: {ph: [summarize(run, machine)[ph + " (padded)"][1] for run in rs]
                      for ph in ("logprob passes", "update")} for name, rs in runs.items()}
     med = lambda pairs, k: statistics.median(p[k] for p in pairs)  # noqa: E731
     first = runs["this tree"][0]
-    print(f"\nsettings: the demo's{' + ' + ' '.join(a.overrides) if a.overrides else ''}"
-          f"{' (model ' + a.model + ')' if a.model else ''}; {a.steps} timed steps x {a.repeats} repeats; "
-          f"precision {first['precision']}; mean response length "
-          f"{statistics.mean(s['response_length'] for s in first['steps']):.1f}\n")
+    n_steps = sum(len(r["steps"]) for r in runs["this tree"])
+    print(f"\nsettings: the demo's, argv {' '.join(argv)}; {n_steps} timed steps in {len(runs['this tree'])} "
+          f"measurement(s) per tree; precision {first['precision']}; mean response length "
+          f"{statistics.mean(s['response_length'] for r in runs['this tree'] for s in r['steps']):.1f}\n")
     head = "| phase | s (this tree) | floor s | ratio |"
-    if a.against:
-        head += f" s ({a.against}) | ratio ({a.against}) | speed-up |"
+    if against:
+        head += f" s ({against}) | ratio ({against}) | speed-up |"
     print(head)
     print("|" + "---|" * (head.count("|") - 1))
     for ph in PHASES:
         s, f = med(table["this tree"][ph], 0), med(table["this tree"][ph], 1)
         row = f"| {ph} | {s:.2f} | {f:.2f} | {s / f:.2f} |"
-        if a.against:
-            s2, f2 = med(table[a.against][ph], 0), med(table[a.against][ph], 1)
+        if against:
+            s2, f2 = med(table[against][ph], 0), med(table[against][ph], 1)
             row += f" {s2:.2f} | {s2 / f2:.2f} | {s2 / s:.2f}x |"
         print(row)
     print("\n(step = generation + log-prob passes + update + metrics; evaluation: one pass over eval.examples)")
     for ph, fl in padded["this tree"].items():
         print(f"{ph}: the floor of the padded work (every row as long as its micro-batch's longest) is "
               f"{statistics.median(fl):.2f} s, ratio {med(table['this tree'][ph], 0) / statistics.median(fl):.2f}")
-    if a.json:
-        Path(a.json).write_text(json.dumps({"machine": machine, "argv": sys.argv[1:], "runs": runs,
-                                            "table": table}, indent=1))
-        print(f"wrote {a.json}")
-
 
 if __name__ == "__main__":
     main()

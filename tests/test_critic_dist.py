@@ -95,16 +95,20 @@ def test_two_processes_equal_one(runs, strategy, critic):
         for name in g1:
             torch.testing.assert_close(g0[name], g1[name], atol=1e-5, rtol=1e-4, msg=name)
             torch.testing.assert_close(gr1[name], g0[name], atol=0, rtol=0, msg=name)
-    for part in ("params", "critic"):
+    # parameters after 4 Adam steps: a coordinate whose gradient is ~0 moves by up to lr whatever its size, so
+    # float-rounding differences of the forwards (one process splits its micro-batches by response length,
+    # train/policy.py) show up there; the gradients above are the tight check. critic_lr is 1e-2: 1e-4 = 1% of
+    # one of its steps.
+    for part, atol in (("params", 1e-5), ("critic", 1e-4)):
         for name, p in one[part].items():
-            torch.testing.assert_close(r0[part][name], p, atol=1e-5, rtol=1e-4, msg=name)
+            torch.testing.assert_close(r0[part][name], p, atol=atol, rtol=1e-4, msg=name)
             torch.testing.assert_close(r1[part][name], r0[part][name], atol=0, rtol=0, msg=name)
     # the checkpointed critic is written in the 1-process format
     a = torch.load(runs / f"run-single-{critic}" / "checkpoints" / "step-2" / "critic.pt", weights_only=True)
     b = torch.load(runs / f"run-{strategy}-{critic}" / "checkpoints" / "step-2" / "critic.pt", weights_only=True)
     assert a["model"].keys() == b["model"].keys() and a["scheduler"] == b["scheduler"]
     for k in a["model"]:
-        torch.testing.assert_close(b["model"][k], a["model"][k], atol=1e-5, rtol=1e-4, msg=k)
+        torch.testing.assert_close(b["model"][k], a["model"][k], atol=1e-4, rtol=1e-4, msg=k)  # as above
     assert a["optimizer"]["param_groups"] == b["optimizer"]["param_groups"]
     for i, st in a["optimizer"]["state"].items():
         for k in ("exp_avg", "exp_avg_sq"):

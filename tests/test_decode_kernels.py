@@ -153,3 +153,27 @@ def test_bf16_log_probs_agree_with_fp32_within_the_stated_tolerance(tmp_path):
     d = (lp16 - lp32).detach()[mask.bool()].abs()
     assert lp16.dtype == torch.float32 and d.numel() > 50
     assert 0 < float(d.mean()) <= 0.05 and float(d.max()) <= 0.5  # > 0: bf16 really ran
+
+
+class _Rows:
+    """The fields of a RolloutBatch that length_buckets reads."""
+
+    def __init__(self, lengths, prompts, prompt_len=10):
+        self.lengths = torch.tensor(lengths)
+        self.index = torch.tensor(prompts)
+        self.prompt_mask = torch.ones(len(lengths), prompt_len, dtype=torch.bool)
+
+
+def test_length_buckets_split_only_where_padding_costs_more_than_a_forward():
+    from fairalign.train.policy import length_buckets
+
+    # one forward: 4 prompts x 10 + 1.27 x 4 rows x 40 + 16 = 259.2; short rows apart: 53.62 + 76.8 = 130.4
+    parts = length_buckets(_Rows([40, 2, 2, 2], [0, 1, 2, 3]), torch.tensor([0, 1, 2, 3]))
+    assert [p.tolist() for p in parts] == [[1, 2, 3], [0]]
+    even = length_buckets(_Rows([9, 9, 9, 9], [0, 0, 1, 1]), torch.tensor([3, 1, 0, 2]))
+    assert len(even) == 1 and sorted(even[0].tolist()) == [0, 1, 2, 3]  # equal lengths: one forward
+    lengths = [1 + 3 * (i % 10) for i in range(30)]
+    many = length_buckets(_Rows(lengths, [i // 3 for i in range(30)]), torch.arange(30))
+    assert 1 < len(many) <= 4 and sorted(torch.cat(many).tolist()) == list(range(30))  # a partition
+    spans = [(min(lengths[i] for i in p.tolist()), max(lengths[i] for i in p.tolist())) for p in many]
+    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))  # contiguous in length order

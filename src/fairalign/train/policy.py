@@ -6,6 +6,9 @@ Simplifications, on purpose:
 - Log-probs use the sampling temperature (logits / T; T = 1 for greedy), like the sampler that produced
   the tokens.
 - precision=bf16 is autocast around every forward; parameters, optimizer state and log-probs stay fp32.
+- A micro-batch runs as up to 4 forwards of rows of similar response length (`length_buckets`), so short
+  responses are not padded to the longest one; the results are the same up to float rounding. The cost
+  model counts tokens only (matmul efficiency at small shapes is folded into FORWARD_CALL_COST).
 """
 from __future__ import annotations
 
@@ -29,6 +32,51 @@ def trim_padding(batch, idx: torch.Tensor):
             batch.response_mask[idx, :rlen], rlen)
 
 
+RESPONSE_TOKEN_COST = 1.27   # a response token's forward cost in prompt tokens (+ the LM head: SmolLM2's 57 / 212 MFLOP)
+FORWARD_CALL_COST = 16       # a forward call's fixed cost, in prompt tokens
+MAX_LENGTH_BUCKETS = 4
+
+
+def length_buckets(batch, rows: torch.Tensor, max_parts: int = MAX_LENGTH_BUCKETS) -> list[torch.Tensor]:
+    """`rows` [b] as up to `max_parts` forwards of rows of similar response length, the split (contiguous
+    in length order) that computes the fewest padded tokens: a forward over rows S computes each distinct
+    prompt once at the longest prompt's length and every row at the longest response's length, so its cost
+    is distinct(S) x max prompt(S) + RESPONSE_TOKEN_COST x |S| x max response(S) + FORWARD_CALL_COST.
+    One forward (all of `rows`) when splitting saves nothing."""
+    if len(rows) <= 1:
+        return [rows]
+    lengths = batch.lengths[rows].cpu()
+    order = torch.argsort(lengths, stable=True)
+    rows, lengths = rows[order], lengths[order].tolist()  # ascending response length
+    prompts = batch.index[rows].tolist()
+    p_len = batch.prompt_mask[rows].sum(1).tolist()
+    n = len(rows)
+    cost = [[0.0] * (n + 1) for _ in range(n + 1)]  # cost[i][j]: one forward over sorted rows i..j-1
+    for i in range(n):
+        seen, p_max = set(), 0
+        for j in range(i, n):
+            seen.add(prompts[j])
+            p_max = max(p_max, p_len[j])
+            cost[i][j + 1] = len(seen) * p_max + RESPONSE_TOKEN_COST * (j + 1 - i) * lengths[j] + FORWARD_CALL_COST
+    inf = float("inf")
+    best = [[inf] * (n + 1) for _ in range(max_parts + 1)]  # best[k][j]: rows 0..j-1 in k forwards
+    cut = [[0] * (n + 1) for _ in range(max_parts + 1)]
+    best[0][0] = 0.0
+    for k in range(1, max_parts + 1):
+        for j in range(1, n + 1):
+            for i in range(k - 1, j):
+                c = best[k - 1][i] + cost[i][j]
+                if c < best[k][j]:
+                    best[k][j], cut[k][j] = c, i
+    k = min(range(1, max_parts + 1), key=lambda m: (best[m][n], m))
+    bounds, j = [], n
+    while k > 0:
+        i = cut[k][j]
+        bounds.append((i, j))
+        j, k = i, k - 1
+    return [rows[i:j] for i, j in reversed(bounds)]
+
+
 @dataclass
 class Policy:
     """The trained model (as the strategy wrapped it) and how to run it."""
@@ -50,6 +98,15 @@ class Policy:
         """The trainable parameters (all of them, or the LoRA adapter's)."""
         return [p for p in self.model.parameters() if p.requires_grad]
 
+    def forwards(self, batch, rows: torch.Tensor, micro: int) -> list[torch.Tensor]:
+        """`rows` [b] in the forwards that compute them: micro-batches of `micro` rows, each split further by
+        response length (`length_buckets`) where forwards are local to this process (a sharded model needs
+        the same forward calls on every rank, so there each micro-batch is one forward)."""
+        mics = list(torch.split(rows, micro)) if len(rows) else []
+        if self.dist.all_ranks is not bool:
+            return mics
+        return [part for mic in mics for part in length_buckets(batch, mic)]
+
     def forward(self, model, batch, rows: torch.Tensor, with_entropy: bool, with_hidden: bool = False):
         """Token log-probs (and entropy) of `rows` of the batch under `model` (the policy, its training
         wrapper or a reference): (logp [b, R'] fp32, entropy, response mask [b, R'], R'), and with
@@ -70,7 +127,7 @@ class Policy:
             out[:] = float("nan")
             out[rows.to(self.device)] = 0.0
         todo = torch.arange(len(batch)) if rows is None else rows.cpu()  # [b]
-        for mic in torch.split(todo, micro) if len(todo) else ():
+        for mic in self.forwards(batch, todo, micro):
             lp, _, _, rlen = self.forward(model, batch, mic, with_entropy=False)
             out[mic.to(self.device), :rlen] = lp.to(self.device)
         return out

@@ -151,10 +151,10 @@ class PolicyUpdate:
         if logp is not None:
             old[r, :rlen] = logp.detach()[missing].to(old.device, old.dtype)
 
-    def micro_batches(self, mb: torch.Tensor, micro: int) -> list[torch.Tensor | None]:
+    def micro_batches(self, batch, mb: torch.Tensor, micro: int) -> list[torch.Tensor | None]:
         """The minibatch's micro-batches; None = a placeholder, so every rank runs as many forward /
         backward passes as the rank with the most (sharded models need matching collectives)."""
-        mics: list = list(torch.split(mb, micro)) if len(mb) else []
+        mics: list = self.policy.forwards(batch, mb, micro)
         if self.policy.dist.world > 1:
             n = int(self.policy.dist.max_metric(float(len(mics))))
             mics += [None] * (n - len(mics))
@@ -211,7 +211,7 @@ class PolicyUpdate:
                     if batch.old_logp is not None:
                         self._own_behaviour(batch, mb, None, 0)
                     continue
-                mics = self.micro_batches(mb, micro)
+                mics = self.micro_batches(batch, mb, micro)
                 norms = {"on_policy": on_policy, "global_tokens": mb_tokens, "global_seqs": mb_seqs}
                 cos = None  # the diagnostic on updates that can clip (on_policy is the same on every rank)
                 if cfg.log.grad_cosine and not on_policy:
