@@ -45,6 +45,7 @@ from pathlib import Path
 
 SETTINGS = {  # model key -> (fairalign model name, prompts P, generations G, max new tokens T)
     "tiny": ("tiny", 8, 4, 32),
+    "tiny-4x8x64": ("tiny", 4, 8, 64),  # the small-model shape of docs/performance.md's floor section
     "smollm2": ("smollm2-135m", 4, 4, 48),
 }
 RESULT_TAG = "STEP_TIME_RESULT "

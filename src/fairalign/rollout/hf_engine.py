@@ -6,9 +6,11 @@ their KV cache repeated G times (generations of one prompt adjacent). Decoding i
 padding) and a `torch.Generator`, so a seed reproduces a batch exactly without touching the global
 RNG. A row stops at its first EOS; the rest of the row is padding. `truncated` marks rows with no
 EOS within `max_new_tokens`.
-Simplifications: finished rows stay in the batch until every row is done (no cache compaction; with
-a sharded model, until every process's rows are done: the `all_ranks` argument, see logprobs.py);
-prompts longer than `max_prompt_length` keep their last tokens.
+On a CPU the loop runs packed linear weights and a growing KV cache (decode_kernels.py), and finished
+rows leave the KV cache once an eighth of its rows are done (every row still draws its uniform, so the
+random stream, and the samples, do not depend on it); `cpu_kernels=False` runs the plain forwards.
+Simplifications: with a sharded model, finished rows stay until every process's rows are done (the
+`all_ranks` argument, see logprobs.py); prompts longer than `max_prompt_length` keep their last tokens.
 """
 from __future__ import annotations
 
