@@ -157,10 +157,14 @@ def child_trl(a) -> dict:
             warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, reward_weights=weights,
             shuffle_dataset=False, disable_dropout=True, logging_steps=1, save_strategy="no",
             report_to="none", disable_tqdm=True, log_completions=False, dataloader_num_workers=0,
-            model_init_kwargs={"dtype": torch.float32},
         )
         timer = StepTimer()
-        trainer = GRPOTrainer(model=a.model_path, reward_funcs=funcs, args=args, train_dataset=dataset,
+        # the model object, not its folder: TRL's loader needs `architectures` in config.json, which the tiny
+        # model's folder does not write; the same fp32 weights either way
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(a.model_path, dtype=torch.float32)
+        trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=args, train_dataset=dataset,
                               callbacks=[timer])
         phases: dict[str, list[float]] = {"generate": [], "reward": [], "gen_and_score": [], "forward": []}
 

@@ -111,7 +111,6 @@ class HFGenerationEngine(GenerationEngineBase):
         greedy), before top-p / top-k filtering, 0 where masked.
         """
         model = self.model
-        device = prompt_ids.device
         n, P = prompt_ids.shape
         B = n * generations
         kernels = packed_linears(model, B) if self.cpu_kernels else contextlib.nullcontext(0)
