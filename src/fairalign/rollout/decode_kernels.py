@@ -3,7 +3,7 @@
 - `packed_linears(model)`: while decoding, every `torch.nn.Linear` runs oneDNN's linear on a weight
   re-laid-out once for it (`torch.ops.mkldnn._reorder_linear_weight`). A plain `F.linear` re-packs the
   weight on every call, so a decode step of 32 rows (a skinny matmul) spent most of its time packing:
-  SmolLM2's 49152 x 576 LM head took 27 ms per step instead of the ~10 ms its FLOPs need
+  SmolLM2's 49152 x 576 LM head took 26 ms per step instead of the ~9 ms its FLOPs need
   (benchmarks/step_floor.py measures the whole step). Results equal `F.linear` up to float rounding
   (the accumulation order differs; ~1e-7 relative).
 - `growing_cache(model)`: a transformers `DynamicCache` whose layers write new keys / values into a
