@@ -124,6 +124,10 @@ class PolicyUpdate:
             out.append(mine.sort().values)
         return out
 
+    def minibatch_generator(self, step: int) -> torch.Generator:
+        """The generator that draws step `step`'s minibatch permutations (the same on every rank)."""
+        return torch.Generator().manual_seed(self.cfg.seed * 7919 + step - 1)
+
     def later_rows(self, B: int, step: int) -> torch.Tensor:
         """This rank's rows [b] that need behaviour log-probs before the update of step `step`: every row
         outside epoch 0's first minibatch, whose behaviour log-probs are that minibatch's own on-policy
@@ -131,7 +135,7 @@ class PolicyUpdate:
         rank makes the same forward calls."""
         if self.policy.dist.all_ranks is not bool:
             return torch.arange(B)
-        first = self.minibatches(B, torch.Generator().manual_seed(self.cfg.seed * 7919 + step - 1))[0]
+        first = self.minibatches(B, self.minibatch_generator(step))[0]
         keep = torch.ones(B, dtype=torch.bool)
         keep[first] = False
         return keep.nonzero().flatten()
@@ -197,7 +201,7 @@ class PolicyUpdate:
     def __call__(self, batch, micro: int, step: int, skip_streak: int) -> UpdateResult:
         """Update on `batch` (step number `step`, 1-based), `micro` rows per forward."""
         cfg, a, pol, d = self.cfg, self.cfg.algo, self.policy, self.policy.dist
-        gen = torch.Generator().manual_seed(cfg.seed * 7919 + step - 1)
+        gen = self.minibatch_generator(step)
         params = pol.parameters()
         stats = UpdateStats()
         w = batch.train_mask  # [B] bool or None: rows with loss weight (the others count in no normalizer)
