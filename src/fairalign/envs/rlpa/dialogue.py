@@ -12,11 +12,20 @@ across turns); the best candidate (highest total, first on ties) continues the d
 user only sees the reply part of the chosen turn (the `<profile>` block is dropped; a malformed
 turn is shown with its tags stripped). All dialogues move in lockstep: turn k of every dialogue
 is scored in one batch, and the simulated user answers all of them in one batched call.
+
+What the policy sees (`context`): "full" (default) is the system prompt and the whole visible
+conversation. "recent" is the system prompt and the last `context_turns` exchanges (assistant turn,
+user answer), the latest assistant turn written out whole, `<profile>` block included, with the
+profile the policy last stated in a well-formed turn (`{}` before any): the policy restates its
+inferred profile every turn, so that block carries what it learned before the window, and the prompt
+stops growing with the turn. The user, the judge's repeat gate and the rewards always see the whole
+dialogue.
 `run_dialogues` drives the same loop with a `policy_fn` (evaluation, tests).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -36,9 +45,13 @@ class DialogueBatch:
     def __init__(self, profiles: Sequence[Profile], user: Any = "rules", judge: Any = "rules",
                  max_turns: int = 10, seed: int = 0, system_prompt: str = POLICY_SYSTEM_PROMPT,
                  matcher: Matcher | None = None, group_by: str = "occupation_category",
-                 completion_prefix: str = ""):
+                 completion_prefix: str = "", context: str = "full", context_turns: int = 2):
         if max_turns < 1:
             raise ValueError(f"max_turns must be >= 1, got {max_turns}")
+        if context not in CONTEXTS:
+            raise ValueError(f"context must be one of {', '.join(CONTEXTS)}, got {context!r}")
+        if not isinstance(context_turns, int) or isinstance(context_turns, bool) or context_turns < 1:
+            raise ValueError(f"context_turns must be an integer >= 1, got {context_turns!r}")
         if not profiles:
             raise ValueError("profiles must be a non-empty list of Profile")
         self.profiles = list(profiles)
@@ -49,6 +62,9 @@ class DialogueBatch:
         # Text the engine pre-fills at the start of every assistant turn (e.g. "<profile>{"); it is
         # prepended to each candidate before parsing, since the candidates hold only what was sampled.
         self.completion_prefix = completion_prefix
+        self.context, self.context_turns = context, context_turns
+        # The JSON object of the profile each dialogue's policy last stated in a well-formed turn ("recent").
+        self.stated: list[dict] = [{} for _ in self.profiles]
         self.states = self.user.start(self.profiles, seed)
         # Visible conversation of each dialogue (no system prompt): starts with the user's "Hello".
         self.histories: list[list[dict]] = [[{"role": "user", "content": self.user.opening}]
@@ -70,9 +86,19 @@ class DialogueBatch:
         return [] if self.done else list(range(len(self.profiles)))
 
     def policy_prompts(self) -> list[list[dict]]:
-        """Chat messages per active dialogue: system prompt + alternating user/assistant turns."""
-        return [[{"role": "system", "content": self.system_prompt}] + [dict(m) for m in self.histories[i]]
-                for i in self.active]
+        """Chat messages per active dialogue: the system prompt, then the whole visible conversation
+        (context "full") or its last `context_turns` exchanges with the latest assistant turn written out
+        whole (context "recent"; see the module docstring)."""
+        return [self._policy_prompt(i) for i in self.active]
+
+    def _policy_prompt(self, i: int) -> list[dict]:
+        system = [{"role": "system", "content": self.system_prompt}]
+        history = self.histories[i]  # user "Hello", then (assistant, user) per completed turn
+        if self.context == "full" or self.turn == 0:
+            return system + [dict(m) for m in history]
+        tail = [dict(m) for m in history[-2 * self.context_turns:]]  # whole history while it is shorter
+        tail[-2]["content"] = render_turn(self.stated[i], tail[-2]["content"])  # the latest assistant turn
+        return system + tail
 
     def groups(self) -> list[str]:
         """Preference group (P-GRPO) of each active dialogue."""
@@ -137,6 +163,8 @@ class DialogueBatch:
             full = self.completion_prefix + text
             parsed = parse_turn(full)
             visible.append((parsed.reply if parsed.ok else strip_tags(full)) or "")
+            if parsed.ok:
+                self.stated[i] = parsed.raw_profile
             self.histories[i].append({"role": "assistant", "content": visible[-1]})
         last_turn = self.turn + 1 >= self.max_turns
         answers = [""] * len(active)
@@ -187,6 +215,15 @@ class DialogueBatch:
         return [[dict(m) for m in h] for h in self.histories]
 
 
+CONTEXTS = ("full", "recent")
+
+
+def render_turn(profile: dict, reply: str) -> str:
+    """An assistant turn in the contract's form, as the oracle writes it: `<profile>{JSON}</profile>`,
+    a newline, `<response>reply</response>`."""
+    return f"<profile>{json.dumps(profile, ensure_ascii=False)}</profile>\n<response>{reply}</response>"
+
+
 PolicyFn = Callable[[list[list[dict]], int], list[list[str]]]
 
 
@@ -205,12 +242,13 @@ class DialogueRun:
 def run_dialogues(policy_fn: PolicyFn, profiles: Sequence[Profile], user: Any = "rules",
                   judge: Any = "rules", max_turns: int = 10, G: int = 1, seed: int = 0,
                   matcher: Matcher | None = None, system_prompt: str = POLICY_SYSTEM_PROMPT,
-                  completion_prefix: str = "") -> DialogueRun:
+                  completion_prefix: str = "", context: str = "full", context_turns: int = 2) -> DialogueRun:
     """Run full dialogues: policy_fn(prompts, G) -> G candidate texts per prompt; best continues."""
     if G < 1:
         raise ValueError(f"G must be >= 1, got {G}")
     batch = DialogueBatch(profiles, user=user, judge=judge, max_turns=max_turns, seed=seed,
-                          system_prompt=system_prompt, matcher=matcher, completion_prefix=completion_prefix)
+                          system_prompt=system_prompt, matcher=matcher, completion_prefix=completion_prefix,
+                          context=context, context_turns=context_turns)
     while not batch.done:
         prompts = batch.policy_prompts()
         cands = policy_fn(prompts, G)

@@ -36,7 +36,7 @@ def per_dialogue(run, truncated: list[list[bool]], generations: int, first: int 
 
 def evaluate_dialogues(engine, profiles: Sequence[Profile], *, max_turns: int = 10, generations: int = 1,
                        user: Any = "rules", judge: Any = "rules", seed: int = 0, batch_size: int = 16,
-                       progress=None, parts=None) -> dict:
+                       progress=None, parts=None, context: str = "full", context_turns: int = 2) -> dict:
     """RLPA evaluation of the policy behind `engine` on `profiles` x `max_turns` turns. Returns AL(k),
     profile F1, response pass rate and cut share per turn, AVG / N-IR / N-R² (for >= 2 turns), the
     settings, one example transcript, one record per dialogue (`dialogues`) and the flat `metrics`.
@@ -55,7 +55,8 @@ def evaluate_dialogues(engine, profiles: Sequence[Profile], *, max_turns: int = 
                 cut.append(b.truncated.tolist())
                 return [b.completions[i * G:(i + 1) * G] for i in range(len(prompts))]
             run = run_dialogues(policy, test[s:s + batch_size], user=user, judge=judge, max_turns=max_turns,
-                                G=generations, seed=seed + s, completion_prefix=engine.completion_prefix)
+                                G=generations, seed=seed + s, completion_prefix=engine.completion_prefix,
+                                context=context, context_turns=context_turns)
             return {"examples": len(test[s:s + batch_size]), "al_by_turn": run.al_by_turn,
                     "profile_f1_by_turn": run.profile_f1_by_turn, "response_by_turn": run.response_by_turn,
                     "transcript": run.transcripts[0], "dialogues": per_dialogue(run, cut, generations, first=s)}
@@ -75,7 +76,8 @@ def evaluate_dialogues(engine, profiles: Sequence[Profile], *, max_turns: int = 
     out.update(dialogue_metrics(al) if max_turns >= 2 else {})
     out["settings"] = {"generations": generations, "temperature": engine.temperature,
                        "max_new_tokens": engine.max_new_tokens, "completion_prefix": engine.completion_prefix,
-                       "seed": seed, "batch_size": batch_size, "user": _public(user), "judge": _public(judge)}
+                       "seed": seed, "batch_size": batch_size, "user": _public(user), "judge": _public(judge),
+                       "context": context, "context_turns": context_turns}
     out["example_transcript"] = batches[0]["transcript"]
     out["dialogues"] = dialogues
     out["metrics"] = {**{f"dialogue/{k}": out[k] for k in ("avg", "n_ir", "n_r2") if k in out},

@@ -75,14 +75,15 @@ def oracle_turn(known: dict[str, Any], rng: random.Random, last_item: tuple[str,
 
 def oracle_demonstrations(profiles: Sequence[Profile], *, max_turns: int = 10, seed: int = 0,
                           completion_prefix: str = "", user: Any = "rules",
-                          group_by: str = "occupation_category") -> list[dict]:
+                          group_by: str = "occupation_category", context: str = "full",
+                          context_turns: int = 2) -> list[dict]:
     """Run the oracle against the simulated user; one demonstration per (dialogue, turn).
 
-    Returns dicts {"prompt": chat messages the policy would see, "completion": the oracle's turn
+    Returns dicts {"prompt": chat messages the policy would see (under `context`, dialogue.py), "completion": the oracle's turn
     without `completion_prefix` (the engine pre-fills it), "group", "turn"}.
     """
     batch = DialogueBatch(profiles, user=user, max_turns=max_turns, seed=seed, group_by=group_by,
-                          completion_prefix=completion_prefix)
+                          completion_prefix=completion_prefix, context=context, context_turns=context_turns)
     rng = random.Random(seed)
     asked: list[set[str]] = [set() for _ in profiles]  # questions each dialogue's oracle has asked
     out: list[dict] = []

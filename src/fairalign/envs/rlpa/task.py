@@ -15,7 +15,10 @@ profiles (a JSONL file of your own profiles; its train/test split is seeded 90/1
 n_test (subsample the built-in 2700 / 300 split), demo_turns (length of the oracle dialogues that
 supply the `sft.*` warm-up's demonstrations, default 10: the evaluation horizon, whatever
 max_turns the RL dialogues use), eval_turns (turns per dialogue of `fairalign eval`, default 10, the
-paper's evaluation horizon, whatever max_turns training used).
+paper's evaluation horizon, whatever max_turns training used), context ("full": the whole visible
+conversation, default; "recent": the last context_turns exchanges, default 2, with the policy's last
+stated profile: dialogue.py) — what the policy sees in training, in the warm-up's demonstrations and
+in evaluation alike.
 
 `RLPATask.evaluate` is the paper's evaluation (envs/rlpa/evaluate.py): AL(k), AVG, N-IR, N-R² over
 test profiles, with the task's user and judge; `RLPATask.demonstrations` are an oracle's turns.
@@ -35,7 +38,7 @@ from typing import Any
 import torch
 
 from fairalign.envs.registry import register_task
-from fairalign.envs.rlpa.dialogue import DialogueBatch
+from fairalign.envs.rlpa.dialogue import CONTEXTS, DialogueBatch
 from fairalign.envs.rlpa.generator import get_profiles, profile_group, split_profiles
 from fairalign.envs.rlpa.profile import load_profiles_jsonl
 from fairalign.envs.rlpa.prompts import POLICY_SYSTEM_PROMPT
@@ -59,6 +62,8 @@ class RLPATask(Task):
     group_by: str = "occupation_category"
     eval_turns: int = 10           # turns per evaluation dialogue (fairalign eval)
     demo_turns: int = 10           # length of the oracle dialogues that supply demonstrations
+    context: str = "full"          # what the policy sees: "full" history | "recent" exchanges + its last profile
+    context_turns: int = 2         # exchanges kept by context "recent"
     last_dialogues: Any = field(default=None, repr=False, compare=False)  # the last rollout's DialogueBatch
 
     def demonstrations(self, n: int, seed: int) -> list[dict]:
@@ -69,7 +74,8 @@ class RLPATask(Task):
         rng = random.Random(seed)
         picked = [train[rng.randrange(len(train))] for _ in range(-(-n // self.demo_turns))]
         return oracle_demonstrations(picked, max_turns=self.demo_turns, seed=seed,
-                                     completion_prefix=self.completion_prefix, group_by=self.group_by)[:n]
+                                     completion_prefix=self.completion_prefix, group_by=self.group_by,
+                                     context=self.context, context_turns=self.context_turns)[:n]
 
     def evaluate(self, engine, *, examples: int = 0, generations: int = 1, seed: int = 0, batch_size: int = 16,
                  on_reward_error: str = "raise", progress=None, parts=None) -> dict:
@@ -82,7 +88,8 @@ class RLPATask(Task):
         profiles = [ex["profile"] for ex in self.test_examples]
         return evaluate_dialogues(engine, profiles[:examples] if examples else profiles, max_turns=self.eval_turns,
                                   generations=generations, user=self.user, judge=self.judge, seed=seed,
-                                  batch_size=batch_size, progress=progress, parts=parts)
+                                  batch_size=batch_size, progress=progress, parts=parts, context=self.context,
+                                  context_turns=self.context_turns)
 
     def rollout(self, engine, examples: list[dict], generations: int, seed: int, *,
                 on_reward_error: str = "raise") -> RolloutBatch:
@@ -94,7 +101,8 @@ class RLPATask(Task):
         G = generations
         db = DialogueBatch([ex["profile"] for ex in examples], user=self.user, judge=self.judge,
                            max_turns=self.max_turns, seed=seed, group_by=self.group_by,
-                           completion_prefix=engine.completion_prefix)
+                           completion_prefix=engine.completion_prefix, context=self.context,
+                           context_turns=self.context_turns)
         turns = []
         while not db.done:
             t0 = time.perf_counter()
@@ -118,10 +126,13 @@ class RLPATask(Task):
 def make_task(*, seed: int = 0, max_turns: int = 10, user="rules", judge="rules", user_options=None,
               judge_options=None, group_by: str = "occupation_category", completion_prefix: str = "<profile>",
               profiles: str | None = None, n_train: int = 0, n_test: int = 0, demo_turns: int = 10,
-              eval_turns: int = 10) -> RLPATask:
-    for name, value in (("max_turns", max_turns), ("demo_turns", demo_turns), ("eval_turns", eval_turns)):
+              eval_turns: int = 10, context: str = "full", context_turns: int = 2) -> RLPATask:
+    for name, value in (("max_turns", max_turns), ("demo_turns", demo_turns), ("eval_turns", eval_turns),
+                        ("context_turns", context_turns)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"task option '{name}' must be an integer >= 1, got {value!r}")
+    if context not in CONTEXTS:
+        raise ValueError(f"task option 'context' must be one of {', '.join(CONTEXTS)}, got {context!r}")
     for name, value in (("user", user), ("judge", judge)):
         if value not in ("rules", "openai"):
             raise ValueError(f"task option '{name}' must be 'rules' or 'openai' for training "
@@ -149,7 +160,8 @@ def make_task(*, seed: int = 0, max_turns: int = 10, user="rules", judge="rules"
     return RLPATask(name="rlpa", train_examples=_examples(train, group_by), test_examples=_examples(test, group_by),
                     rewards=[], description="multi-turn personalized dialogue with a simulated user (RLPA)",
                     completion_prefix=completion_prefix, max_turns=max_turns, user=user_spec, judge=judge_spec,
-                    group_by=group_by, eval_turns=eval_turns, demo_turns=demo_turns)
+                    group_by=group_by, eval_turns=eval_turns, demo_turns=demo_turns, context=context,
+                    context_turns=context_turns)
 
 
 def _check_remote_options(name: str, options: dict) -> None:
