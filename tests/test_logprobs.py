@@ -218,7 +218,9 @@ def test_shared_prompt_prefix_matches_one_forward_per_row(tiny_policy):
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
         out[name] = (logp.detach(), ent, grads)
     model.zero_grad(set_to_none=True)
-    assert asked == [True]   # this rank could share: the path is agreed once per micro-batch
+    # this rank could share prompts; the paths are agreed per micro-batch: the shared-prompt path, then a
+    # shared prefix of the distinct prompts (none here: 7-token prompts, shared_prefix.MIN_SHARED_PREFIX)
+    assert asked == [True, False]
     torch.testing.assert_close(out["shared"][0], out["full"][0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(out["shared"][1], out["full"][1], atol=1e-4, rtol=1e-4)
     for n in out["full"][2]:

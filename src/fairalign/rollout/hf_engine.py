@@ -1,6 +1,7 @@
 """The default rollout engine: batched sampling with a plain transformers model and its KV cache.
 
-Prompts are rendered (chat template or raw text), tokenized once, left-padded, pre-filled once, and
+Prompts are rendered (chat template or raw text), tokenized once, left-padded, pre-filled once (a long
+prefix all of them share, such as a task's system prompt, once for all: shared_prefix.py), and
 their KV cache repeated G times (generations of one prompt adjacent). Decoding is our own loop over
 `model(...)` with the KV cache, `logits_to_keep=1`, explicit position ids (correct under left
 padding) and a `torch.Generator`, so a seed reproduces a batch exactly without touching the global
@@ -24,6 +25,7 @@ from fairalign.rollout.batch import RolloutBatch
 from fairalign.rollout.decode_kernels import growing_cache, packed_linears
 from fairalign.rollout.engine_base import GenerationEngineBase, Sampling, decode_completions  # noqa: F401 (re-exported)
 from fairalign.rollout.logprobs import gather_logprobs, supports_logits_to_keep
+from fairalign.rollout.shared_prefix import common_prefix_len, prefill_split, split_prefix
 
 
 def filter_logits(logits: torch.Tensor, top_p: float = 1.0, top_k: int = 0) -> torch.Tensor:
@@ -126,10 +128,17 @@ class HFGenerationEngine(GenerationEngineBase):
         if cache is not None:
             keep["past_key_values"] = cache
         position = (prompt_mask.long().cumsum(-1) - 1).clamp(min=0)  # [n, P]
-        out = model(
-            input_ids=prompt_ids, attention_mask=prompt_mask.long(), position_ids=position,
-            use_cache=True, **keep,
-        )
+        c = common_prefix_len(prompt_ids, prompt_mask) if "logits_to_keep" in keep else 0
+        if self.all_ranks(bool(c)):  # the prompts' shared prefix once, then their suffixes (shared_prefix.py)
+            split = split_prefix(prompt_ids, prompt_mask, c)
+            out = prefill_split(model, split, keep.pop("past_key_values", None), **keep)
+            prompt_mask, position = split.mask, split.position  # [n, C + S]: the cache's layout
+            P = prompt_mask.shape[1]
+        else:
+            out = model(
+                input_ids=prompt_ids, attention_mask=prompt_mask.long(), position_ids=position,
+                use_cache=True, **keep,
+            )
         keep.pop("past_key_values", None)
         cache, last_logits = out.past_key_values, out.logits[:, -1:, :]  # last_logits [n, 1, V]
         if generations > 1:

@@ -21,6 +21,8 @@ from typing import Callable
 
 import torch
 
+from fairalign.rollout.shared_prefix import common_prefix_len, prefill_split, split_prefix
+
 _KEEP_SUPPORT: dict[type, bool] = {}
 
 
@@ -92,24 +94,32 @@ def _response_logits(model, prompt_ids, prompt_mask, response_ids, n_keep: int,
                      all_ranks: Callable[[bool], bool] = bool, with_hidden: bool = False):
     """Same as `_response_logits_full`, but each *distinct* prompt row runs once: its KV cache is
     gathered (differentiably) for the rows that share it, so the G generations of a prompt do not
-    recompute — or backpropagate through — the prompt G times. `all_ranks`: see the module docstring."""
+    recompute — or backpropagate through — the prompt G times; a long prefix the distinct prompts share
+    (a system prompt) runs once for all of them (shared_prefix.py). `all_ranks`: see the module docstring."""
     b, P = prompt_ids.shape
     key = torch.cat([prompt_ids, prompt_mask.long()], dim=1)  # [b, 2P]
     uniq, inverse = torch.unique(key, dim=0, return_inverse=True)  # [u, 2P], [b]
-    # sharded model: this path makes 2 forwards, the full one 1, so all ranks must take the same one
-    if not all_ranks(bool(uniq.shape[0] < b and n_keep > 1 and supports_logits_to_keep(model))):
-        return _response_logits_full(model, prompt_ids, prompt_mask, response_ids, n_keep, with_hidden)
     u_ids, u_mask = uniq[:, :P], uniq[:, P:]  # [u, P]
+    c = common_prefix_len(u_ids, u_mask)
+    # sharded model: this path makes 2-3 forwards, the full one 1, so all ranks must take the same one
+    if not all_ranks(bool((uniq.shape[0] < b or c) and n_keep > 1 and supports_logits_to_keep(model))):
+        return _response_logits_full(model, prompt_ids, prompt_mask, response_ids, n_keep, with_hidden)
     u_pos = (u_mask.cumsum(-1) - 1).clamp(min=0)  # [u, P]
     hid = {"output_hidden_states": True} if with_hidden else {}
-    out = model(input_ids=u_ids, attention_mask=u_mask, position_ids=u_pos, use_cache=True, logits_to_keep=1, **hid)
+    if all_ranks(bool(c)):  # the distinct prompts' shared prefix once, then their suffixes (shared_prefix.py)
+        split = split_prefix(u_ids, u_mask, c)
+        out = prefill_split(model, split, logits_to_keep=1, **hid)
+        u_mask, u_pos = split.mask, split.position  # [u, C + S]: the cache's layout
+    else:
+        out = model(input_ids=u_ids, attention_mask=u_mask, position_ids=u_pos, use_cache=True, logits_to_keep=1,
+                    **hid)
     cache = out.past_key_values
     if not hasattr(cache, "batch_select_indices"):
         return _response_logits_full(model, prompt_ids, prompt_mask, response_ids, n_keep, with_hidden)
     cache.batch_select_indices(inverse)  # [u, ...] -> [b, ...]
     first = out.logits[inverse]  # [b, 1, V]: predicts response token 0
     r_in = response_ids[:, : n_keep - 1]  # [b, n_keep-1]
-    attn = torch.cat([prompt_mask.long(), torch.ones_like(r_in)], dim=1)  # [b, P + n_keep-1]
+    attn = torch.cat([u_mask[inverse], torch.ones_like(r_in)], dim=1)  # [b, P + n_keep-1]
     r_pos = u_pos[inverse, -1:] + 1 + torch.arange(n_keep - 1, device=r_in.device)  # [b, n_keep-1]
     rest = model(input_ids=r_in, attention_mask=attn, position_ids=r_pos, past_key_values=cache,
                  use_cache=True, **hid)  # logits [b, n_keep-1, V]
