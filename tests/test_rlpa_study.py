@@ -49,7 +49,8 @@ def test_spec_loads_with_compares_loader_and_takes_the_recipe_from_the_preset():
                    {k: v for k, v in recipe.items() if not (arm == "warmup" and k == "steps")}
             assert cfg["task_options.n_test"] == 64 and cfg["eval.temperature"] == 0.0
             assert cfg["output_dir"] == f"runs/study-rlpa-cpu/{arm}/seed-{seed}" and cfg["seed"] == seed
-    assert study.configs["warmup"][0].steps == 0 and study.configs["rl"][0].steps == get_preset("rlpa-smollm2-cpu")["steps"]
+    assert study.configs["warmup"][0].steps == 0
+    assert study.configs["rl"][0].steps == get_preset("rlpa-smollm2-cpu")["steps"]
     assert study.configs["warmup"][0].sft.steps > 0  # the warm-up arm is the supervised warm-up alone
 
 
@@ -193,8 +194,9 @@ def test_study_writes_every_record(tiny_study):
     for arm in ("warmup", "rl", "untrained"):
         ev = json.loads((study / arm / "seed-0" / "eval.json").read_text())
         mine = [r for r in rows if r["arm"] == arm and r["decoding"] == "greedy"]
-        assert [(r["profile"], r["turn"], r["al"], r["profile_f1"]) for r in mine] == \
-               [(d["profile_id"], t["turn"], 50.0 * t["total"], t["profile"]) for d in ev["dialogues"] for t in d["turns"]]
+        theirs = [(d["profile_id"], t["turn"], 50.0 * t["total"], t["profile"]) for d in ev["dialogues"]
+                  for t in d["turns"]]
+        assert [(r["profile"], r["turn"], r["al"], r["profile_f1"]) for r in mine] == theirs
     # same seed, same warm-up: the two arms' supervised steps are the same
     sft = [[json.loads(x)["sft/loss"] for x in (study / a / "seed-0" / "sft_metrics.jsonl").read_text().splitlines()]
            for a in ("warmup", "rl")]
@@ -217,7 +219,8 @@ def test_study_writes_every_record(tiny_study):
 def test_a_second_call_reuses_everything(tiny_study):
     folder, argv, _ = tiny_study
     study = folder / "study"
-    files = [study / a / "seed-0" / n for a in ("warmup", "rl", "untrained") for n in ("eval.json", "eval_sampled.json")]
+    files = [study / a / "seed-0" / n for a in ("warmup", "rl", "untrained")
+             for n in ("eval.json", "eval_sampled.json")]
     files += [study / "oracle" / "eval.json", folder / "results" / "records.jsonl"]
     before = [(f.read_bytes(), f.stat().st_mtime_ns) for f in files[:-1]] + [files[-1].read_bytes()]
     out = io.StringIO()

@@ -15,9 +15,9 @@ study is finished by the same command:
            `rollout.top_p`), one candidate per turn (`eval.generations=1`), `--samples` times. Sample s is the
            evaluation with seed s: `Task.evaluate(seed=s)`, which the RLPA evaluation turns into the
            generator seed of every turn's `engine.generate` (s * 7 + the batch's first profile index + the
-           first prompt's length, envs/rlpa/evaluate.py) and the simulated user's seed (s + the batch's first
-           profile index). So sample s of every arm and training seed meets the same user stream and the same
-           generator seeds: the policies alone differ. The task itself is built with the training seed, as
+           number of messages in the batch's first prompt, envs/rlpa/evaluate.py) and the simulated user's seed
+           (s + the batch's first profile index). So sample s of every arm and training seed has the same user
+           and generator seeds: the policies alone differ. The task itself is built with the training seed, as
            in the greedy evaluation, so its test profiles are those. Written to eval_sampled.json beside the
            greedy eval.json, after every sample; a file of other settings is started over.
   oracle   envs/rlpa/oracle.py's oracle (it reads what the simulated user has revealed, which no policy can)

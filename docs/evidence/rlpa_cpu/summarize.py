@@ -150,8 +150,9 @@ def training_reward(runs: Path) -> dict:
                 row = json.loads(line)
             except ValueError:
                 continue
-            if isinstance(row.get("step"), int) and row["step"] >= 1 and isinstance(row.get("reward/mean"), (int, float)):
-                by_step[row["step"]] = float(row["reward/mean"])  # a resumed step's last line wins
+            step, reward = row.get("step"), row.get("reward/mean")
+            if isinstance(step, int) and step >= 1 and isinstance(reward, (int, float)):
+                by_step[step] = float(reward)  # a resumed step's last line wins
         if by_step:
             seed = path.parent.name.removeprefix("seed-")
             out.setdefault(path.parent.parent.name, {})[seed] = [by_step[k] for k in sorted(by_step)]
@@ -246,7 +247,8 @@ def report(s: dict, reward: dict | None, stream) -> None:
         t = s["target"]
         yes = lambda v: "n/a" if v is None else ("yes" if v else "no")  # noqa: E731
         p(f"\ntarget (greedy): rl − warmup AVG {_value(primary['avg'], 2, signed=True)}, lower bound > 0: "
-          f"{yes(t['primary_lower_bound_above_0'])}; rl N-IR {rl['n_ir']['mean']:+.3f} > 0: {yes(t['rl_n_ir_above_0'])}; "
+          f"{yes(t['primary_lower_bound_above_0'])}; rl N-IR {rl['n_ir']['mean']:+.3f} > 0: "
+          f"{yes(t['rl_n_ir_above_0'])}; "
           f"rl N-R² {rl['n_r2']['mean']:.3f} >= {TARGET_N_R2}: {yes(t['rl_n_r2_at_least_0.5'])} (N-IR, N-R²: mean "
           f"over seeds)")
     if reward:
