@@ -2,9 +2,10 @@
 
     output_dir: runs/cmp-pgrpo          # the study folder (default runs/<spec file name>)
     seeds: [0, 1, 2, 3, 4]              # or a count: 5 = [0, 1, 2, 3, 4]
+    preset: rlpa-smollm2-cpu            # optional: base starts from this preset (its output_dir dropped)
     base: {model: smollm2-135m, task: personas, steps: 20}   # config keys, nested or dotted
     arms:                               # first arm = the baseline of the paired differences
-      grpo:  {algo.advantage: grpo}
+      grpo:  {algo.advantage: grpo}     # {} = the base as it is (no two arms may train the same config)
       pgrpo: {algo.advantage: pgrpo}
     eval: {examples: 64}                # held-out evaluation (eval.* keys; rlpa: profiles, turns)
     save_every: 4                       # checkpoint interval of every run (default max(1, steps // 5))
@@ -17,7 +18,8 @@ and RLPA's); without it, the task's headline metric (heldout/reward, or dialogue
 primary one. `derived:` defines a metric as the mean of others in each run. "untrained" names the
 starting policy's evaluation and cannot be an arm.
 
-A run's config is `build_config(base merged with the arm, overrides + [seed=S, output_dir=...])`; the
+A run's config is `build_config(preset merged with base, merged with the arm, overrides + [seed=S,
+output_dir=...])` (a preset's own output_dir is left out: the study sets it); the
 KEY=VALUE pairs of the command line are config overrides applied to every run, except `output_dir=`
 and `seeds=`, which replace the spec's. Every mistake is a ConfigError of one line that names the spec
 file and the key.
@@ -38,10 +40,10 @@ from fairalign.config import (
     parse_override,
     to_dict,
 )
-from fairalign.config.presets import merge
+from fairalign.config.presets import get_preset, merge
 from fairalign.errors import ConfigError
 
-SPEC_KEYS = ("output_dir", "seeds", "base", "arms", "eval", "save_every", "primary", "derived")
+SPEC_KEYS = ("output_dir", "seeds", "preset", "base", "arms", "eval", "save_every", "primary", "derived")
 # spec `eval:` aliases (the flags of `fairalign eval-dialogue`); other keys are eval.* unless dotted
 EVAL_ALIASES = {"profiles": "eval.examples", "turns": "task_options.eval_turns"}
 EVAL_KEYS = ("eval.", "task_options.eval_turns")
@@ -138,6 +140,8 @@ def load_study(path: str | Path, cli: list[str] | None = None) -> Study:
     if save_every is not None and (isinstance(save_every, bool) or not isinstance(save_every, int) or save_every < 1):
         raise fail(f"save_every must be a positive integer, got {save_every!r}")
     base = _nested(base, "base", fail)
+    if spec.get("preset") is not None:  # the named recipe, under base:'s keys (the study sets seed and output_dir)
+        base = merge(_preset(spec["preset"], fail), base)
     for reserved in ("seed", "output_dir"):
         if reserved in base or any(parse_override(o)[0] == reserved for o in overrides):
             raise fail(f"'{reserved}' is set by the study (seeds: / output_dir:), not in base: or on the command line")
@@ -157,9 +161,9 @@ def load_study(path: str | Path, cli: list[str] | None = None) -> Study:
                        f"study makes")
         if not ARM_NAME.match(name):
             raise fail(f"arm name '{name}' must be letters, digits, '_', '-', '.', '+' (it names a folder)")
-        if change is None or change == {}:
+        if change is None:
             raise fail(f"arm '{name}' names no change; give the keys it sets (the baseline too, e.g. "
-                       f"{{algo.advantage: grpo}})")
+                       f"{{algo.advantage: grpo}}), or {{}} for the base as it is")
         if not isinstance(change, dict):
             raise fail(f"arm '{name}' must be a mapping of config keys, got {change!r}")
         change = _nested(change, f"arm '{name}'", fail)
@@ -295,6 +299,17 @@ def _seeds(value, fail) -> list[int]:
     if len(set(value)) != len(value):
         raise fail(f"seeds has a repeated seed: {value!r}")
     return list(value)
+
+
+def _preset(name, fail) -> dict:
+    """The preset's config keys without output_dir and seed (the study's)."""
+    if not isinstance(name, str):
+        raise fail(f"preset must be the name of a preset, got {name!r}")
+    try:
+        keys = get_preset(name)
+    except ConfigError as e:
+        raise fail(f"preset: {e}") from None
+    return {k: v for k, v in keys.items() if k not in ("output_dir", "seed")}
 
 
 def _nested(data: dict, what: str, fail) -> dict:
