@@ -8,7 +8,9 @@ paired intervals (results.py, table.py; docs/compare.md).
     output_dir/comparison.json  per-run metrics, per-arm means, paired differences vs the first arm
 
 Resumable and idempotent: a run with final/ and an eval.json of the same evaluation settings is reused
-untouched (an untrained evaluation likewise); a run with checkpoints and no final/ is resumed; a rerun of
+untouched (an untrained evaluation likewise); a run with checkpoints and no final/ is resumed; a fresh run
+that only trains longer than an earlier arm's run of its seed starts from that run's last checkpoint
+(`start_from_shorter_run`: a `warmup: {steps: 0}` arm's warm-up is not redone by the RL arm); a rerun of
 a finished study only re-aggregates. Simplifications: one process (no data parallelism inside a study);
 runs go one after the other, seed-major (the seed's untrained evaluation, then every arm of seed 0, then
 of seed 1, ...), so a partial study is already paired; a run's wall time is the sum of its logged step
@@ -245,6 +247,44 @@ def evaluate_untrained(study: Study, seed: int) -> dict:
     return res
 
 
+def start_from_shorter_run(study: Study, arm: str, seed: int, out) -> bool:
+    """A fresh run whose config differs from an earlier arm's run of the same seed only in `steps` (it has
+    more) starts where that run ended: its last checkpoint (after a warm-up, `step-0`), the saved KL
+    reference and the logs are copied into the new run's directory, which then resumes. Resuming is exact
+    (tested), so this computes what training from scratch computes, without repeating the shared steps
+    (e.g. an `rl` arm after a `warmup: {steps: 0}` arm does not redo the supervised warm-up). False when no
+    such run has its checkpoint on disk."""
+    import shutil
+
+    from fairalign.train.checkpoint import list_checkpoints
+
+    cfg = study.configs[arm][seed]
+    for other in study.arms[:study.arms.index(arm)]:
+        ocfg = study.configs[other][seed]
+        if ocfg.steps >= cfg.steps or training_differences(ocfg, cfg) != ["steps"]:
+            continue
+        found = dict(list_checkpoints(study.run_dir(other, seed))).get(ocfg.steps)
+        if found is None:
+            continue
+        src, dst = study.run_dir(other, seed), study.run_dir(arm, seed)
+        tmp = dst.with_name(dst.name + ".starting")
+        shutil.rmtree(tmp, ignore_errors=True)
+        (tmp / "checkpoints").mkdir(parents=True)
+        shutil.copytree(found, tmp / "checkpoints" / found.name)
+        for name in ("reference",):
+            if (src / name).is_dir():
+                shutil.copytree(src / name, tmp / name)
+        for name in STALE_FILES:
+            if (src / name).is_file():
+                shutil.copy2(src / name, tmp / name)
+        shutil.rmtree(dst, ignore_errors=True)  # a fresh run's directory holds no checkpoint: nothing is lost
+        os.replace(tmp, dst)
+        print(f"[{arm} seed {seed}] starts from [{other} seed {seed}]'s step {ocfg.steps} (the configs differ only "
+              f"in steps)", file=out, flush=True)
+        return True
+    return False
+
+
 # ---------------------------------------------------------------------------------------------
 # the study
 
@@ -277,6 +317,8 @@ def run_study(spec_path: str | Path, overrides: list[str] | None = None, *, stre
         if state == "done":
             counts["reused"] += 1
             continue
+        if state == "fresh" and start_from_shorter_run(study, arm, seed, out):
+            state = "resume"
         if state in ("fresh", "resume"):
             model, tok = train_run(study, arm, seed, state == "resume", progress)
             counts["trained"] += 1

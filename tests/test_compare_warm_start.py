@@ -1,0 +1,46 @@
+"""`fairalign compare` starts a fresh run that only trains longer than an earlier arm's run of the same seed
+from that run's last checkpoint (compare/study.py: start_from_shorter_run): the RL arm after a `steps: 0`
+warm-up arm does not redo the supervised warm-up, and its training is exactly what a run from scratch gives."""
+import io
+import json
+
+import yaml
+
+from fairalign.compare import run_study
+
+BASE = {"model": "tiny", "task": "rlpa", "steps": 2, "threads": 1,
+        "task_options": {"n_test": 2, "n_train": 8, "max_turns": 2, "eval_turns": 2, "demo_turns": 2,
+                         "context": "recent"},
+        "rollout": {"prompts_per_step": 1, "generations": 2, "max_new_tokens": 8},
+        "algo": {"beta": 0.1},  # a KL reference saved after the warm-up: copied with the checkpoint
+        "sft": {"steps": 2, "batch_size": 2}, "log": {"tensorboard": False}, "keep_last": 1}
+
+
+def _study(folder, arms: dict):
+    spec = {"output_dir": str(folder / "study"), "seeds": [0], "base": BASE, "arms": arms,
+            "eval": {"examples": 2, "batch_size": 2}}
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "spec.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    out = io.StringIO()
+    run_study(folder / "spec.yaml", stream=out)
+    return folder / "study", out.getvalue()
+
+
+def _lines(path):
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+def test_rl_arm_starts_from_the_warmup_arm_and_trains_as_from_scratch(tmp_path, tiny_model_dir):
+    both, text = _study(tmp_path / "a", {"warmup": {"steps": 0}, "rl": {}})
+    assert "[rl seed 0] starts from [warmup seed 0]'s step 0" in text
+    alone, text_alone = _study(tmp_path / "b", {"rl": {}, "short": {"steps": 1, "optim.lr": 1e-4}})
+    assert "starts from" not in text_alone  # another lr: not only steps differ, so it trains from scratch
+    rl, ref = both / "rl" / "seed-0", alone / "rl" / "seed-0"
+    drop = ("step_s", "tokens_per_s")
+    timing = lambda row: {k: v for k, v in row.items() if not k.startswith("time/") and k not in drop}  # noqa: E731
+    assert [timing(r) for r in _lines(rl / "metrics.jsonl")] == [timing(r) for r in _lines(ref / "metrics.jsonl")]
+    assert [r["sft/loss"] for r in _lines(rl / "sft_metrics.jsonl")] == \
+        [r["sft/loss"] for r in _lines(ref / "sft_metrics.jsonl")]  # the warm-up's log came along
+    ev = lambda d: json.loads((d / "eval.json").read_text())["metrics"]  # noqa: E731
+    assert ev(rl) == ev(ref)
+    assert (both / "warmup" / "seed-0" / "checkpoints" / "step-0").is_dir()  # the source run is left as it was
