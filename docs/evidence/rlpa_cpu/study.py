@@ -37,7 +37,9 @@ repeated (the reply repeats an earlier reply or question of its dialogue: envs/r
 on the visible replies, as docs/evidence/rlpa/summarize.py counts it), truncated (the reply hit max_new_tokens).
 
 timing.json: per arm and seed the warm-up's seconds (sum of sft/step_s), the RL steps' (sum of step_s), the
-greedy evaluation's and each sampled evaluation's (eval_s); the oracle's; per seed their sum. Model loading
+greedy evaluation's and each sampled evaluation's (eval_s); the oracle's; per seed their sum, with the warm-up
+counted once (`fairalign compare` starts the rl run from the warmup run's step-0 checkpoint, and the copied
+sft_metrics.jsonl repeats the warm-up's steps). Model loading
 and checkpoint writes are not in it (as in `fairalign compare`'s time/* metrics).
 
 Simplifications: one process, runs and evaluations one after the other; the oracle is played once, on the
@@ -81,12 +83,16 @@ def _targets(study):
             yield arm, seed, study.run_dir(arm, seed), study.configs[arm][seed], study.run_dir(arm, seed) / "final"
 
 
+SAMPLED_PROFILES = 0  # test profiles of a sampled evaluation (0 = the greedy one's); --sampled-profiles
+
+
 def sampled_config(study, cfg, sample: int | None = None):
     """The run's greedy evaluation config with eval.temperature = rollout.temperature, one candidate per turn,
-    and (for a sample) seed = the sample's index."""
+    the first SAMPLED_PROFILES test profiles (when set), and (for a sample) seed = the sample's index."""
     from fairalign.config import build_config, to_dict
 
     extra = [f"eval.temperature={cfg.rollout.temperature}", "eval.generations=1"]
+    extra += [f"eval.examples={SAMPLED_PROFILES}"] if SAMPLED_PROFILES else []
     return build_config(to_dict(cfg), [*study.eval_overrides, *extra, *([f"seed={sample}"] if sample is not None
                                                                       else [])])
 
@@ -292,6 +298,7 @@ def write_records(study, out: Path, stream=sys.stdout) -> dict:
 
     records, missing = [], []
     timing: dict = {"runs": {}, "untrained": {}, "oracle_s": None, "per_seed_s": {}}
+    warmups: dict[str, float] = {}
     for arm, seed, folder, cfg, weights in _targets(study):
         t = {}
         ev = read_eval(folder)
@@ -319,8 +326,11 @@ def write_records(study, out: Path, stream=sys.stdout) -> dict:
                     copy.mkdir(parents=True, exist_ok=True)
                     shutil.copyfile(folder / name, copy / name)
         timing["per_seed_s"][str(seed)] = timing["per_seed_s"].get(str(seed), 0.0) + sum(
-            v for k, v in t.items() if k != "eval_sampled_s" and isinstance(v, (int, float))) + sum(
+            v for k, v in t.items() if k not in ("eval_sampled_s", "warmup_s") and isinstance(v, (int, float))) + sum(
             v for v in t.get("eval_sampled_s", []) if isinstance(v, (int, float)))
+        warmups[str(seed)] = max(warmups.get(str(seed), 0.0), t.get("warmup_s") or 0.0)
+    for seed, w in warmups.items():  # one warm-up per seed: the rl arm starts from the warmup arm's step 0
+        timing["per_seed_s"][seed] += w
     oracle = _read_json(study.output_dir / ORACLE / "eval.json")
     if oracle is not None:
         records += dialogue_records(oracle["dialogues"], ORACLE, None, "greedy", 0)
@@ -380,11 +390,15 @@ def main(argv: list[str] | None = None, stream=sys.stdout) -> int:
     p.add_argument("spec", help="the study's compare spec (docs/evidence/rlpa_cpu/spec.yaml)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="as `fairalign compare SPEC KEY=VALUE`")
     p.add_argument("--samples", type=int, default=4, help="sampled evaluations per policy (sample s: seed s)")
+    p.add_argument("--sampled-profiles", type=int, default=0,
+                   help="sampled evaluations use the first N test profiles (default 0: the greedy evaluation's)")
     p.add_argument("--only", choices=PHASES, help="run one phase (default: all, in order)")
     p.add_argument("--out", type=Path, default=DEFAULT_RECORDS, help="the records file (default %(default)s)")
     args = p.parse_args(argv)
-    if args.samples < 1:
-        p.error("--samples must be >= 1")
+    global SAMPLED_PROFILES
+    SAMPLED_PROFILES = args.sampled_profiles
+    if args.samples < 1 or args.sampled_profiles < 0:
+        p.error("--samples must be >= 1 and --sampled-profiles >= 0")
     from fairalign.compare import load_study, run_study
     from fairalign.errors import ConfigError, StopRequested, TrainingError
 
