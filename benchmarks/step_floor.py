@@ -149,8 +149,8 @@ def child(a) -> None:
     import fairalign.rollout.hf_engine as he
     from fairalign.cli import resolve_config
     from fairalign.demo import demo_config
-    from fairalign.rollout.shared_prefix import common_prefix_len
     from fairalign.eval.run import evaluate_policy
+    from fairalign.rollout.shared_prefix import common_prefix_len
     from fairalign.train.trainer import Trainer
 
     calls: list[dict] = []  # every generate() call of the current phase

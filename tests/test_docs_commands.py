@@ -134,8 +134,8 @@ def test_page_commands_run_in_order(tmp_path, monkeypatch, capsys):
     assert _steps(runs / "rlpa-smollm2-cpu") == [1, 2]
     for name in ("rlpa-smollm2-cpu", "eval-untrained", "rlpa-sft-only"):
         assert (runs / name / "dialogue_eval.json").is_file(), name
-    sft_only = runs / "rlpa-sft-only"  # steps=0 sft.steps=10: the warm-up's 10 steps, no RL step
-    assert len((sft_only / "sft_metrics.jsonl").read_text().splitlines()) == 10
+    sft_only = runs / "rlpa-sft-only"  # steps=0: the warm-up (sft.steps=2 in the tiny run), no RL step
+    assert len((sft_only / "sft_metrics.jsonl").read_text().splitlines()) == 2
     assert not (sft_only / "metrics.jsonl").exists() or _steps(sft_only) == []
     assert (Path("docs/figures") / "clip_rate_by_length.json").is_file()
     assert (runs / "simulate-none" / "clip_rate_by_length.json").is_file()

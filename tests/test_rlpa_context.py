@@ -52,8 +52,7 @@ def test_recent_context_is_the_last_exchanges_with_the_last_stated_profile():
     # turn 5: the latest well-formed profile again
     assert recent[4][0][-2]["content"] == _turn(STATED[3], REPLIES[3])
     # the user and the judge saw the same dialogue under both contexts: identical records and rewards
-    strip = lambda recs: [{k: v for k, v in r.items()} for r in recs]  # noqa: E731
-    assert strip(run_recent.records) == strip(run_full.records)
+    assert run_recent.records == run_full.records
     assert run_recent.transcripts == run_full.transcripts
 
 

@@ -155,7 +155,8 @@ def test_all_ranks_keeps_decoding_until_every_rank_is_done(tiny_policy):
                        all_ranks=lambda flag: asked.append(flag) and False).generate(PROMPTS[:1])
     finally:
         hook.remove()
-    assert asked == [True, True, True] and len(calls) == 4   # pre-fill + 3 decode steps
+    # the shared-prefix pre-fill is agreed first (no shared prefix with one prompt), then each decode stop
+    assert asked == [False, True, True, True] and len(calls) == 4   # pre-fill + 3 decode steps
     assert batch.lengths.tolist() == [1] and batch.response_ids[0, 0] == first
     assert (batch.response_ids[0, 1:] == tok.pad_token_id).all() and not batch.truncated.any()
 

@@ -38,16 +38,20 @@ PRESETS: dict[str, dict] = {
     "pgrpo": {"algo": {"loss": "ppo", "advantage": "pgrpo", "agg": "token-mean"}},
     # P-GRPO advantages with the FSPO loss: fairalign's flagship combination.
     "pgrpo-fspo": {"algo": {"loss": "fspo", "advantage": "pgrpo", "agg": "token-mean", "drift": "none"}},
-    # RLPA on a laptop CPU with the embedded SmolLM2-135M: a 10-step supervised warm-up on oracle turns
-    # (the 135M model cannot follow the turn contract on its own), then GRPO on 4-turn dialogues.
-    # Measured in docs/rlpa.md ("Does it learn on a CPU?").
+    # RLPA on a laptop CPU with the embedded SmolLM2-135M (docs/rlpa.md §8, study: docs/evidence/rlpa_cpu): a
+    # supervised warm-up on 40 x 8 = 320 oracle turns (the 135M model cannot follow the turn contract on its
+    # own; 80 turns left the profile F1 at ~15, 320 at ~45 in a pilot), then GRPO on 10-turn dialogues, 4
+    # dialogues x 4 candidates per step, with a KL penalty to the warm-up (a pilot at lr 5e-5 without it lost
+    # the profile). The policy sees the recent part of the dialogue with its last stated profile (context
+    # "recent"), in training, the warm-up's demonstrations and evaluation alike.
     "rlpa-smollm2-cpu": {
-        "model": "smollm2-135m", "task": "rlpa", "output_dir": "runs/rlpa-smollm2-cpu", "steps": 12,
-        "task_options": {"max_turns": 4},
-        "algo": {"loss": "ppo", "advantage": "grpo", "agg": "token-mean"},
-        "rollout": {"prompts_per_step": 2, "generations": 4, "max_new_tokens": 80, "temperature": 0.8},
+        "model": "smollm2-135m", "task": "rlpa", "output_dir": "runs/rlpa-smollm2-cpu", "steps": 6,
+        "task_options": {"max_turns": 10, "eval_turns": 10, "context": "recent", "context_turns": 2},
+        "algo": {"loss": "ppo", "advantage": "grpo", "agg": "token-mean", "beta": 0.05},
+        "rollout": {"prompts_per_step": 4, "generations": 4, "max_new_tokens": 160, "temperature": 0.8},
         "optim": {"lr": 2e-5},
-        "sft": {"steps": 10, "batch_size": 8, "lr": 5e-5},
+        "sft": {"steps": 40, "batch_size": 8, "lr": 5e-5},
+        "eval": {"examples": 64, "batch_size": 64},
     },
 }
 
