@@ -181,12 +181,17 @@ def cmd_train(ns) -> int:
 
 
 def _train(cfg, ns) -> int:
+    from fairalign.errors import StopRequested
     from fairalign.train.trainer import Trainer
 
     trainer = Trainer(cfg, resume=bool(ns.resume), overwrite=ns.overwrite)
     if trainer.dist.is_main:
         print(trainer.header(), flush=True)
-    rows = trainer.train()
+    try:
+        rows = trainer.train()
+    except StopRequested:  # every rank stopped at the same step (train() agrees on it) and saved it
+        trainer.dist.close()
+        raise
     if trainer.dist.is_main:
         from fairalign.report.run_plots import make_plots
 

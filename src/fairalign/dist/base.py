@@ -209,11 +209,24 @@ class Dist:
             torch.distributed.barrier()
 
     def close(self) -> None:
-        """End of the run: wait for every rank, then tear the process group down (a gloo group left
-        to interpreter exit sometimes aborts the process, failing a finished run)."""
+        """End of the run (finished, or stopped by a signal at the step every rank agreed on): wait for
+        every rank, then tear the process group down (a gloo group left to interpreter exit sometimes
+        aborts the process, failing a finished run). `python -m fairalign` then ends the rank without
+        interpreter teardown (`process_group_closed`)."""
+        global _closed_here
         if self.world > 1 and torch.distributed.is_initialized():
             torch.distributed.barrier()
             torch.distributed.destroy_process_group()
+            _closed_here = True
+
+
+_closed_here = False  # set by Dist.close() once this process's process group is torn down
+
+
+def process_group_closed() -> bool:
+    """Whether `Dist.close()` tore this process's process group down (a rank of a launched run whose
+    run ended and saved everything)."""
+    return _closed_here
 
 
 class DDPDist(Dist):
