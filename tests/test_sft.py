@@ -101,3 +101,18 @@ def test_keep_last_never_prunes_the_warmup_checkpoint(tmp_path):
     assert sorted(p.name for p in ckpts.iterdir()) == ["step-0", "step-2"]
     Trainer(cfg, resume=True).train()
     assert sorted(p.name for p in ckpts.iterdir()) == ["step-0", "step-4"]
+
+
+def test_train_step_alone_runs_the_warmup_first_as_train_does(tmp_path):
+    """Driving the trainer step by step (`train_step()`, no `train()`) with a warm-up and a KL penalty: the
+    warm-up runs first and becomes the KL reference, and the step equals `train()`'s first step (it used to
+    fail with AttributeError: the reference did not exist yet and the code took the LoRA path)."""
+    over = {"steps": 1, "algo": {"beta": 0.05}}
+    by_train = Trainer(_cfg(tmp_path / "a", **over)).train()[0]
+    stepper = Trainer(_cfg(tmp_path / "b", **over))
+    by_step = stepper.train_step()
+    assert stepper.sft_done and stepper.ref_model is not None
+    assert len((tmp_path / "b" / "run" / "sft_metrics.jsonl").read_text().splitlines()) == 3
+    keys = [k for k in by_train if not k.startswith(("time/", "step_s", "tokens_per_s"))]
+    assert "kl" in " ".join(keys)
+    assert {k: by_step[k] for k in keys} == pytest.approx({k: by_train[k] for k in keys}, rel=1e-5, abs=1e-7)

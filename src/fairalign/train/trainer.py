@@ -184,6 +184,10 @@ class Trainer:
             return self.policy.logprobs(self.model, batch, micro)
 
     def train_step(self) -> dict:
+        """One RL step (rollout, advantages, update), its metrics; the sft.* warm-up first if it has not run
+        (so driving the trainer step by step trains what `train()` trains)."""
+        if not self.sft_done:
+            self._warm_up()
         cfg, a = self.cfg, self.cfg.algo
         t_start = time.perf_counter()
         step = self.step + 1
