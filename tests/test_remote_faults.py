@@ -354,3 +354,23 @@ def test_compare_fault_in_the_untrained_evaluation_stops_with_a_rerun_hint(serve
     # untrained batch 2, then each arm: 1 step and 2 evaluation batches
     assert server.count("user") - kept == 2 + 2 * (USER_PER_STEP + 2 + 2)
     assert not partial.exists()
+
+
+def test_a_script_driving_compare_is_named_in_the_stop_message(server, tmp_path):
+    """A script that runs the study through `run_study(..., rerun=...)` (docs/evidence/rlpa_cpu/study.py) is
+    what the stop message tells the user to rerun, not `fairalign compare`."""
+    from fairalign.compare import run_study
+    from fairalign.errors import TrainingError
+
+    base = {k: yaml.safe_load(v) for k, v in (x.split("=", 1) for x in TRAIN + remote(server, "user"))}
+    base["steps"] = 1
+    del base["seed"]
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "study"), "seeds": [0], "base": base,
+                                    "arms": {"a": {"optim.lr": 1e-5}, "b": {"optim.lr": 2e-5}}, "save_every": 1,
+                                    "eval": {"examples": 4, "batch_size": 2, "turns": 2}}))
+    server.script("user", [("status", 500)])  # the untrained evaluation's first batch fails
+    with pytest.raises(TrainingError) as err:
+        run_study(spec, rerun="python my_study.py spec.yaml --samples 2")
+    assert str(err.value).splitlines()[-1].endswith("rerun `python my_study.py spec.yaml --samples 2` to continue "
+                                                     "the study")

@@ -406,7 +406,9 @@ def main(argv: list[str] | None = None, stream=sys.stdout) -> int:
     try:
         study = load_study(args.spec, args.overrides)
         if "greedy" in phases:
-            run_study(args.spec, args.overrides, stream=stream)
+            again = " ".join([".venv/bin/python", "docs/evidence/rlpa_cpu/study.py",
+                              *(sys.argv[1:] if argv is None else argv)])
+            run_study(args.spec, args.overrides, stream=stream, rerun=again)  # its stop messages name this script
         if "sampled" in phases:
             run_sampled(study, args.samples, stream)
         if "oracle" in phases:

@@ -73,6 +73,12 @@ class Study:
     primary: list[str] = field(default_factory=list)       # metric names fixed before the run
     primary_default: bool = False                          # True: no primary: in the spec, the task's headline
     derived: dict[str, list[str]] = field(default_factory=dict)  # name -> metrics it is the per-run mean of
+    rerun: str = ""  # the command that continues the study, for its stop messages ("" = fairalign compare ...)
+
+    @property
+    def rerun_command(self) -> str:
+        """What a user runs to continue the study after a stop: `rerun`, else `fairalign compare SPEC KEY=VALUE..`."""
+        return self.rerun or " ".join(["fairalign compare", str(self.path), *self.command_line])
 
     def run_dir(self, arm: str, seed: int) -> Path:
         return self.output_dir / arm / f"seed-{seed}"

@@ -163,7 +163,7 @@ def train_run(study: Study, arm: str, seed: int, resume: bool, progress: StudyPr
     callback = _ProgressCallback(progress, arm, seed)
     trainer = Trainer(cfg, resume=resume, callbacks=[callback])
     callback.last = time.perf_counter()
-    again = " ".join(["fairalign compare", str(study.path), *study.command_line])
+    again = study.rerun_command
     try:
         trainer.train()
     except StopRequested as e:  # a signal: the run wrote a checkpoint; the study resumes it when rerun
@@ -217,8 +217,7 @@ def _evaluate_into(study: Study, cfg: Config, model, tokenizer, out_dir: Path, w
     try:
         res = evaluate_policy(model, tokenizer, task_from_config(ecfg), ecfg, parts=parts)
     except EnvironmentFault as e:
-        again = " ".join(["fairalign compare", str(study.path), *study.command_line])
-        raise parts.stopped(e, f"rerun `{again}` to continue the study") from e
+        raise parts.stopped(e, f"rerun `{study.rerun_command}` to continue the study") from e
     res["eval_settings"] = eval_settings(study, cfg)
     res.update(extra)
     _write_json(out_dir / EVAL_FILE, res)
@@ -288,13 +287,15 @@ def start_from_shorter_run(study: Study, arm: str, seed: int, out) -> bool:
 # ---------------------------------------------------------------------------------------------
 # the study
 
-def run_study(spec_path: str | Path, overrides: list[str] | None = None, *, stream=None) -> dict:
+def run_study(spec_path: str | Path, overrides: list[str] | None = None, *, stream=None, rerun: str = "") -> dict:
     """Validate the spec, evaluate each seed's untrained policy, train / resume / reuse every run, evaluate,
     aggregate; returns comparison.json's content (also written to output_dir/comparison.json) and prints
-    the reading."""
+    the reading. `rerun`: the command a stop message tells the user to run again (a script that drives the
+    study; default `fairalign compare SPEC KEY=VALUE...`)."""
     out = stream or sys.stdout
     t_start = time.perf_counter()
     study = load_study(spec_path, overrides)
+    study.rerun = rerun
     plan = [(arm, seed) for seed in study.seeds for arm in study.arms]  # seed-major: pairs finish together
     states = {key: run_state(study, *key) for key in plan}  # every existing run checked before training any
     untrained_todo = [s for s in study.seeds if not untrained_done(study, s)]
