@@ -289,14 +289,20 @@ def test_eval_dialogue_judge_fault_keeps_batches_that_other_settings_do_not_use(
 UNTRAINED_EVAL = 4  # the study first evaluates seed 0's untrained policy: 2 batches x 2 turns of user replies
 
 
-def test_compare_stops_with_a_rerun_hint_and_the_rerun_resumes(server, tmp_path, capsys):
+def _study_spec(server, tmp_path, steps: int):
+    """A two-arm study of the tiny RLPA run against the fake remote user; returns its spec's path."""
     base = {k: yaml.safe_load(v) for k, v in (x.split("=", 1) for x in TRAIN + remote(server, "user"))}
-    base["steps"] = 2
+    base["steps"] = steps
     del base["seed"]  # the study's
     spec = tmp_path / "spec.yaml"
     spec.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "study"), "seeds": [0], "base": base,
                                     "arms": {"a": {"optim.lr": 1e-5}, "b": {"optim.lr": 2e-5}}, "save_every": 1,
                                     "eval": {"examples": 4, "batch_size": 2, "turns": 2}}))
+    return spec
+
+
+def test_compare_stops_with_a_rerun_hint_and_the_rerun_resumes(server, tmp_path, capsys):
+    spec = _study_spec(server, tmp_path, steps=2)
     run = tmp_path / "study" / "a" / "seed-0"
     hint = f"rerun `fairalign compare {spec}` to continue the study"
     server.script("user", [OK] * (UNTRAINED_EVAL + USER_PER_STEP) + [("status", 500)])  # training: step 2 fails
@@ -332,13 +338,7 @@ def test_compare_stops_with_a_rerun_hint_and_the_rerun_resumes(server, tmp_path,
 def test_compare_fault_in_the_untrained_evaluation_stops_with_a_rerun_hint(server, tmp_path, capsys):
     """The study's first evaluation (each seed's untrained policy) fails like the others: one line, a rerun hint,
     its finished batch kept and not asked again."""
-    base = {k: yaml.safe_load(v) for k, v in (x.split("=", 1) for x in TRAIN + remote(server, "user"))}
-    base["steps"] = 1
-    del base["seed"]
-    spec = tmp_path / "spec.yaml"
-    spec.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "study"), "seeds": [0], "base": base,
-                                    "arms": {"a": {"optim.lr": 1e-5}, "b": {"optim.lr": 2e-5}}, "save_every": 1,
-                                    "eval": {"examples": 4, "batch_size": 2, "turns": 2}}))
+    spec = _study_spec(server, tmp_path, steps=1)
     server.script("user", [OK] * 2 + [("status", 500)])  # untrained evaluation: batch 1 done, batch 2 fails
     assert cli_main(["compare", str(spec)]) == 1
     lines = capsys.readouterr().err.strip().splitlines()
@@ -362,13 +362,7 @@ def test_a_script_driving_compare_is_named_in_the_stop_message(server, tmp_path)
     from fairalign.compare import run_study
     from fairalign.errors import TrainingError
 
-    base = {k: yaml.safe_load(v) for k, v in (x.split("=", 1) for x in TRAIN + remote(server, "user"))}
-    base["steps"] = 1
-    del base["seed"]
-    spec = tmp_path / "spec.yaml"
-    spec.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "study"), "seeds": [0], "base": base,
-                                    "arms": {"a": {"optim.lr": 1e-5}, "b": {"optim.lr": 2e-5}}, "save_every": 1,
-                                    "eval": {"examples": 4, "batch_size": 2, "turns": 2}}))
+    spec = _study_spec(server, tmp_path, steps=1)
     server.script("user", [("status", 500)])  # the untrained evaluation's first batch fails
     with pytest.raises(TrainingError) as err:
         run_study(spec, rerun="python my_study.py spec.yaml --samples 2")
