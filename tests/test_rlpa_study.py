@@ -98,7 +98,8 @@ def test_summary_of_hand_made_records(tmp_path):
     for seed, rewards in ((0, [0.5, 1.0]), (1, [1.0, 1.5])):
         (runs / "rl" / f"seed-{seed}").mkdir(parents=True)
         (runs / "rl" / f"seed-{seed}" / "metrics.jsonl").write_text(
-            "".join(json.dumps({"step": i, "reward/mean": r}) + "\n" for i, r in enumerate(rewards, 1)))
+            "".join(json.dumps({"step": i, "reward/mean": r, "entropy": r / 10}) + "\n"
+                    for i, r in enumerate(rewards, 1)))
     (runs / "warmup" / "seed-0").mkdir(parents=True)
     (runs / "warmup" / "seed-0" / "metrics.jsonl").write_text("")  # steps=0: no RL step
     out = io.StringIO()
@@ -141,6 +142,9 @@ def test_summary_of_hand_made_records(tmp_path):
     assert g["warmup"]["by_turn"]["profile_f1"] == pytest.approx([100 / 3, 125 / 3, 200 / 3])
     assert s["target"] == {"primary_lower_bound_above_0": True, "rl_n_ir_above_0": True, "rl_n_r2_at_least_0.5": True}
     assert s["training_reward"] == {"rl": {"0": [0.5, 1.0], "1": [1.0, 1.5]}}
+    assert s["training"]["entropy"] == {"rl": {"0": [0.05, 0.1], "1": [0.1, 0.15]}}
+    assert s["training"]["approx_kl"] == {}  # not logged by these runs
+    assert "| 2 | 0.100 | 0.150 | 0.125 |" in out.getvalue()  # entropy, step 2: the seeds and their mean
     text = out.getvalue()
     assert "target (greedy): rl − warmup AVG +25.00 [+25.00, +25.00], lower bound > 0: yes" in text
     assert "| 2 | 1.000 | 1.500 | 1.250 |" in text  # training reward, step 2: seeds and mean

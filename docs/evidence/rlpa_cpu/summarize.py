@@ -12,8 +12,9 @@ can re-derive them from the committed file. Printed, per decoding (greedy; sampl
   AVG, N-IR, N-R² and AL(k) per turn, with 95% interval, mde80 and p;
 - the issue's target as one line: the primary interval's lower bound > 0, the rl arm's N-IR > 0 and N-R² >= 0.5;
 - profile F1 (x100), the judge's pass rate, the repeat rate and the share of replies cut, per turn, per arm;
-- with `--runs DIR` (DIR/ARM/seed-S/metrics.jsonl, e.g. the study's output_dir or results/runs): the training
-  reward (`reward/mean`) of every RL step, per seed and their mean.
+- with `--runs DIR` (DIR/ARM/seed-S/metrics.jsonl, e.g. the study's output_dir or results/runs), per RL step, per
+  seed and their mean: the training reward (`reward/mean`), the share of turn groups whose candidates tied
+  (`reward/frac_zero_std`: no advantage, no gradient), the policy's entropy and the update's approx_kl.
 `--plot`: AL(k) of every arm with its 95% band, greedy solid, sampled dashed (matplotlib).
 
 Statistics. A sampled arm first averages its samples within each (seed, profile, turn), so a profile counts
@@ -140,8 +141,14 @@ def difference(a: Cell, b: Cell) -> dict | None:
     return out
 
 
-def training_reward(runs: Path) -> dict:
-    """{arm: {seed: [reward/mean of step 1, 2, ...]}} from runs/ARM/seed-S/metrics.jsonl (RL steps only)."""
+TRAINING = (("reward/mean", "training reward (reward/mean)"),
+            ("reward/frac_zero_std", "share of turn groups whose G candidates tied (no advantage: reward/frac_zero_std)"),
+            ("entropy", "policy entropy per token, nats (entropy)"),
+            ("approx_kl", "approx_kl of the update to the behaviour policy"))
+
+
+def training_curves(runs: Path, key: str = "reward/mean") -> dict:
+    """{arm: {seed: [`key` of step 1, 2, ...]}} from runs/ARM/seed-S/metrics.jsonl (RL steps only)."""
     out: dict = {}
     for path in sorted(runs.glob("*/seed-*/metrics.jsonl")):
         by_step = {}
@@ -150,9 +157,9 @@ def training_reward(runs: Path) -> dict:
                 row = json.loads(line)
             except ValueError:
                 continue
-            step, reward = row.get("step"), row.get("reward/mean")
-            if isinstance(step, int) and step >= 1 and isinstance(reward, (int, float)):
-                by_step[step] = float(reward)  # a resumed step's last line wins
+            step, value = row.get("step"), row.get(key)
+            if isinstance(step, int) and step >= 1 and isinstance(value, (int, float)):
+                by_step[step] = float(value)  # a resumed step's last line wins
         if by_step:
             seed = path.parent.name.removeprefix("seed-")
             out.setdefault(path.parent.parent.name, {})[seed] = [by_step[k] for k in sorted(by_step)]
@@ -205,7 +212,7 @@ def _value(entry: dict, digits: int, signed: bool = False) -> str:
 METRICS = (("avg", "AVG", 2), ("n_ir", "N-IR", 3), ("n_r2", "N-R²", 3))
 
 
-def report(s: dict, reward: dict | None, stream) -> None:
+def report(s: dict, training: dict | None, stream) -> None:
     p = lambda *a: print(*a, file=stream)  # noqa: E731
     p(f"{s['records']} records; arms {', '.join(s['arms'])}. {s['method']}.")
     for dec, arms in s["arms_summary"].items():
@@ -251,10 +258,10 @@ def report(s: dict, reward: dict | None, stream) -> None:
           f"{yes(t['rl_n_ir_above_0'])}; "
           f"rl N-R² {rl['n_r2']['mean']:.3f} >= {TARGET_N_R2}: {yes(t['rl_n_r2_at_least_0.5'])} (N-IR, N-R²: mean "
           f"over seeds)")
-    if reward:
-        for arm, seeds in reward.items():
+    for key, title in TRAINING:
+        for arm, seeds in (training or {}).get(key, {}).items():
             steps = max(len(v) for v in seeds.values())
-            p(f"\ntraining reward (reward/mean) per RL step, {arm}")
+            p(f"\n{title} per RL step, {arm}")
             p("| step | " + " | ".join(f"seed {s}" for s in seeds) + " | mean |")
             p("|---" * (len(seeds) + 2) + "|")
             for i in range(steps):
@@ -300,13 +307,14 @@ def main(argv: list[str] | None = None, stream=None) -> int:
     p.add_argument("records", help="records.jsonl (study.py writes it)")
     p.add_argument("--json", type=Path, help="also write the numbers here")
     p.add_argument("--plot", type=Path, help="write the AL(k) plot here (PNG)")
-    p.add_argument("--runs", type=Path, help="DIR/ARM/seed-S/metrics.jsonl: the training reward per RL step")
+    p.add_argument("--runs", type=Path, help="DIR/ARM/seed-S/metrics.jsonl: the training diagnostics per RL step")
     args = p.parse_args(argv)
     s = summarize(load(args.records))
-    reward = training_reward(args.runs) if args.runs else None
-    if reward is not None:
-        s["training_reward"] = reward
-    report(s, reward, stream)
+    training = {key: training_curves(args.runs, key) for key, _ in TRAINING} if args.runs else None
+    if training is not None:
+        s["training_reward"] = training["reward/mean"]
+        s["training"] = training
+    report(s, training, stream)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(s, indent=1) + "\n")
