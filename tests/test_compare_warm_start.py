@@ -44,3 +44,29 @@ def test_rl_arm_starts_from_the_warmup_arm_and_trains_as_from_scratch(tmp_path, 
     ev = lambda d: json.loads((d / "eval.json").read_text())["metrics"]  # noqa: E731
     assert ev(rl) == ev(ref)
     assert (both / "warmup" / "seed-0" / "checkpoints" / "step-0").is_dir()  # the source run is left as it was
+
+
+def test_a_run_trained_at_another_micro_batch_size_is_the_same_run(tmp_path):
+    """`algo.micro_batch_size` only splits a minibatch into forwards (the update is micro-batch invariant, tested in
+    test_equivalence): a run trained with another value is the spec's run (done / resumed), not 'another config'.
+    A key that changes training still is."""
+    from fairalign.compare import load_study
+    from fairalign.compare.study import run_state
+    import pytest
+
+    from fairalign.config import build_config, dump_yaml, to_dict
+    from fairalign.errors import ConfigError
+
+    spec = {"output_dir": str(tmp_path / "study"), "seeds": [0],
+            "base": {**BASE, "algo": {**BASE["algo"], "micro_batch_size": 2}},
+            "arms": {"a": {}, "b": {"optim.lr": 2e-5}}}
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    study = load_study(tmp_path / "spec.yaml")
+    run_dir = study.run_dir("a", 0)
+    run_dir.mkdir(parents=True)
+    cfg = study.configs["a"][0]
+    (run_dir / "config.yaml").write_text(dump_yaml(build_config(to_dict(cfg), ["algo.micro_batch_size=0"])))
+    assert run_state(study, "a", 0) == ("fresh", 0)
+    (run_dir / "config.yaml").write_text(dump_yaml(build_config(to_dict(cfg), ["optim.lr=3e-5"])))
+    with pytest.raises(ConfigError, match="'optim.lr'"):
+        run_state(study, "a", 0)

@@ -47,7 +47,9 @@ PRESETS: dict[str, dict] = {
     "rlpa-smollm2-cpu": {
         "model": "smollm2-135m", "task": "rlpa", "output_dir": "runs/rlpa-smollm2-cpu", "steps": 6,
         "task_options": {"max_turns": 10, "eval_turns": 10, "context": "recent", "context_turns": 2},
-        "algo": {"loss": "ppo", "advantage": "grpo", "agg": "token-mean", "beta": 0.05},
+        # micro_batch_size 16: a minibatch's 80 sequences (system prompt + recent turns + up to 160 new tokens) in
+        # 5 forwards; in one, a step's training passes went past 24 GB (memory only: the update is micro-batch invariant)
+        "algo": {"loss": "ppo", "advantage": "grpo", "agg": "token-mean", "beta": 0.05, "micro_batch_size": 16},
         "rollout": {"prompts_per_step": 4, "generations": 4, "max_new_tokens": 160, "temperature": 0.8},
         "optim": {"lr": 2e-5},
         "sft": {"steps": 40, "batch_size": 8, "lr": 5e-5},
