@@ -32,7 +32,7 @@ def study(tmp_path_factory):
     mech = _mechanism()
     assert mech.main([str(SPEC), *TINY, f"output_dir={out}", "--history-prompts", "2"]) == 0
     result = json.loads((out / "mechanism.json").read_text())
-    assert main(["compare", str(SPEC), *TINY, f"output_dir={out}", "steps=1", "eval.examples=10"]) == 0
+    assert main(["compare", str(SPEC), *TINY, f"output_dir={out}", "steps=2", "eval.examples=10"]) == 0
     return out, result
 
 
@@ -114,3 +114,68 @@ def test_seed_count_from_the_pilot_hand_computed(tmp_path, capsys):
     (tmp_path / "pgrpo" / "seed-2" / "eval.json").unlink()  # one seed left in both arms: too few
     (tmp_path / "pgrpo" / "seed-1" / "eval.json").unlink()
     assert seeds.main([str(tmp_path)]) == 2
+
+
+@pytest.mark.parametrize("control", ["grpo", "pgrpo"])
+def test_during_replays_each_arms_own_advantages_step_by_step(study, control, capsys):
+    """Replaying a run's logged batches reproduces the advantages that run trained with, at every step: the
+    control's own estimator (P-GRPO with the history it built over the steps) gives the logged `advantage`
+    of each sample; the table pools the shares over steps as the JSON's blocks say."""
+    out, _ = study
+    mech = _mechanism()
+    assert mech.main([str(SPEC), *TINY, f"output_dir={out}", "--during", control, "--block", "1"]) == 0
+    result = json.loads((out / f"mechanism_during_{control}.json").read_text())
+    (seed,) = result["seeds"]
+    logged = [json.loads(x) for x in (out / control / "seed-3" / "samples.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in seed["steps"]] == [1, 2] and len(logged) == 2 * 4 * 2
+    for s in seed["steps"]:
+        rows = [r for r in logged if r["step"] == s["step"]]
+        assert s["rewards"] == [r["reward"] for r in rows] and s["groups"] == [r["group"] for r in rows]
+        assert s["advantages"][control] == pytest.approx([r["advantage"] for r in rows], abs=1e-5)
+        torch.testing.assert_close(torch.tensor(s["advantages"]["batch_joint"], dtype=torch.float64),
+                                   compute_advantages("batch_joint", torch.tensor(s["rewards"]),
+                                                      torch.tensor(s["index"])).double())
+    assert "pgrpo_floor" in seed["steps"][0]["estimators"]
+    step2 = seed["steps"][1]
+    mino = [i for i, g in enumerate(step2["groups"]) if g in seed["minorities"]]
+    block = result["blocks"][1]
+    assert block["steps"] == [2, 2] and block["minority_n"] == len(mino)
+    if mino:
+        want = sum(step2["advantages"]["grpo"][i] > 0 for i in mino) / len(mino)
+        assert block["estimators"]["grpo"]["pos"] == pytest.approx(want)
+    assert "on the batches " + control + " trained on" in capsys.readouterr().out
+
+
+def test_during_train_trains_the_missing_control_runs_as_compare_does(study, tmp_path):
+    """--train trains the control's run where the study's is missing, the way compare does: compare then
+    finds it trained (to evaluate) and its first step equals the study's run of the same seed."""
+    from fairalign.compare.spec import load_study
+    from fairalign.compare.study import run_state
+
+    out, _ = study
+    mech = _mechanism()
+    args = [str(SPEC), *TINY, f"output_dir={tmp_path}", "steps=2"]
+    assert mech.main([*args, "--during", "grpo", "--train"]) == 0
+    assert run_state(load_study(SPEC, args[1:]), "grpo", 3)[0] == "evaluate"
+    first = [json.loads((d / "grpo" / "seed-3" / "metrics.jsonl").read_text().splitlines()[0]) for d in (out, tmp_path)]
+    assert first[0]["reward/mean"] == pytest.approx(first[1]["reward/mean"], abs=1e-6)
+    assert (tmp_path / "mechanism_during_grpo.json").exists() and not (tmp_path / "pgrpo").exists()
+
+
+def test_during_refuses_a_run_that_logged_part_of_its_batches(study, tmp_path, capsys):
+    out, _ = study
+    mech = _mechanism()
+    assert mech.main([str(SPEC), *TINY, f"output_dir={out}", "log.samples_per_step=3", "--during", "nope"]) == 2
+    assert "--during 'nope' is not an arm" in capsys.readouterr().err
+    part = tmp_path / "grpo" / "seed-3"
+    part.mkdir(parents=True)
+    lines = (out / "grpo" / "seed-3" / "samples.jsonl").read_text().splitlines()
+    (part / "samples.jsonl").write_text("\n".join(lines[:3]) + "\n")
+    assert mech.main([str(SPEC), *TINY, f"output_dir={tmp_path}", "--during", "grpo"]) == 2
+    assert "step 1 logs 3 of the batch's 8 samples: train the run with log.samples_per_step >= 8" \
+        in capsys.readouterr().err
+    rows = [json.loads(x) for x in lines[:8]]
+    (part / "samples.jsonl").write_text("".join(json.dumps({k: v for k, v in r.items() if k != "index"}) + "\n"
+                                                for r in rows))
+    assert mech.main([str(SPEC), *TINY, f"output_dir={tmp_path}", "--during", "grpo"]) == 2
+    assert "step 1's samples have no prompt index" in capsys.readouterr().err

@@ -3,7 +3,7 @@
 minority samples that get a positive advantage under each arm's estimator, plus P-GRPO with the std floor.
 
     python docs/evidence/pgrpo_mechanism/mechanism.py docs/evidence/pgrpo_mechanism/spec.yaml \
-        [--history-prompts 4] [--floor 0.1] [--out FILE] [KEY=VALUE ...]
+        [--history-prompts 4] [--floor 0.1] [--out FILE] [--during ARM [--block 5] [--train]] [KEY=VALUE ...]
 
 KEY=VALUE pairs are config overrides of every run, as for `fairalign compare` (`seeds=[0,1]` picks seeds).
 Minorities: every preference group but the largest share of the task's training mix (personas: all but
@@ -18,6 +18,16 @@ P-GRPO is read twice, because at step 1 its history is empty:
   starting policy: what P-GRPO normalizes by once `min_count` is reached while the policy is still close
   to where it started. `pgrpo_floor` is that arm with zero_std=floor and min_std=--floor (added unless an
   arm already uses the floor).
+
+`--during ARM` reads the check along a training run instead (no sampling): each seed's finished run of
+ARM (normally the control, `grpo`) logged every sample of every step (the spec's `log.samples_per_step`
+>= prompts_per_step x generations), and every estimator is applied to each logged step batch in order,
+P-GRPO folding each step into its history as a run does. So the shares are those on the batches the
+control trained on, step by step, with the P-GRPO history that trajectory builds (`--train` first trains
+the seeds' runs of ARM that are missing, exactly as `fairalign compare` would, which later reuses them): whether the mechanism
+becomes first-order as training separates the personas (the majority learns first). It writes
+<output_dir>/mechanism_during_ARM.json (per seed and step: rewards, groups, prompt index and every
+estimator's advantages) and prints the shares per block of steps (--block).
 
 Simplifications: the history is sampled once per seed with its own generation seed (not a study step's),
 so it is a sample of the starting policy's reward distribution per group, not the exact history a run
@@ -131,6 +141,113 @@ def check_seed(study, seed: int, history_prompts: int, floor: float) -> dict:
     }
 
 
+def logged_batches(run_dir: Path, per_step: int) -> list[dict]:
+    """Every step's logged batch of a run: {"step", "rewards", "index", "groups"} in step order; each step
+    must hold `per_step` samples (all of it), else the check would read a part of the batch as the whole."""
+    path = run_dir / "samples.jsonl"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no samples.jsonl (train the run first)")
+    steps: dict[int, list[dict]] = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            steps.setdefault(int(row["step"]), []).append(row)
+    out = []
+    for step in sorted(steps):
+        rows = steps[step]
+        if len(rows) != per_step:
+            raise ValueError(f"{path}: step {step} logs {len(rows)} of the batch's {per_step} samples: train the run "
+                             f"with log.samples_per_step >= {per_step}")
+        if any("index" not in r for r in rows):
+            raise ValueError(f"{path}: step {step}'s samples have no prompt index (logged by an older fairalign): "
+                             f"train the run again")
+        out.append({"step": step, "rewards": [float(r["reward"]) for r in rows],
+                    "index": [int(r["index"]) for r in rows], "groups": [str(r["group"]) for r in rows]})
+    return out
+
+
+def train_control(study, control: str) -> None:
+    """Train (or resume) each seed's run of `control` that is not trained yet, exactly as `fairalign compare`
+    trains it (its own `train_run`, the study's folders), so the study later reuses these runs."""
+    from fairalign.compare.study import StudyProgress, run_state, train_run
+
+    states = {s: run_state(study, control, s) for s in study.seeds}
+    todo = [s for s, (state, _) in states.items() if state in ("fresh", "resume")]
+    done = {(a, s): (states[s][1] if a == control else study.configs[a][s].steps)
+            for a in study.arms for s in study.seeds}
+    progress = StudyProgress(study, done, 0)
+    for seed in todo:
+        print(f"training {control} seed {seed} ({states[seed][0]}) in {study.run_dir(control, seed)}")
+        train_run(study, control, seed, states[seed][0] == "resume", progress)  # its model is dropped here
+
+
+def replay_seed(study, seed: int, control: str, floor: float) -> dict:
+    """Every arm's estimator (and P-GRPO with the std floor) on each logged step batch of `control`'s run of
+    `seed`, in step order; history estimators carry their state from step to step as in a run."""
+    from fairalign.envs.registry import get_task
+
+    cfg = study.configs[control][seed]
+    batches = logged_batches(study.output_dir / control / f"seed-{seed}",
+                             cfg.rollout.prompts_per_step * cfg.rollout.generations)
+    minorities = minority_groups(get_task(cfg.task, seed=cfg.seed, **cfg.task_options))
+    estimators = {}
+    for arm in study.arms:
+        arm_cfg = study.configs[arm][seed]
+        estimators[arm] = resolve_estimator(arm_cfg)
+        if resolve_estimator(arm_cfg).scope == "preference_history" and arm_cfg.algo.pgrpo_zero_std != "floor":
+            hp = {**estimator_hparams(arm_cfg.algo), "zero_std": "floor", "min_std": floor}
+            estimators[f"{arm}_floor"] = build_estimator(arm_cfg.algo.advantage, **hp)
+    steps = []
+    for b in batches:
+        r, idx, groups = torch.tensor(b["rewards"]), torch.tensor(b["index"]), b["groups"]  # [N]
+        adv = {name: est(r, idx, groups, LOCAL).double() for name, est in estimators.items()}  # name -> [N]
+        by_group = {g: float(r[[i for i, x in enumerate(groups) if x == g]].double().mean())
+                    for g in sorted(set(groups))}
+        steps.append({**b, "reward_mean": float(r.double().mean()), "group_means": by_group,
+                      "estimators": {name: shares(a, groups, minorities) for name, a in adv.items()},
+                      "advantages": {name: a.tolist() for name, a in adv.items()}})
+    return {"seed": seed, "control": control, "minorities": minorities, "steps": steps}
+
+
+def block_shares(results: list[dict], block: int) -> list[dict]:
+    """Per block of `block` steps, pooled over seeds: minority samples, and per estimator the share with A > 0
+    and with A = 0, and the minorities' mean reward against the majority's."""
+    names = list(results[0]["steps"][0]["estimators"])
+    last = max(s["step"] for res in results for s in res["steps"])
+    rows = []
+    for lo in range(1, last + 1, block):
+        hi = min(lo + block - 1, last)
+        picked = [(res, s) for res in results for s in res["steps"] if lo <= s["step"] <= hi]
+        mino_r, majo_r, cells = [], [], {n: [0, 0, 0] for n in names}  # name -> [n, pos, zero]
+        for res, s in picked:
+            sel = [i for i, g in enumerate(s["groups"]) if g in res["minorities"]]
+            mino_r += [s["rewards"][i] for i in sel]
+            majo_r += [r for i, r in enumerate(s["rewards"]) if i not in sel]
+            for n in names:
+                a = [s["advantages"][n][i] for i in sel]
+                cells[n][0] += len(a)
+                cells[n][1] += sum(x > 0 for x in a)
+                cells[n][2] += sum(x == 0 for x in a)
+        rows.append({"steps": [lo, hi], "minority_n": len(mino_r),
+                     "minority_reward": sum(mino_r) / len(mino_r) if mino_r else None,
+                     "majority_reward": sum(majo_r) / len(majo_r) if majo_r else None,
+                     "estimators": {n: {"pos": c[1] / c[0] if c[0] else None, "zero": c[2] / c[0] if c[0] else None}
+                                    for n, c in cells.items()}})
+    return rows
+
+
+def print_blocks(rows: list[dict], control: str, seeds: list[int], out=sys.stdout) -> None:
+    names = list(rows[0]["estimators"])
+    print(f"share of minority samples with A > 0 (A = 0 in brackets) on the batches {control} trained on, "
+          f"seeds {', '.join(map(str, seeds))} pooled", file=out)
+    print(f"{'steps':>7} {'n':>4} {'minority r':>10} {'majority r':>10}  "
+          + "  ".join(f"{n[:18]:>18s}" for n in names), file=out)
+    for row in rows:
+        cells = [f"{fmt(e['pos'])} ({fmt(e['zero'])})" for e in row["estimators"].values()]
+        print(f"{row['steps'][0]:>3}-{row['steps'][1]:<3} {row['minority_n']:>4} {fmt(row['minority_reward']):>10} "
+              f"{fmt(row['majority_reward']):>10}  " + "  ".join(f"{c:>18s}" for c in cells), file=out)
+
+
 def fmt(x) -> str:
     return "   -" if x is None else f"{x:.2f}"
 
@@ -162,8 +279,33 @@ def main(argv=None) -> int:
                    help="training prompts per preference group in the history")
     p.add_argument("--floor", type=float, default=0.1, help="min_std of the added pgrpo_floor reading")
     p.add_argument("--out", default=None, help="JSON output (default: <study output_dir>/mechanism.json)")
+    p.add_argument("--during", metavar="ARM", default=None,
+                   help="read the check along each seed's finished run of ARM (its logged batches), not at step 1")
+    p.add_argument("--block", type=int, default=5, help="steps per row of the --during table")
+    p.add_argument("--train", action="store_true",
+                   help="with --during: first train each seed's run of ARM that is missing (as compare does)")
     args = p.parse_args(argv)
     study = load_study(args.spec, args.overrides)
+    if args.during is not None:
+        if args.during not in study.arms:
+            print(f"mechanism.py: error: --during {args.during!r} is not an arm of {args.spec} "
+                  f"(arms: {', '.join(study.arms)})", file=sys.stderr)
+            return 2
+        if args.train:
+            train_control(study, args.during)
+        try:
+            results = [replay_seed(study, s, args.during, args.floor) for s in study.seeds]
+        except (FileNotFoundError, ValueError) as e:
+            print(f"mechanism.py: error: {e}", file=sys.stderr)
+            return 2
+        rows = block_shares(results, args.block)
+        out = Path(args.out) if args.out else study.output_dir / f"mechanism_during_{args.during}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"spec": str(args.spec), "overrides": args.overrides, "during": args.during,
+                                   "floor": args.floor, "blocks": rows, "seeds": results}, indent=1))
+        print_blocks(rows, args.during, study.seeds)
+        print(f"written: {out}")
+        return 0
     results = [check_seed(study, s, args.history_prompts, args.floor) for s in study.seeds]
     out = Path(args.out) if args.out else study.output_dir / "mechanism.json"
     out.parent.mkdir(parents=True, exist_ok=True)

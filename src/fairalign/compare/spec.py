@@ -47,7 +47,6 @@ SPEC_KEYS = ("output_dir", "seeds", "preset", "base", "arms", "eval", "save_ever
 # spec `eval:` aliases (the flags of `fairalign eval-dialogue`); other keys are eval.* unless dotted
 EVAL_ALIASES = {"profiles": "eval.examples", "turns": "task_options.eval_turns"}
 EVAL_KEYS = ("eval.", "task_options.eval_turns")
-# keys that do not change what a run trains: a finished or checkpointed run is reused when only these differ
 # keys that do not change what a run computes: where it writes, how it runs (algo.micro_batch_size only splits a
 # minibatch into forwards; the update is micro-batch invariant, tested), and evaluation-only settings
 NON_TRAINING_KEYS = ("output_dir", "save_every", "keep_last", "log.", "eval.", "dist_strategy", "device", "threads",

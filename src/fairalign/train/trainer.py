@@ -253,7 +253,8 @@ class Trainer:
             self.logger.log(m)
             adv = sequence_advantages(batch.advantages, batch.response_mask)  # [B]
             self.logger.log_samples(step, [
-                {"group": str(batch.groups[i]), "prompt": batch.prompts[i], "completion": batch.completions[i],
+                {"group": str(batch.groups[i]), "index": int(batch.index[i]), "prompt": batch.prompts[i],
+                 "completion": batch.completions[i],
                  "reward": float(rewards[i]), "advantage": float(adv[i]),
                  **{f"reward/{n}": float(v[i]) for n, v in batch.reward_parts.items()}}
                 for i in range(min(cfg.log.samples_per_step, len(batch)))])
