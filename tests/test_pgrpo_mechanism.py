@@ -144,6 +144,9 @@ def test_during_replays_each_arms_own_advantages_step_by_step(study, control, ca
         want = sum(step2["advantages"]["grpo"][i] > 0 for i in mino) / len(mino)
         assert block["estimators"]["grpo"]["pos"] == pytest.approx(want)
     assert "on the batches " + control + " trained on" in capsys.readouterr().out
+    assert mech.main([str(SPEC), *TINY, f"output_dir={out}", "--during", control, "--from-step", "2",
+                      "--block", "5", "--out", str(out / "from2.json")]) == 0
+    assert json.loads((out / "from2.json").read_text())["blocks"] == [block]  # steps 2-2: the same pool
 
 
 def test_during_train_trains_the_missing_control_runs_as_compare_does(study, tmp_path):

@@ -3,7 +3,7 @@
 minority samples that get a positive advantage under each arm's estimator, plus P-GRPO with the std floor.
 
     python docs/evidence/pgrpo_mechanism/mechanism.py docs/evidence/pgrpo_mechanism/spec.yaml \
-        [--history-prompts 4] [--floor 0.1] [--out FILE] [--during ARM [--block 5] [--train]] [KEY=VALUE ...]
+        [--history-prompts 4] [--floor 0.1] [--out FILE] [--during ARM [--block 5] [--from-step 1] [--train]] [KEY=VALUE ...]
 
 KEY=VALUE pairs are config overrides of every run, as for `fairalign compare` (`seeds=[0,1]` picks seeds).
 Minorities: every preference group but the largest share of the task's training mix (personas: all but
@@ -209,13 +209,13 @@ def replay_seed(study, seed: int, control: str, floor: float) -> dict:
     return {"seed": seed, "control": control, "minorities": minorities, "steps": steps}
 
 
-def block_shares(results: list[dict], block: int) -> list[dict]:
-    """Per block of `block` steps, pooled over seeds: minority samples, and per estimator the share with A > 0
+def block_shares(results: list[dict], block: int, first: int = 1) -> list[dict]:
+    """Per block of `block` steps from step `first` on, pooled over seeds: minority samples, and per estimator the share with A > 0
     and with A = 0, and the minorities' mean reward against the majority's."""
     names = list(results[0]["steps"][0]["estimators"])
     last = max(s["step"] for res in results for s in res["steps"])
     rows = []
-    for lo in range(1, last + 1, block):
+    for lo in range(first, last + 1, block):
         hi = min(lo + block - 1, last)
         picked = [(res, s) for res in results for s in res["steps"] if lo <= s["step"] <= hi]
         mino_r, majo_r, cells = [], [], {n: [0, 0, 0] for n in names}  # name -> [n, pos, zero]
@@ -282,6 +282,7 @@ def main(argv=None) -> int:
     p.add_argument("--during", metavar="ARM", default=None,
                    help="read the check along each seed's finished run of ARM (its logged batches), not at step 1")
     p.add_argument("--block", type=int, default=5, help="steps per row of the --during table")
+    p.add_argument("--from-step", type=int, default=1, help="the --during table's first step")
     p.add_argument("--train", action="store_true",
                    help="with --during: first train each seed's run of ARM that is missing (as compare does)")
     args = p.parse_args(argv)
@@ -298,7 +299,7 @@ def main(argv=None) -> int:
         except (FileNotFoundError, ValueError) as e:
             print(f"mechanism.py: error: {e}", file=sys.stderr)
             return 2
-        rows = block_shares(results, args.block)
+        rows = block_shares(results, args.block, args.from_step)
         out = Path(args.out) if args.out else study.output_dir / f"mechanism_during_{args.during}.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps({"spec": str(args.spec), "overrides": args.overrides, "during": args.during,
