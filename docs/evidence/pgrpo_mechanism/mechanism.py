@@ -3,7 +3,8 @@
 minority samples that get a positive advantage under each arm's estimator, plus P-GRPO with the std floor.
 
     python docs/evidence/pgrpo_mechanism/mechanism.py docs/evidence/pgrpo_mechanism/spec.yaml \
-        [--history-prompts 4] [--floor 0.1] [--out FILE] [--during ARM [--block 5] [--from-step 1] [--train]] [KEY=VALUE ...]
+        [--history-prompts 4] [--floor 0.1] [--out FILE] [KEY=VALUE ...]
+        [--during ARM [--block 5] [--from-step 1] [--train]]
 
 KEY=VALUE pairs are config overrides of every run, as for `fairalign compare` (`seeds=[0,1]` picks seeds).
 Minorities: every preference group but the largest share of the task's training mix (personas: all but
@@ -23,9 +24,9 @@ P-GRPO is read twice, because at step 1 its history is empty:
 ARM (normally the control, `grpo`) logged every sample of every step (the spec's `log.samples_per_step`
 >= prompts_per_step x generations), and every estimator is applied to each logged step batch in order,
 P-GRPO folding each step into its history as a run does. So the shares are those on the batches the
-control trained on, step by step, with the P-GRPO history that trajectory builds (`--train` first trains
-the seeds' runs of ARM that are missing, exactly as `fairalign compare` would, which later reuses them): whether the mechanism
-becomes first-order as training separates the personas (the majority learns first). It writes
+control trained on, step by step, with the P-GRPO history that trajectory builds: whether the mechanism
+becomes first-order as training separates the personas (the majority learns first). `--train` first
+trains the seeds' runs of ARM that are missing, exactly as `fairalign compare` would (it reuses them). It writes
 <output_dir>/mechanism_during_ARM.json (per seed and step: rewards, groups, prompt index and every
 estimator's advantages) and prints the shares per block of steps (--block).
 
@@ -193,8 +194,8 @@ def replay_seed(study, seed: int, control: str, floor: float) -> dict:
     estimators = {}
     for arm in study.arms:
         arm_cfg = study.configs[arm][seed]
-        estimators[arm] = resolve_estimator(arm_cfg)
-        if resolve_estimator(arm_cfg).scope == "preference_history" and arm_cfg.algo.pgrpo_zero_std != "floor":
+        estimators[arm] = est = resolve_estimator(arm_cfg)
+        if est.scope == "preference_history" and arm_cfg.algo.pgrpo_zero_std != "floor":
             hp = {**estimator_hparams(arm_cfg.algo), "zero_std": "floor", "min_std": floor}
             estimators[f"{arm}_floor"] = build_estimator(arm_cfg.algo.advantage, **hp)
     steps = []
@@ -210,8 +211,8 @@ def replay_seed(study, seed: int, control: str, floor: float) -> dict:
 
 
 def block_shares(results: list[dict], block: int, first: int = 1) -> list[dict]:
-    """Per block of `block` steps from step `first` on, pooled over seeds: minority samples, and per estimator the share with A > 0
-    and with A = 0, and the minorities' mean reward against the majority's."""
+    """Per block of `block` steps from step `first` on, pooled over seeds: minority samples, and per estimator
+    the share with A > 0 and with A = 0, and the minorities' mean reward against the majority's."""
     names = list(results[0]["steps"][0]["estimators"])
     last = max(s["step"] for res in results for s in res["steps"])
     rows = []
