@@ -135,6 +135,7 @@ class Config:
     precision: str = setting("fp32", "fp32 | bf16 (autocast for forward passes)")
     device: str = setting("auto", "where the policy lives: auto (the process's CUDA GPU when one is visible, else cpu) | cpu | cuda")
     threads: int = setting(0, "torch CPU threads per process (0 = torch's default, all cores; 1 is fastest on a shared/busy machine)")
+    cpu_allocator: str = setting("keep", "keep: the process's C allocator (glibc, Linux) keeps freed memory for reuse instead of returning it to the system, so a step's large temporary tensors (logits, their gradients) do not page-fault in anew each time (docs/performance.md; the process's resident memory then stays near its peak) | system: the allocator's own defaults")
     dist_strategy: str = setting("auto", "several processes: auto (fsdp2 / deepspeed under an accelerate FSDP v2 / DeepSpeed config, else ddp) | ddp (full replica per rank) | fsdp2 (weights, grads, optimizer state sharded) | deepspeed (ZeRO-2/3, stage from ACCELERATE_DEEPSPEED_ZERO_STAGE, default 2)")
     trust_remote_code: bool = setting(False, "allow custom model code from the model folder (off unless you trust it)")
     allow_download: bool = setting(False, "fetch a hub model that is not in the local Hugging Face cache")
@@ -166,6 +167,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "rollout.dynamic_sampling": ("none", "advantage", "reward"),
     "optim.schedule": ("constant", "linear", "cosine"),
     "precision": ("fp32", "bf16"),
+    "cpu_allocator": ("keep", "system"),
     "device": ("auto", "cpu", "cuda"),
     "on_reward_error": ("raise", "zero"),
     "on_long_prompt": ("error", "skip"),

@@ -10,6 +10,8 @@ Simplifications, on purpose:
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import math
 import os
 import random
@@ -36,12 +38,32 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def set_threads(cfg: Config) -> None:
-    """torch's CPU threads (`threads`), and DeepSpeed's accelerator named on a CPU-only machine:
-    transformers' save_pretrained imports deepspeed when it is installed, and its auto-detection would
-    print a WARNING for the CPU it finds anyway."""
+# glibc's mallopt parameters (malloc.h)
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc's malloc keep freed memory for reuse: no mmap for large blocks (each would be unmapped on
+    free and page-faulted in again, zero-filled, by the next tensor of that size) and no trimming of the
+    heap's free top below 2 GiB. True when applied; False where there is no glibc (macOS, Windows, musl)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(M_MMAP_MAX, 0)) & bool(mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
+
+
+def configure_process(cfg: Config) -> None:
+    """The process-wide settings a run asks for: torch's CPU threads (`threads`), the C allocator's
+    (`cpu_allocator`), and DeepSpeed's accelerator named on a CPU-only machine: transformers'
+    save_pretrained imports deepspeed when it is installed, and its auto-detection would print a WARNING
+    for the CPU it finds anyway."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    if cfg.cpu_allocator == "keep":
+        keep_freed_memory()
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
 

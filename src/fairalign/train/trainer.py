@@ -40,11 +40,11 @@ from fairalign.train import checkpoint as ckpt
 from fairalign.train.build import (
     adamw,
     build_policy,
+    configure_process,
     lora_config,
     lr_schedule,
     open_run_dir,
     seed_everything,
-    set_threads,
     training_examples,
 )
 from fairalign.train.critic import build_critic
@@ -78,7 +78,7 @@ class Trainer:
         self.callbacks: list[TrainerCallback] = list(callbacks)
         seed_everything(cfg.seed)
         self.task = task_from_config(cfg)
-        set_threads(cfg)
+        configure_process(cfg)
         self.consecutive_skips = 0
         self.sft_done = cfg.sft.steps == 0  # the supervised warm-up (sft.*) runs once, before step 1
         self.stopped_by: int | None = None  # the signal that came during the last step of train()
