@@ -86,8 +86,8 @@ def test_resume_refuses_an_edited_config_file_like_the_same_key_value(tmp_path, 
     assert edited != out
     Path("edited.yaml").write_text(edited)
     rule = ("a resumed run may change only steps, save_every, keep_last, log.*, eval.*, dist_strategy, device, "
-            "threads, reward_timeout_s, task_options.eval_turns (docs/training.md); for a different run choose a "
-            "new output_dir")
+            "threads, cpu_allocator, reward_timeout_s, task_options.eval_turns (docs/training.md); for a different run "
+            "choose a new output_dir")
     code, _, err = _run(capsys, "train", "edited.yaml", "steps=3", "--resume", "runs/my_run")
     assert code == 2 and err == [f"fairalign: error: --resume: 'optim.lr' differs from the checkpoint's config "
                                  f"(1e-05 in runs/my_run/config.yaml, 3e-05 in edited.yaml); {rule}"]
