@@ -31,8 +31,8 @@ EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE
 # What may change when a run is resumed: how long it runs, how it is saved, logged and evaluated, and where
 # and how fast it runs (checkpoints do not depend on the process count or strategy). Anything else would
 # make the resumed run a different run. Prefixes: "log." covers every log.* key.
-RESUMABLE_KEYS = ("steps", "save_every", "keep_last", "log.", "eval.", "dist_strategy", "device", "threads", "cpu_allocator",
-                  "reward_timeout_s", "task_options.eval_turns")
+RESUMABLE_KEYS = ("steps", "save_every", "keep_last", "log.", "eval.", "dist_strategy", "device", "threads",
+                  "cpu_allocator", "reward_timeout_s", "task_options.eval_turns")
 
 
 def resumable_keys() -> str:

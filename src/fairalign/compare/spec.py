@@ -49,8 +49,8 @@ EVAL_ALIASES = {"profiles": "eval.examples", "turns": "task_options.eval_turns"}
 EVAL_KEYS = ("eval.", "task_options.eval_turns")
 # keys that do not change what a run computes: where it writes, how it runs (algo.micro_batch_size only splits a
 # minibatch into forwards; the update is micro-batch invariant, tested), and evaluation-only settings
-NON_TRAINING_KEYS = ("output_dir", "save_every", "keep_last", "log.", "eval.", "dist_strategy", "device", "threads", "cpu_allocator",
-                     "reward_timeout_s", "task_options.eval_turns", "algo.micro_batch_size")
+NON_TRAINING_KEYS = ("output_dir", "save_every", "keep_last", "log.", "eval.", "dist_strategy", "device", "threads",
+                     "cpu_allocator", "reward_timeout_s", "task_options.eval_turns", "algo.micro_batch_size")
 ARM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 UNTRAINED = "untrained"  # the starting policy's evaluation: output_dir/untrained/seed-S/eval.json
 # metrics every run has (from metrics.jsonl and eval.json), and those that exist when something could clip
