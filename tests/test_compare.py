@@ -355,6 +355,7 @@ def test_holm_matches_hand_computed_values():
     ({"base": {**BASE, "seed": 3}}, r"'seed' is set by the study"),
     ({"eval": {"exampels": 4}}, r"eval: unknown config key 'eval.exampels'"),
     ({"sedes": [0]}, r"unknown key 'sedes'"),
+    ({"keep_checkpoints": "yes"}, r"keep_checkpoints must be true or false, got 'yes'"),
     ({"primary": ["heldout/rewrd"]}, r"primary: 'heldout/rewrd' is not a metric every arm of this study produces; "
                                      r"did you mean 'heldout/reward'\?"),
     ({"primary": ["heldout/group/gardener"]},  # 4 held-out examples: gardener is never evaluated

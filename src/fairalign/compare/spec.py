@@ -9,6 +9,7 @@
       pgrpo: {algo.advantage: pgrpo}
     eval: {examples: 64}                # held-out evaluation (eval.* keys; rlpa: profiles, turns)
     save_every: 4                       # checkpoint interval of every run (default max(1, steps // 5))
+    keep_checkpoints: false             # default: a seed's finished runs drop checkpoints/ (final/ stays)
     derived: {heldout/minorities: [heldout/group/casual, heldout/group/formal]}  # per-run means of metrics
     primary: [heldout/minorities, heldout/reward]   # fixed before the run; the reading leads with them
 
@@ -43,7 +44,8 @@ from fairalign.config import (
 from fairalign.config.presets import get_preset, merge
 from fairalign.errors import ConfigError
 
-SPEC_KEYS = ("output_dir", "seeds", "preset", "base", "arms", "eval", "save_every", "primary", "derived")
+SPEC_KEYS = ("output_dir", "seeds", "preset", "base", "arms", "eval", "save_every", "keep_checkpoints", "primary",
+             "derived")
 # spec `eval:` aliases (the flags of `fairalign eval-dialogue`); other keys are eval.* unless dotted
 EVAL_ALIASES = {"profiles": "eval.examples", "turns": "task_options.eval_turns"}
 EVAL_KEYS = ("eval.", "task_options.eval_turns")
@@ -74,6 +76,7 @@ class Study:
     primary: list[str] = field(default_factory=list)       # metric names fixed before the run
     primary_default: bool = False                          # True: no primary: in the spec, the task's headline
     derived: dict[str, list[str]] = field(default_factory=dict)  # name -> metrics it is the per-run mean of
+    keep_checkpoints: bool = False  # False: once every arm of a seed is done, its runs' checkpoints/ are deleted
     rerun: str = ""  # the command that continues the study, for its stop messages ("" = fairalign compare ...)
 
     @property
@@ -146,6 +149,9 @@ def load_study(path: str | Path, cli: list[str] | None = None) -> Study:
     save_every = spec.get("save_every")
     if save_every is not None and (isinstance(save_every, bool) or not isinstance(save_every, int) or save_every < 1):
         raise fail(f"save_every must be a positive integer, got {save_every!r}")
+    keep_checkpoints = spec.get("keep_checkpoints", False)
+    if not isinstance(keep_checkpoints, bool):
+        raise fail(f"keep_checkpoints must be true or false, got {keep_checkpoints!r}")
     base = _nested(base, "base", fail)
     if spec.get("preset") is not None:  # the named recipe, under base:'s keys (the study sets seed and output_dir)
         base = merge(_preset(spec["preset"], fail), base)
@@ -204,7 +210,8 @@ def load_study(path: str | Path, cli: list[str] | None = None) -> Study:
     primary, default = _primary(spec.get("primary"), produced, derived, fail)
     return Study(path=path, output_dir=output_dir, seeds=seeds, arms=names, configs=configs,
                  eval_overrides=eval_overrides, spec=spec, overrides=overrides,
-                 command_line=list(cli or []), primary=primary, primary_default=default, derived=derived)
+                 command_line=list(cli or []), primary=primary, primary_default=default, derived=derived,
+                 keep_checkpoints=keep_checkpoints)
 
 
 def evaluation_metrics(ecfg: Config) -> set[str] | None:

@@ -11,7 +11,9 @@ Resumable and idempotent: a run with final/ and an eval.json of the same evaluat
 untouched (an untrained evaluation likewise); a run with checkpoints and no final/ is resumed; a fresh run
 that only trains longer than an earlier arm's run of its seed starts from that run's last checkpoint
 (`start_from_shorter_run`: a `warmup: {steps: 0}` arm's warm-up is not redone by the RL arm); a rerun of
-a finished study only re-aggregates. Simplifications: one process (no data parallelism inside a study);
+a finished study only re-aggregates. Once every arm of a seed is done, the checkpoints/ of the seed's runs are
+deleted (`prune_checkpoints`; final/ stays) unless the spec says `keep_checkpoints: true`: a finished run needs
+them only to train further, and a SmolLM2 run's last checkpoint is 1.6 GB. Simplifications: one process (no data parallelism inside a study);
 runs go one after the other, seed-major (the seed's untrained evaluation, then every arm of seed 0, then
 of seed 1, ...), so a partial study is already paired; a run's wall time is the sum of its logged step
 times (model loading and evaluation are apart).
@@ -284,6 +286,30 @@ def start_from_shorter_run(study: Study, arm: str, seed: int, out) -> bool:
     return False
 
 
+def prune_checkpoints(study: Study, seed: int, out) -> None:
+    """Delete the checkpoints/ folder of each finished, evaluated run of `seed` (final/ and the logs stay).
+    Called once every arm of the seed is done, so no later arm of the seed can start from them. The folder is
+    renamed before it is deleted: a kill part-way leaves no half checkpoint that --resume would look at."""
+    import shutil
+
+    freed, runs = 0, []
+    for arm in study.arms:
+        run_dir = study.run_dir(arm, seed)
+        if not ((run_dir / "final").is_dir() and read_eval(run_dir) is not None):
+            continue
+        doomed = run_dir / "checkpoints.deleting"  # a deletion a kill interrupted
+        if (run_dir / "checkpoints").is_dir():
+            shutil.rmtree(doomed, ignore_errors=True)
+            os.replace(run_dir / "checkpoints", doomed)
+            runs.append(arm)
+        if doomed.exists():
+            freed += sum(f.stat().st_size for f in doomed.rglob("*") if f.is_file())
+            shutil.rmtree(doomed)
+    if runs:
+        print(f"[seed {seed}] deleted the checkpoints of {', '.join(runs)} ({freed / 2**30:.2f} GiB; final/ and the "
+              f"logs stay; `keep_checkpoints: true` in the spec keeps them)", file=out, flush=True)
+
+
 # ---------------------------------------------------------------------------------------------
 # the study
 
@@ -309,6 +335,7 @@ def run_study(spec_path: str | Path, overrides: list[str] | None = None, *, stre
     study.output_dir.mkdir(parents=True, exist_ok=True)
     declare_primary(study, sum(1 for v in states.values() if v[1] > 0))
     counts = {"trained": 0, "evaluated": 0, "reused": 0}
+    touched: set[int] = set()  # seeds with a run trained or evaluated here (a rerun of a finished study deletes nothing)
     for arm, seed in plan:
         if arm == study.arms[0] and seed in untrained_todo:  # before the seed's first run
             res = evaluate_untrained(study, seed)
@@ -317,6 +344,7 @@ def run_study(spec_path: str | Path, overrides: list[str] | None = None, *, stre
         state = states[(arm, seed)][0]
         if state == "done":
             counts["reused"] += 1
+            _seed_finished(study, arm, seed, touched, out)
             continue
         if state == "fresh" and start_from_shorter_run(study, arm, seed, out):
             state = "resume"
@@ -331,6 +359,8 @@ def run_study(spec_path: str | Path, overrides: list[str] | None = None, *, stre
         print(f"[{arm} seed {seed}] evaluated: {_headline(res)}", file=out, flush=True)
         del model, tok
         _free_memory()
+        touched.add(seed)
+        _seed_finished(study, arm, seed, touched, out)
     t_agg = time.perf_counter()
     comparison = aggregate(study)
     comparison["wall_s"] = time.perf_counter() - t_start
@@ -350,6 +380,12 @@ def run_study(spec_path: str | Path, overrides: list[str] | None = None, *, stre
           f"{format_duration(time.perf_counter() - t_start)}; aggregation {comparison['aggregate_s']:.2f}s, report "
           f"{report_s:.2f}s; wrote {study.output_dir / 'comparison.json'}", file=out, flush=True)
     return comparison
+
+
+def _seed_finished(study: Study, arm: str, seed: int, touched: set[int], out) -> None:
+    """After the seed's last arm: its checkpoints go, unless the spec keeps them or nothing of the seed ran here."""
+    if arm == study.arms[-1] and seed in touched and not study.keep_checkpoints:
+        prune_checkpoints(study, seed, out)
 
 
 def _headline(res: dict) -> str:
