@@ -149,7 +149,7 @@ def test_during_replays_each_arms_own_advantages_step_by_step(study, control, ca
     assert json.loads((out / "from2.json").read_text())["blocks"] == [block]  # steps 2-2: the same pool
 
 
-def test_during_train_trains_the_missing_control_runs_as_compare_does(study, tmp_path):
+def test_during_train_trains_the_missing_control_runs_as_compare_does(study, tmp_path, capsys):
     """--train trains the control's run where the study's is missing, the way compare does: compare then
     finds it trained (to evaluate) and its first step equals the study's run of the same seed."""
     from fairalign.compare.spec import load_study
@@ -159,6 +159,8 @@ def test_during_train_trains_the_missing_control_runs_as_compare_does(study, tmp
     mech = _mechanism()
     args = [str(SPEC), *TINY, f"output_dir={tmp_path}", "steps=2"]
     assert mech.main([*args, "--during", "grpo", "--train"]) == 0
+    printed = capsys.readouterr().out
+    assert "[grpo seed 3] step 1/2  reward" in printed and "study 1/2 steps" in printed  # only the control's steps
     assert run_state(load_study(SPEC, args[1:]), "grpo", 3)[0] == "evaluate"
     first = [json.loads((d / "grpo" / "seed-3" / "metrics.jsonl").read_text().splitlines()[0]) for d in (out, tmp_path)]
     assert first[0]["reward/mean"] == pytest.approx(first[1]["reward/mean"], abs=1e-6)

@@ -174,9 +174,7 @@ def train_control(study, control: str) -> None:
 
     states = {s: run_state(study, control, s) for s in study.seeds}
     todo = [s for s, (state, _) in states.items() if state in ("fresh", "resume")]
-    done = {(a, s): (states[s][1] if a == control else study.configs[a][s].steps)
-            for a in study.arms for s in study.seeds}
-    progress = StudyProgress(study, done, 0)
+    progress = StudyProgress(study, {(control, s): states[s][1] for s in study.seeds}, 0, arms=[control])
     for seed in todo:
         print(f"training {control} seed {seed} ({states[seed][0]}) in {study.run_dir(control, seed)}")
         train_run(study, control, seed, states[seed][0] == "resume", progress)  # its model is dropped here

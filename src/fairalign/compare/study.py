@@ -118,11 +118,13 @@ def declare_primary(study: Study, runs_trained: int) -> dict:
 # progress: one plain line per finished step, with the whole study's ETA
 
 class StudyProgress:
-    def __init__(self, study: Study, done: dict, evals_left: int, stream=None):
+    def __init__(self, study: Study, done: dict, evals_left: int, stream=None, arms: list[str] | None = None):
+        """`arms`: the arms whose steps count (default every arm of the study)."""
+        arms = list(study.arms if arms is None else arms)
         self.stream = stream or sys.stdout
-        self.total = {a: sum(study.configs[a][s].steps for s in study.seeds) for a in study.arms}
-        self.done = {a: sum(done[(a, s)] for s in study.seeds) for a in study.arms}  # done: (arm, seed) -> steps
-        self.step_s: dict[str, list[float]] = {a: [] for a in study.arms}
+        self.total = {a: sum(study.configs[a][s].steps for s in study.seeds) for a in arms}
+        self.done = {a: sum(done[(a, s)] for s in study.seeds) for a in arms}  # done: (arm, seed) -> steps
+        self.step_s: dict[str, list[float]] = {a: [] for a in arms}
         self.evals_left = evals_left
         self.eval_s: list[float] = []
 
