@@ -80,10 +80,10 @@ def test_pgrpo_recheck_gives_the_readings_numbers(tmp_path):
     assert mde == {("pgrpo", "heldout/reward"): 0.11, ("pgrpo", "heldout/minorities"): 0.13,
                    ("pgrpo_binary", "heldout/reward"): 0.21, ("pgrpo_binary", "heldout/minorities"): 0.25}
     assert round(binary["grpo_tied_share"], 2) == 0.41 and round(graded["grpo_tied_share"], 2) == 0.06
-    use = binary["history_use"]  # [used, presences, first appearances]
-    assert use["detailed_list"] == [0, 13, 5] and use["formal"] == [0, 9, 5]
-    minorities = [sum(use[p][i] for p in ("detailed_list", "formal", "gardener", "casual")) for i in (0, 1)]
-    assert minorities == [8, 44]
+    use = binary["history_use"]  # [used, presences, first appearances, guard presences where a sample differed]
+    assert use["detailed_list"] == [0, 13, 5, 0] and use["formal"] == [0, 9, 5, 0]
+    minorities = [sum(use[p][i] for p in ("detailed_list", "formal", "gardener", "casual")) for i in (0, 1, 3)]
+    assert minorities == [8, 44, 3]  # the guard fired at 16 minority presences; only 3 had a sample to tell the rules apart
     for arm in ("grpo", "pgrpo"):  # never solved in any training batch of either arm
         assert binary["batches_scoring_above_0"][arm]["detailed_list"] == [0, 13]
         assert binary["batches_scoring_above_0"][arm]["formal"] == [0, 9]

@@ -46,9 +46,12 @@ def present(row: dict) -> list[str]:
 
 
 def history_use(folder: Path, seeds, prompts_per_step: int) -> dict:
-    """{persona: [step-presences normalized by history, step-presences, first appearances (cold start)]};
-    the rest of the presences had a history without spread (the zero-variance guard). Checked against
-    history_frac."""
+    """{persona: [step-presences normalized by history, step-presences, first appearances (cold start),
+    guard presences where the persona's batch mean reward differs from its history's mean]}; the rest of
+    the presences had a history without spread (the zero-variance guard). The last count is where the
+    guard's rule mattered: at the others every sample equals the history's mean (exact for 0/1 rewards,
+    where a history without spread is all 0s or all 1s), so `fallback` (a tied prompt group) and `floor`
+    ((r − mean)/min_std) both give 0. Checked against history_frac."""
     out: dict = {}
     for seed in seeds:
         before: dict = {}  # the P-GRPO state logged at the previous step
@@ -56,10 +59,12 @@ def history_use(folder: Path, seeds, prompts_per_step: int) -> dict:
             here = present(row)
             used = [p for p in here if before.get(f"pgrpo/{p}/std", 0.0) > MIN_STD]
             for p in here:
-                out.setdefault(p, [0, 0, 0])
+                out.setdefault(p, [0, 0, 0, 0])
                 out[p][0] += p in used
                 out[p][1] += 1
                 out[p][2] += f"pgrpo/{p}/std" not in before
+                guard = f"pgrpo/{p}/std" in before and p not in used
+                out[p][3] += guard and abs(row[f"reward/group/{p}"] - before[f"pgrpo/{p}/mean"]) > 1e-9
             prompts_using = row["pgrpo/history_frac"] * prompts_per_step  # each prompt: G samples
             lo, hi = len(used), prompts_per_step - (len(here) - len(used))
             consistent = (prompts_using < 1e-9) if not used else (lo - 1e-9 <= prompts_using <= hi + 1e-9)
@@ -116,13 +121,16 @@ def study(name: str) -> dict:
 
     use = history_use(folder, seeds, prompts)
     out["history_use"] = use
-    minority = [sum(use.get(p, [0, 0, 0])[i] for p in MINORITIES) for i in (0, 1, 2)]
+    minority = [sum(use.get(p, [0, 0, 0, 0])[i] for p in MINORITIES) for i in (0, 1, 2, 3)]
     print(f"\n4. P-GRPO step-presences normalized by the persona's history (checked against pgrpo/history_frac);"
-          f" the others: first appearances (cold start) + histories without spread (the guard)")
-    for p, (k, n, first) in sorted(use.items()):
-        print(f"   {p:14s} {k}/{n}  (first appearances {first}, guard {n - k - first})")
+          f" the others: first appearances (cold start) + histories without spread (the guard); of the guard's,"
+          f" those where a sample differed from the history's mean (only there would zero_std=floor have given"
+          f" other advantages than fallback)")
+    for p, (k, n, first, differs) in sorted(use.items()):
+        print(f"   {p:14s} {k}/{n}  (first appearances {first}, guard {n - k - first}, of which a sample differed "
+              f"{differs})")
     print(f"   four minorities {minority[0]}/{minority[1]}  (first appearances {minority[2]}, "
-          f"guard {minority[1] - minority[0] - minority[2]})")
+          f"guard {minority[1] - minority[0] - minority[2]}, of which a sample differed {minority[3]})")
     fracs = {}
     for s in seeds:
         for r in rows_of(folder, "pgrpo", s):

@@ -13,7 +13,9 @@ for the first success after eight failures). Two rules:
 - "floor": the history is used with its std floored, A = (r − mean_p)/(max(std_p, min_std) + eps), so
   the history's mean stays in play; |A| is then bounded by (reward range)/min_std, so set min_std
   to the smallest spread you accept as a scale (e.g. 0.1 for rewards in [0, 1]).
-Which one keeps P-GRPO's mechanism alive is an open, measured question (docs/algorithms.md).
+The rules differ only for a group whose history spreads less than min_std, and there only for samples that
+differ from the history's mean (a never-solved group scoring 0 again gets 0 from both); docs/algorithms.md
+says, from the studies, why fallback is the default.
 `last_history_frac` is the share of the last batch normalized by group history (logged as
 `pgrpo/history_frac`): under "floor" every sample past the cold start counts.
 
