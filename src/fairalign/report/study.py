@@ -71,7 +71,7 @@ def build_study_page(study_dir: Path) -> Page:
     page.facts([("arms", ", ".join(arms)), ("baseline (differences are arm − baseline)", comp.get("baseline")),
                 ("seeds", ", ".join(seeds)), ("runs with metrics", f"{n_found} / {len(arms) * len(seeds)}"),
                 ("primary metrics", ", ".join(primary) if primary else None),
-                ("wall time of the study", f"{wall / 60:.1f} min" if D.finite(wall) else None)])
+                ("wall time of the last `fairalign compare` call", f"{wall / 60:.1f} min" if D.finite(wall) else None)])
     if primary:
         page.section("Primary metrics", lambda: _primary(page, comp, primary))
     if comp.get("method") or comp.get("spec"):
@@ -125,7 +125,7 @@ def _primary(page: Page, comp: dict, primary: list[str]) -> None:
     un = _dict(comp.get("untrained"))
     un_summary, learned = _dict(un.get("summary")), _dict(un.get("differences"))
     status = comp.get("primary_status")
-    page.para(f"Fixed before the runs, these metrics carry the study's claims ({status or 'declared in the spec'}). "
+    page.para(f"These metrics carry the study's claims; {status or 'declared in the spec'}. "
               "Every difference is paired by seed; mde80 is the smallest true difference the study detects with "
               "80% power (two-sided 5%); p_adj is Holm's adjustment over every arm × primary metric. Highlighted "
               "rows: a difference to the baseline at 5% (p_adj where there is one).")
