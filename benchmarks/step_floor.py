@@ -394,6 +394,16 @@ def print_table(machine: dict, runs: dict, against: str | None, argv: list) -> N
         fl = statistics.median(x[ph + " (padded)"][1] for x in sums["this tree"])
         print(f"{ph}: the floor of the padded work (every row as long as its micro-batch's longest) is "
               f"{fl:.2f} s, ratio {ratio(med('this tree', ph, 0), fl)}")
+    if first["precision"] == "bf16":  # against what fp32 could reach on the same batches: the goal's yardstick
+        phases = ("generation", "logprob passes", "update", "step")
+        pairs: dict[str, list] = {ph: [] for ph in phases}  # (seconds, fp32 floor) per timed step
+        for r in runs["this tree"]:
+            for st, fl in zip(r["steps"], floors(dict(r, precision="fp32"), machine)[0]):
+                for ph in phases:
+                    pairs[ph].append((st["seconds"][ph], fl[ph]))
+        print("the same work at the fp32 matmul rate and 4-byte weights (median per step): " + ", ".join(
+            f"{ph} floor {statistics.median(f for _, f in pairs[ph]):.2f} s, ratio "
+            f"{statistics.median(x / f for x, f in pairs[ph]):.2f}" for ph in phases))
 
 
 if __name__ == "__main__":

@@ -1,13 +1,20 @@
 """Shared by the data-parallel tests (DDP, FSDP2, DeepSpeed): a replay "engine" that makes sampling
-identical for any process count, a writer for worker scripts that can import this module, the check
-that a resumed trainer holds exactly what its checkpoint saved, and the check that `Dist` attached
-nothing to a model."""
+identical for any process count, a writer for worker scripts that can import this module, a launcher
+that runs them in 1 process or N torch.distributed.run ranks and kills every rank on a timeout, the
+check that a resumed trainer holds exactly what its checkpoint saved, and the check that `Dist`
+attached nothing to a model."""
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
+import psutil
+import pytest
 import torch
 
 TESTS_DIR = Path(__file__).resolve().parent
@@ -17,6 +24,51 @@ def write_worker(path: Path, source: str) -> Path:
     """Write a worker script whose first line puts this tests folder on sys.path."""
     path.write_text(f"import sys; sys.path.insert(0, {str(TESTS_DIR)!r})\n" + source)
     return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL `pid` and every descendant. torch.distributed.run starts each rank in a session of its own,
+    so killing the launcher's process group leaves the ranks alive, holding the output pipes open."""
+    try:
+        root = psutil.Process(pid)
+        procs = [*root.children(recursive=True), root]  # listed before any kill re-parents them
+    except psutil.NoSuchProcess:
+        return
+    for proc in procs:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(procs, timeout=10)
+
+
+def run_ranks(script: Path, args, nproc: int, timeout: float) -> subprocess.CompletedProcess:
+    """Run `script *args` in 1 process (nproc=1) or under torch.distributed.run with `nproc` ranks, one
+    thread each, and return its output. A collective mismatch hangs: after `timeout` seconds the
+    launcher and every rank are killed and the test fails with the output so far."""
+    cmd = [sys.executable, str(script), *map(str, args)]
+    if nproc > 1:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+               "--master_addr", "127.0.0.1", "--master_port", str(free_port()), *cmd[1:]]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_tree(proc.pid)
+        try:
+            _out, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            err = "(the output pipes stayed open after every process was killed)"
+        pytest.fail(f"{' '.join(cmd[-4:])}: no result after {timeout} s (ranks out of step?)\n{err[-2000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def replay_engine(engine, vocab_size: int, width: int = 10, truncation: bool = False):

@@ -199,6 +199,7 @@ def test_comparison_numbers_follow_from_the_run_files(study):
             assert dm["mde80"] == pytest.approx((T975_1 + T80_1) * abs(per_seed[0] - per_seed[1]) / 2, abs=1e-9)
     assert c["primary"] == PRIMARY and c["primary_default"] is False
     assert c["primary_declared"]["runs_trained_before"] == 0 and c["primary_status"] == "fixed before any run trained"
+    assert c["primary_declared"]["runs_evaluated_before"] == 0
     for arm in ARMS:
         s = c["arms_summary"][arm]["heldout/reward"]
         assert s["n"] == 2 and s["mean"] == pytest.approx(sum(runs[arm][str(x)]["heldout/reward"] for x in SEEDS) / 2)
@@ -220,6 +221,23 @@ def test_rerun_is_a_fast_no_op(study, capsys):
     assert seconds < 15.0
 
 
+def test_primary_declared_after_training_but_before_any_evaluation(study, tmp_path):
+    """Runs trained (e.g. for a mechanism check) but never evaluated: no held-out metric was visible when
+    the primary metrics were declared, and the record says so, with the trained count beside it."""
+    copy = tmp_path / "study"
+    shutil.copytree(study["dir"], copy)
+    (copy / "primary.json").unlink()
+    for arm in ARMS:
+        for seed in SEEDS:
+            (copy / arm / f"seed-{seed}" / "eval.json").unlink()
+    out = io.StringIO()
+    c = run_study(_spec(tmp_path), stream=out)
+    assert "0 trained, 4 evaluated, 0 reused" in out.getvalue()
+    rec = json.loads((copy / "primary.json").read_text())
+    assert (rec["runs_trained_before"], rec["runs_evaluated_before"], rec["runs"]) == (4, 0, 4)
+    assert c["primary_status"] == "fixed before any run was evaluated; 4 of 4 runs had trained"
+
+
 def test_primary_changed_after_the_runs_is_recorded(study, tmp_path):
     """Another primary: list on a finished study re-aggregates (nothing retrains) and says the primary
     metrics were declared after the runs; the earlier declaration is kept."""
@@ -234,6 +252,7 @@ def test_primary_changed_after_the_runs_is_recorded(study, tmp_path):
     assert "primary metrics: heldout/group/concise (declared when 4 of 4 runs had trained" in out.getvalue()
     rec = json.loads((copy / "primary.json").read_text())
     assert rec["previous"][0]["primary"] == PRIMARY and rec["previous"][0]["runs_trained_before"] == 0
+    assert rec["previous"][0]["runs_evaluated_before"] == 0 and rec["runs_evaluated_before"] == 4
     assert "p_adj" not in c["differences"]["rloo"]["heldout/group/concise"]  # one comparison: nothing to adjust
     assert c["differences"]["rloo"]["heldout/reward"] == {k: v for k, v in study["comparison"]["differences"]["rloo"][
         "heldout/reward"].items() if k != "p_adj"}

@@ -6,16 +6,12 @@ known (tests/dapo_support.py)."""
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 import textwrap
 
 import pytest
 import torch
 from dapo_support import TIE_REWARD, make_task, task_spec
-from replay_support import replay_engine, write_worker
+from replay_support import replay_engine, run_ranks, write_worker
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -396,23 +392,14 @@ WORKER = textwrap.dedent('''
 ''')
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def test_dynamic_sampling_two_processes_equal_one(tmp_path):
     """Dynamic sampling with P-GRPO previews, the overlong penalty and the truncation mask on: 2 processes
     train on the same groups in the same order as 1, with the same gradients, weights and metrics."""
     script = write_worker(tmp_path / "worker.py", WORKER)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    single = subprocess.run([sys.executable, str(script), str(tmp_path), "single"],
-                            capture_output=True, text=True, timeout=600, env=env)
+    single = run_ranks(script, [tmp_path, "single"], 1, timeout=600)
     assert single.returncode == 0, single.stderr[-3000:]
-    dp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                         "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-                         str(script), str(tmp_path), "dp"], capture_output=True, text=True, timeout=600, env=env)
+    dp = run_ranks(script, [tmp_path, "dp"], 2, timeout=600)
     assert dp.returncode == 0, dp.stderr[-3000:]
     one, r0, r1 = (torch.load(tmp_path / f, weights_only=False) for f in ("single-rank0.pt", "dp-rank0.pt", "dp-rank1.pt"))
     assert any(r["dynamic/rounds"] > 1 for r in one["rows"]) and any(r["dynamic/dropped_groups"] for r in one["rows"])

@@ -6,15 +6,11 @@ strategies make `all_ranks` a collective.
 
 Sampling is made identical with a replay engine: each (prompt, generation) gets fixed response
 tokens derived from a hash of the prompt, so the batch does not depend on how it is split."""
-import os
-import socket
-import subprocess
-import sys
 import textwrap
 
 import pytest
 import torch
-from replay_support import write_worker
+from replay_support import run_ranks, write_worker
 
 from fairalign.dist import DDPDist, DeepSpeedDist, Dist, FSDP2Dist, from_env, make_dist
 
@@ -97,24 +93,14 @@ def test_collectives_and_all_ranks_per_class():
         make_dist(0, 2, "zero3")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-mean"])
 def test_two_processes_equal_one(tmp_path, agg):
     script = tmp_path / "worker.py"
     write_worker(script, WORKER)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    single = subprocess.run([sys.executable, str(script), str(tmp_path), "single", agg],
-                            capture_output=True, text=True, timeout=600, env=env)
+    single = run_ranks(script, [tmp_path, "single", agg], 1, timeout=600)
     assert single.returncode == 0, single.stderr[-3000:]
-    dp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                         "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-                         str(script), str(tmp_path), "dp", agg],
-                        capture_output=True, text=True, timeout=600, env=env)
+    dp = run_ranks(script, [tmp_path, "dp", agg], 2, timeout=600)
     assert dp.returncode == 0, dp.stderr[-3000:]
     one = torch.load(tmp_path / "single-rank0.pt", weights_only=False)
     r0 = torch.load(tmp_path / "dp-rank0.pt", weights_only=False)

@@ -100,7 +100,7 @@ def test_every_line_is_treated():
     assert all("unknown" not in k for k in kinds.values()), {p: [ln for ln in _lines(p) if _kind(ln) == "unknown"]
                                                              for p in PAGES}
     counts = {p: len(k) for p, k in kinds.items()}
-    assert counts == {"training": 6, "rlpa": 8, "length_fairness": 3, "distributed": 12, "performance": 20,
+    assert counts == {"training": 6, "rlpa": 8, "length_fairness": 3, "distributed": 12, "performance": 23,
                       "reliability": 8}
     everything = [line for page in PAGES for line in _lines(page)]
     assert set(SKIPPED) <= set(everything)  # no stale entry

@@ -3,15 +3,11 @@ global batch: `batch_joint` (one mean and std over every rank's rewards) and P-G
 checked with fake collectives (rank 0 and rank 1 of 2, each holding half the batch) and with two real
 gloo processes (torchrun) against one process."""
 import json
-import os
-import socket
-import subprocess
-import sys
 import textwrap
 
 import pytest
 import torch
-from replay_support import write_worker
+from replay_support import run_ranks, write_worker
 
 from fairalign.algos import LOCAL, build_estimator, compute_advantages
 from two_ranks import TwoRanks
@@ -56,21 +52,12 @@ WORKER = textwrap.dedent('''
 ''')
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def test_two_processes_equal_one(tmp_path):
     script = write_worker(tmp_path / "worker.py", WORKER)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    single = subprocess.run([sys.executable, str(script), str(tmp_path), "single"], capture_output=True,
-                            text=True, timeout=300, env=env)
+    single = run_ranks(script, [tmp_path, "single"], 1, timeout=300)
     assert single.returncode == 0, single.stderr[-3000:]
-    dp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
-                         "127.0.0.1", "--master_port", str(_free_port()), str(script), str(tmp_path), "dp"],
-                        capture_output=True, text=True, timeout=300, env=env)
+    dp = run_ranks(script, [tmp_path, "dp"], 2, timeout=300)
     assert dp.returncode == 0, dp.stderr[-3000:]
     one = json.loads((tmp_path / "single-rank0.json").read_text())
     ranks = [json.loads((tmp_path / f"dp-rank{k}.json").read_text()) for k in (0, 1)]

@@ -17,9 +17,6 @@
 import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -27,10 +24,9 @@ import torch
 from safetensors.torch import load_file
 
 from fairalign.dist import resolve_strategy
-from replay_support import assert_loaded_equals_checkpoint, write_worker
-from test_distributed import _free_port
+from replay_support import assert_loaded_equals_checkpoint, run_ranks, write_worker
 
-TIMEOUT = 150  # a collective mismatch hangs: kill the whole process group instead
+TIMEOUT = 150  # a collective mismatch hangs: run_ranks kills the launcher and every rank
 # EXIT_NOTE: the worker scripts end with os._exit(0) after their last collective and result file:
 # with torch 2.13, a process holding FSDP2-sharded tensors sometimes aborts in a gloo destructor at
 # interpreter exit ("terminate called without an active exception"), even after
@@ -38,21 +34,9 @@ TIMEOUT = 150  # a collective mismatch hangs: kill the whole process group inste
 
 
 def _launch(script, args, nproc: int, tmp_path) -> None:
-    cmd = [sys.executable, str(script), *map(str, args)]
-    if nproc > 1:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-               "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), *cmd[1:]]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            start_new_session=True)
-    try:
-        _out, err = proc.communicate(timeout=TIMEOUT)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        pytest.fail(f"{' '.join(cmd[-4:])}: no result after {TIMEOUT} s (ranks out of step?)")
-    ranks = [x for x in err.splitlines() if x.startswith("[rank") and "Error" in x]
-    assert proc.returncode == 0, "\n".join(ranks[-6:]) + "\n" + err[-3000:]
+    done = run_ranks(script, args, nproc, TIMEOUT)
+    ranks = [x for x in done.stderr.splitlines() if x.startswith("[rank") and "Error" in x]
+    assert done.returncode == 0, "\n".join(ranks[-6:]) + "\n" + done.stderr[-3000:]
 
 
 # ---------------------------------------------------------------------------------------- strategy

@@ -3,11 +3,13 @@ probe -> calibrated bands -> spec -> `fairalign compare` -> summary, one step pe
 everything; the summary's numbers are the report functions' own on each run's metrics."""
 import importlib.util
 import json
+import signal
 from pathlib import Path
 
 import pytest
 import yaml
 
+from fairalign.errors import StopRequested
 from fairalign.report import data as D
 
 HERE = Path(__file__).resolve().parents[1] / "docs" / "evidence" / "fspo_cosine"
@@ -77,6 +79,21 @@ def test_a_second_call_reuses_the_probe_bands_and_runs(study, capsys):
     out = capsys.readouterr().out
     assert "done, reused" in out and "(target 0.15), reused" in out
     assert [f.read_text() for f in files] == before  # nothing retrained or recalibrated
+
+
+def test_a_stop_exits_with_the_signal_and_names_this_script(study, monkeypatch, capsys):
+    """SIGTERM mid-study: one line telling the user to rerun run.py (not `fairalign compare`, which would
+    skip the summary), no traceback, exit 143."""
+    import fairalign.compare
+
+    def stopped(spec, overrides, rerun=""):
+        raise StopRequested(f"stopped by SIGTERM after step 1; rerun `{rerun}` to continue the study", signal.SIGTERM)
+
+    monkeypatch.setattr(fairalign.compare, "run_study", stopped)
+    assert _load("run").main(["--out", str(study), *TINY]) == 143
+    err = capsys.readouterr().err
+    assert err.startswith("run.py: stopped by SIGTERM after step 1; rerun `.venv/bin/python "
+                          f"docs/evidence/fspo_cosine/run.py --out {study} model=tiny") and "Traceback" not in err
 
 
 def test_summary_helpers_hand_computed():

@@ -138,8 +138,20 @@ def main(argv=None) -> int:
     spec = write_spec(template, bands, out)
 
     from fairalign.compare import run_study
+    from fairalign.errors import ConfigError, StopRequested, TrainingError
 
-    run_study(spec, config_overrides + study_overrides)
+    again = " ".join([".venv/bin/python", "docs/evidence/fspo_cosine/run.py", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        run_study(spec, config_overrides + study_overrides, rerun=again)  # its stop messages name this script
+    except ConfigError as e:  # bad input, as `fairalign compare` reports it
+        print(f"run.py: error: {e}", file=sys.stderr)
+        return 2
+    except StopRequested as e:  # a signal: the run wrote a checkpoint; the same command goes on
+        print(f"run.py: {e}", file=sys.stderr)
+        return e.exit_code
+    except TrainingError as e:
+        print(f"run.py: error: {e}", file=sys.stderr)
+        return 1
     summarize = _module(HERE / "summarize.py", "fspo_cosine_summarize")
     return summarize.main([str(out)])
 

@@ -93,9 +93,10 @@ def untrained_done(study: Study, seed: int) -> bool:
     return ev is not None and "metrics" in ev and ev.get("starting_policy") == starting_policy(study, cfg)
 
 
-def declare_primary(study: Study, runs_trained: int) -> dict:
+def declare_primary(study: Study, runs_trained: int, runs_evaluated: int) -> dict:
     """output_dir/primary.json: the primary metrics (and derived definitions) with the number of runs that
-    had trained when they were first declared in this form; a changed declaration is recorded anew, the
+    had trained (their training metrics visible) and that had been evaluated (their held-out metrics
+    visible) when they were first declared in this form; a changed declaration is recorded anew, the
     earlier ones kept under "previous"."""
     path = study.output_dir / PRIMARY_FILE
     now = {"primary": list(study.primary), "default": study.primary_default, "derived": dict(study.derived)}
@@ -107,9 +108,10 @@ def declare_primary(study: Study, runs_trained: int) -> dict:
         return old
     previous = []
     if isinstance(old, dict):
-        previous = [{k: old.get(k) for k in (*now, "runs_trained_before")}, *old.get("previous", [])]
-    record = {**now, "runs_trained_before": runs_trained, "runs": len(study.arms) * len(study.seeds),
-              "previous": previous}
+        previous = [{k: old.get(k) for k in (*now, "runs_trained_before", "runs_evaluated_before")},
+                    *old.get("previous", [])]
+    record = {**now, "runs_trained_before": runs_trained, "runs_evaluated_before": runs_evaluated,
+              "runs": len(study.arms) * len(study.seeds), "previous": previous}
     _write_json(path, record)
     return record
 
@@ -335,7 +337,7 @@ def run_study(spec_path: str | Path, overrides: list[str] | None = None, *, stre
           f"{todo.count('fresh')} to train), and the untrained policy of each seed ({len(untrained_todo)} to "
           f"evaluate)", file=out, flush=True)
     study.output_dir.mkdir(parents=True, exist_ok=True)
-    declare_primary(study, sum(1 for v in states.values() if v[1] > 0))
+    declare_primary(study, sum(1 for v in states.values() if v[1] > 0), todo.count("done"))
     counts = {"trained": 0, "evaluated": 0, "reused": 0}
     touched: set[int] = set()  # seeds with a run trained or evaluated here (a rerun of a finished study deletes nothing)
     for arm, seed in plan:

@@ -91,9 +91,11 @@ def declared(comparison: dict) -> str:
     rec = comparison.get("primary_declared") or {}
     if rec.get("primary") != comparison.get("primary"):
         return "fixed in the spec"
-    k, n = rec.get("runs_trained_before"), rec.get("runs")
+    k, e, n = rec.get("runs_trained_before"), rec.get("runs_evaluated_before"), rec.get("runs")
     if k == 0:
         return "fixed before any run trained"
+    if e == 0:  # held-out metrics unseen; the trained runs' training metrics were visible
+        return f"fixed before any run was evaluated; {k} of {n} runs had trained"
     return f"declared when {k} of {n} runs had trained: not fixed before the runs"
 
 
