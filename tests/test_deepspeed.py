@@ -16,6 +16,7 @@ import os
 import shutil
 import sys
 import textwrap
+import time
 
 import pytest
 import torch
@@ -261,3 +262,25 @@ def test_checkpoint_resumes_with_another_process_count(two_step_runs, tmp_path):
     assert a["pgrpo"]["groups"] == b["pgrpo"]["groups"]
     for key in ("n", "mean", "m2"):
         assert a["pgrpo"][key] == pytest.approx(b["pgrpo"][key], abs=1e-9)
+
+
+def test_a_stale_extension_build_lock_is_named_before_it_can_hang(tmp_path, monkeypatch, capsys):
+    """A build killed mid-compile leaves `lock`; torch's next build of that op waits for it forever, in
+    silence. import_deepspeed names an old one (both folder layouts) and leaves a fresh one alone."""
+    pytest.importorskip("deepspeed")
+    from fairalign.dist.deepspeed import STALE_LOCK_S, import_deepspeed
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    old = tmp_path / "deepspeed_shm_comm" / "lock"
+    fresh = tmp_path / "py311_cpu" / "other_op" / "lock"
+    for lock in (old, fresh):
+        lock.parent.mkdir(parents=True)
+        lock.write_text("")
+    t = time.time() - STALE_LOCK_S - 60
+    os.utime(old, (t, t))
+    import_deepspeed()
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == [f"fairalign: warning: {old} is 11 min old; a torch extension build that was killed leaves it, "
+                     "and DeepSpeed's next build of that op waits for it forever: delete it unless another process "
+                     "is compiling"]
+    assert old.exists() and fresh.exists()  # nothing deleted

@@ -18,11 +18,19 @@ and the AdamW moment partitions, and `ZeroOptimizer` is what the trainer calls i
 - State: AdamW's state is created up front (zeros, step 0: what AdamW's first step would create), so
   the full moments can be gathered (`safe_get_full_optimizer_state`) and set
   (`safe_set_full_optimizer_state`) at any time; checkpoints use the 1-process format.
+- First use on a CPU: DeepSpeed compiles a small C++ op with torch's extension builder, which waits,
+  silently and forever, while a `lock` file left by a build that was killed exists. `import_deepspeed`
+  warns (one line each) about such locks older than STALE_LOCK_S; it deletes nothing, since a lock that
+  old could still belong to a slow build in another process.
 Written and tested against deepspeed==0.19.8 (constraints.txt). Lines marked "internal" use
 DeepSpeed attributes that are not public API.
 """
 from __future__ import annotations
 
+import glob
+import os
+import sys
+import time
 from typing import Callable
 
 import torch
@@ -31,12 +39,38 @@ from fairalign.dist.base import Dist
 from fairalign.errors import ConfigError
 
 
+STALE_LOCK_S = 600  # a CPU build of DeepSpeed's op takes about a minute
+
+
+def stale_build_locks(now: float | None = None) -> list[tuple[str, float]]:
+    """(path, age in s) of torch extension build locks older than STALE_LOCK_S. The build folder is
+    $TORCH_EXTENSIONS_DIR/NAME, or the default root's ACCELERATOR/NAME (e.g. py311_cpu/deepspeed_shm_comm)."""
+    from torch.utils.cpp_extension import get_default_build_root
+
+    now = time.time() if now is None else now
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root()
+    found = []
+    locks = glob.glob(os.path.join(root, "*", "lock")) + glob.glob(os.path.join(root, "*", "*", "lock"))
+    for path in sorted(set(locks)):
+        try:
+            age = now - os.path.getmtime(path)
+        except OSError:  # released meanwhile
+            continue
+        if age > STALE_LOCK_S:
+            found.append((path, age))
+    return found
+
+
 def import_deepspeed():
     try:
         import deepspeed
     except ImportError:
         raise ConfigError("dist_strategy=deepspeed needs the deepspeed package: pip install "
                          "'fairalign[deepspeed]'") from None
+    for path, age in stale_build_locks():
+        print(f"fairalign: warning: {path} is {age / 60:.0f} min old; a torch extension build that was killed "
+              f"leaves it, and DeepSpeed's next build of that op waits for it forever: delete it unless another "
+              f"process is compiling", file=sys.stderr, flush=True)
     return deepspeed
 
 
