@@ -70,6 +70,11 @@ def test_summary_reads_each_runs_metrics(study):
             assert a["cosine"] == pytest.approx(1.0, abs=1e-6)
     d = summary["paired_vs_primary"]["ppo"]["cosine"]["mean"]
     assert d == pytest.approx(summary["arms"]["fspo"]["cosine"] - summary["arms"]["ppo"]["cosine"])
+    for arm in ARMS:  # the post-hoc k: a run's own steps (one seed, so the arm's and the seed's agree)
+        a, rows = summary["arms"][arm], D.load_rows(study / arm / "seed-0")
+        assert a["k"] == summary["per_seed"][arm]["0"]["k"]
+        if a["clip_rate"] > 0:
+            assert a["k"] == pytest.approx((1 - a["cosine"]) / a["clip_rate"])  # one step: the ratio itself
 
 
 def test_a_second_call_reuses_the_probe_bands_and_runs(study, capsys):
@@ -104,3 +109,21 @@ def test_summary_helpers_hand_computed():
     # mde80 of 3 paired differences with sd 0.1: (t_.975,2 + t_.80,2)·0.1/√3 = (4.3027 + 1.0607)·0.0577
     assert s.mde80({"n": 3, "sd": 0.1}) == pytest.approx((4.3027 + 1.0607) * 0.1 / 3 ** 0.5, abs=1e-4)
     assert s.mde80({"n": 1, "sd": None}) is None
+
+
+def test_direction_loss_per_clip_rate_hand_computed(tmp_path):
+    """Two steps: 3 updates at cosine 0.8 with 2 of 20 sequence-updates clipped, 3 updates at cosine 1 with
+    none clipped; k = 3·0.2 / (3·0.1 + 0) = 2. A step with no cosine logged is not a point."""
+    s = _load("summarize")
+    rows = [{"step": 1, "grad_cosine": 0.8, "grad_cosine/updates": 3,
+             "clip_count/len/1-4": 8, "clip_clipped/len/1-4": 2, "clip_count/len/4-9": 12, "clip_clipped/len/4-9": 0},
+            {"step": 2, "grad_cosine": 1.0, "grad_cosine/updates": 3,
+             "clip_count/len/1-4": 10, "clip_clipped/len/1-4": 0, "clip_count/len/4-9": 10, "clip_clipped/len/4-9": 0},
+            {"step": 3, "clip_count/len/1-4": 10, "clip_clipped/len/1-4": 5}]
+    points = s.step_points(rows)
+    assert points == [pytest.approx((0.1, 0.8, 3)), (0.0, 1.0, 3)]
+    assert s.direction_loss_per_clip_rate(points) == pytest.approx(2.0)
+    assert s.direction_loss_per_clip_rate([(0.0, 1.0, 3)]) is None  # nothing clipped: no slope
+    plot = tmp_path / "k.png"
+    s.plot({"arms": {"fspo": {"step_points": points, "k": 2.0}}}, plot)
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -11,6 +11,11 @@ Holm-adjusted p over those comparisons and the mde80 (the smallest true differen
 80% power), next to the same differences of the per-seed pooled LRE. The
 question "does the lower-LRE rule give the higher cosine?" is read from these pairs, and across arms as
 Spearman's rank correlation of the pooled LRE and the pooled cosine (5 arms: descriptive).
+Added after the runs, not pre-registered (README, "Result"): the calibration to equal overall clip rates did
+not hold in the study (a step that clips nothing has cosine 1, so an arm that clips less has the higher
+cosine whatever its rule), so each run also gets k = Σ(1 − cosine) / Σ clip rate over its steps, the
+direction lost per unit of clip rate (a line through the origin of the per-step points), paired by seed
+like the cosine; `--plot FILE` draws the per-step points and each arm's line.
 Writes OUT/summary.json and prints the tables. The arms are OUT's sub-folders with seed-S runs (in the order
 of OUT/spec.yaml when there is one).
 """
@@ -59,6 +64,26 @@ def length_measures(counts: dict, clipped: dict) -> dict:
             "slope": logistic_length_slope(counts, clipped),
             "bins": {b: {"sequences": counts[b], "clipped": clipped.get(b, 0.0)}
                      for b in sorted(counts, key=lambda x: int(x.split("-")[0]))}}
+
+
+def step_points(rows: list[dict]) -> list[tuple[float, float, int]]:
+    """Per step with off-policy updates: (the share of its off-policy sequence-updates clipped, the mean
+    gradient cosine of its updates, the number of updates)."""
+    points = []
+    for r in rows:
+        counts, clipped = D.pooled_clip_counts([r])
+        cos = D.pooled_grad_cosine([r])
+        n = sum(counts.values())
+        if n > 0 and cos is not None:
+            points.append((sum(clipped.values()) / n, cos[0], cos[1]))
+    return points
+
+
+def direction_loss_per_clip_rate(points: list[tuple[float, float, int]]) -> float | None:
+    """k = Σ u·(1 − cos) / Σ u·rate over the steps (u: updates): the slope of 1 − cosine on the clip rate
+    through the origin (a step that clips nothing has cosine 1). None when no step clipped."""
+    den = sum(u * rate for rate, _, u in points)
+    return sum(u * (1 - cos) for _, cos, u in points) / den if den > 0 else None
 
 
 def mde80(diff: dict | None) -> float | None:
@@ -117,12 +142,15 @@ def summarize(study: Path) -> dict:
             cos = D.pooled_grad_cosine(rows)
             per_seed[arm][seed] = {"cosine": None if cos is None else cos[0],
                                    "cosine_updates": 0 if cos is None else cos[1],
+                                   "k": direction_loss_per_clip_rate(step_points(rows)),
                                    **length_measures(*D.pooled_clip_counts(rows))}
         all_rows = [r for rows in runs.values() for r in rows]
         cos = D.pooled_grad_cosine(all_rows)
         seed_cos = [v["cosine"] for v in per_seed[arm].values() if v["cosine"] is not None]
+        points = [pt for rows in runs.values() for pt in step_points(rows)]
         per_arm[arm] = {"seeds": sorted(runs), "cosine": None if cos is None else cos[0],
-                        "cosine_updates": 0 if cos is None else cos[1],
+                        "cosine_updates": 0 if cos is None else cos[1], "step_points": points,
+                        "k": direction_loss_per_clip_rate(points),
                         "cosine_over_seeds": mean_interval(seed_cos) if seed_cos else None,
                         **length_measures(*merged_counts(list(runs.values())))}
     pairs = {}
@@ -131,7 +159,7 @@ def summarize(study: Path) -> dict:
             if arm == PRIMARY:
                 continue
             out = {}
-            for metric in ("cosine", "lre"):
+            for metric in ("cosine", "lre", "k"):
                 diffs = [per_seed[PRIMARY][s][metric] - per_seed[arm][s][metric] for s in per_seed[PRIMARY]
                          if s in per_seed[arm] and per_seed[PRIMARY][s].get(metric) is not None
                          and per_seed[arm][s].get(metric) is not None]
@@ -183,11 +211,44 @@ def print_summary(s: dict, out=sys.stdout) -> None:
                   f"mde80 {_f(c.get('mde80'))}) | LRE {_ci(p['lre'])} (mde80 {_f(lr.get('mde80'))})", file=out)
     print(f"Spearman rank correlation of pooled LRE and cosine over {len(s['arms_in_spearman'])} arms: "
           f"{_f(s['spearman_lre_cosine'], 2)} (negative: the lower-LRE rule has the higher cosine)", file=out)
+    print("added after the runs: k = Σ(1 − cosine) / Σ clip rate over the steps (direction lost per unit of "
+          "clip rate; lower is better)", file=out)
+    for arm, a in s["arms"].items():
+        print(f"  {arm:10s} k {_f(a.get('k'))}", file=out)
+    for arm, p in s["paired_vs_primary"].items():
+        k = p.get("k") or {}
+        print(f"  {s['primary']} − {arm:10s} k {_ci(p.get('k'))} (p {_f(k.get('p'))}, mde80 {_f(k.get('mde80'))})",
+              file=out)
+
+
+def plot(s: dict, path: Path) -> None:
+    """Per step: 1 − cosine against the clip rate, one colour per arm, with each arm's line k·rate."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    top = max((r for a in s["arms"].values() for r, _, _ in a["step_points"]), default=0.0) or 1.0
+    for arm, a in s["arms"].items():
+        pts = a["step_points"]
+        line = ax.plot([r for r, _, _ in pts], [1 - c for _, c, _ in pts], "o", ms=4, alpha=0.7,
+                       label=f"{arm} (k {_f(a.get('k'), 2)})")[0]
+        if a.get("k") is not None:
+            ax.plot([0, top], [0, a["k"] * top], "-", color=line.get_color(), lw=1)
+    ax.set_xlabel("share of the step's off-policy sequence-updates clipped")
+    ax.set_ylabel("1 − cosine(clipped, unclipped gradient)")
+    ax.set_title("Gradient direction lost against clip rate, per step (all seeds)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("study", type=Path)
+    p.add_argument("--plot", type=Path, default=None, help="write the per-step cosine against clip rate here (PNG)")
     args = p.parse_args(argv)
     s = summarize(args.study)
     if not s["arms"]:
@@ -196,6 +257,9 @@ def main(argv=None) -> int:
     (args.study / "summary.json").write_text(json.dumps(s, indent=1))
     print_summary(s)
     print(f"written: {args.study / 'summary.json'}")
+    if args.plot:
+        plot(s, args.plot)
+        print(f"written: {args.plot}")
     return 0
 
 
