@@ -9,7 +9,6 @@ import json
 import math
 import re
 import shutil
-import time
 from pathlib import Path
 
 import pytest
@@ -58,10 +57,8 @@ def study(tmp_path_factory, tiny_model_dir):
     folder = tmp_path_factory.mktemp("compare")
     spec = _spec(folder)
     out = io.StringIO()
-    t0 = time.perf_counter()
     comparison = run_study(spec, stream=out)
-    return {"spec": spec, "dir": folder / "study", "comparison": comparison, "log": out.getvalue(),
-            "seconds": time.perf_counter() - t0}
+    return {"spec": spec, "dir": folder / "study", "comparison": comparison, "log": out.getvalue()}
 
 
 def test_layout_progress_and_eval_files(study):
@@ -206,19 +203,25 @@ def test_comparison_numbers_follow_from_the_run_files(study):
     assert any(d["ci95"][1] > d["ci95"][0] for d in diffs["rloo"].values())  # not every difference is zero
 
 
-def test_rerun_is_a_fast_no_op(study, capsys):
+def test_rerun_is_a_no_op(study, capsys, monkeypatch):
+    """A finished study run again loads, trains and evaluates no model (how long that takes is a benchmark's
+    business, not a test's): every path that would is replaced by one that fails the test."""
+    import fairalign.compare.study as compare_study
+
+    def must_not_run(name):
+        def fail(*a, **k):
+            raise AssertionError(f"a rerun of a finished study called {name}")
+        return fail
+
+    for name in ("train_run", "load_final", "evaluate_run", "evaluate_untrained"):
+        monkeypatch.setattr(compare_study, name, must_not_run(name))
     before = _run_files(study["dir"])
-    t0 = time.perf_counter()
     assert main(["compare", str(study["spec"])]) == 0
-    seconds = time.perf_counter() - t0
     out = capsys.readouterr().out
     assert _run_files(study["dir"]) == before  # nothing in a run directory was written
     assert "0 trained, 0 evaluated, 4 reused) and 2 untrained evaluations (0 made)" in out and " step " not in out
     again = json.loads((study["dir"] / "comparison.json").read_text())
     assert again["runs"] == study["comparison"]["runs"] and again["differences"] == study["comparison"]["differences"]
-    print(f"\nstudy {study['seconds']:.1f}s; rerun {seconds:.2f}s (aggregation {again['aggregate_s']:.3f}s)")
-    assert again["aggregate_s"] < 1.0
-    assert seconds < 15.0
 
 
 def test_primary_declared_after_training_but_before_any_evaluation(study, tmp_path):

@@ -127,3 +127,26 @@ def test_direction_loss_per_clip_rate_hand_computed(tmp_path):
     plot = tmp_path / "k.png"
     s.plot({"arms": {"fspo": {"step_points": points, "k": 2.0}}}, plot)
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_clipped_events_against_study1_hand_computed():
+    """Study 1's summary.json gives rates and counts per bin: 0.025 of 80 = 2 events; 6 here is 3x. A bin or
+    an arm study 1 lacks is left out, and a bin study 1 never clipped has no ratio."""
+    s = _load("summarize")
+    here = {"fspo": {"bins": {"1-24": {"sequences": 300, "clipped": 6.0}, "24-48": {"sequences": 200, "clipped": 4.0},
+                              "48-65": {"sequences": 500, "clipped": 10.0}}},
+            "new_arm": {"bins": {"1-24": {"sequences": 10, "clipped": 1.0}}}}
+    study1 = {"fspo": {"pooled_rate": {"1-24": 0.025, "24-48": 0.0}, "pooled_n": {"1-24": 80.0, "24-48": 69.0}}}
+    got = s.events_against(here, study1)
+    assert list(got) == ["fspo"] and list(got["fspo"]) == ["1-24", "24-48"]
+    assert got["fspo"]["1-24"] == {"here": 6.0, "earlier": pytest.approx(2.0), "ratio": pytest.approx(3.0)}
+    assert got["fspo"]["24-48"]["ratio"] is None
+
+
+def test_committed_study1_summary_has_the_bins_this_study_compares_with():
+    """The default --study1 file is study 1's committed summary, with the same three length bins."""
+    s = _load("summarize")
+    arms = json.loads(s.STUDY1.read_text())["arms"]
+    assert set(ARMS) <= set(arms)
+    for arm in ARMS:
+        assert list(arms[arm]["pooled_n"]) == ["1-24", "24-48", "48-65"]

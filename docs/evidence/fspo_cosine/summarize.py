@@ -4,7 +4,8 @@
 
 Per arm (every seed's counts pooled): the overall clip rate, the pooled LRE with its flat-clipping noise
 floor (mean, 95th percentile), the extreme bins' log clip-rate ratio and the logistic slope of "clipped"
-on log length (95% Wald intervals), the clipped events per length bin, and the gradient cosine between
+on log length (95% Wald intervals), the clipped events per length bin (and against study 1's, which the
+design asked to exceed 5x), and the gradient cosine between
 the clipped and the unclipped loss (mean over every off-policy update, and the seeds' means with a t
 interval). Primary, paired by seed: cosine(fspo) − cosine(other arm) for each other arm, 95% t interval,
 Holm-adjusted p over those comparisons and the mde80 (the smallest true difference the seeds detect with
@@ -33,6 +34,7 @@ from fairalign.diagnostics import (extreme_bin_log_ratio, logistic_length_slope,
 from fairalign.report import data as D
 
 PRIMARY = "fspo"  # the rule whose cosine is compared with every other arm's
+STUDY1 = Path(__file__).resolve().parents[1] / "length_fairness" / "summary.json"  # its clipped events per bin
 
 
 def run_rows(run: Path) -> list[dict]:
@@ -86,6 +88,24 @@ def direction_loss_per_clip_rate(points: list[tuple[float, float, int]]) -> floa
     return sum(u * (1 - cos) for _, cos, u in points) / den if den > 0 else None
 
 
+def events_against(arms: dict, earlier: dict) -> dict:
+    """Per arm and length bin: clipped events here, in an earlier study (its summary.json's `pooled_rate` ×
+    `pooled_n`, as study 1 writes them) and their ratio; only arms and bins both studies have."""
+    out = {}
+    for arm, a in arms.items():
+        e = earlier.get(arm) or {}
+        rate, n = e.get("pooled_rate") or {}, e.get("pooled_n") or {}
+        rows = {}
+        for b, v in (a.get("bins") or {}).items():
+            if b in rate and b in n:
+                before = rate[b] * n[b]
+                rows[b] = {"here": v["clipped"], "earlier": before,
+                           "ratio": v["clipped"] / before if before > 0 else None}
+        if rows:
+            out[arm] = rows
+    return out
+
+
 def mde80(diff: dict | None) -> float | None:
     """(t_{0.975, n−1} + t_{0.80, n−1})·sd/√n: the smallest true difference n seeds detect with 80% power."""
     if not diff or diff.get("sd") is None or diff["n"] < 2:
@@ -128,7 +148,7 @@ def spearman(xs: list[float], ys: list[float]) -> float | None:
     return sxy / math.sqrt(sxx * syy) if sxx > 0 and syy > 0 else None
 
 
-def summarize(study: Path) -> dict:
+def summarize(study: Path, earlier: dict | None = None) -> dict:
     arms = [p.name for p in study.iterdir() if p.is_dir() and any(p.glob("seed-*/metrics.jsonl"))]
     spec = D.read_yaml(study / "spec.yaml") or {}
     order = list(spec.get("arms") or {})  # the spec's order when run.py wrote one, else alphabetical
@@ -173,7 +193,8 @@ def summarize(study: Path) -> dict:
     both = [a for a in arms if per_arm[a].get("lre") is not None and per_arm[a]["cosine"] is not None]
     rho = spearman([per_arm[a]["lre"] for a in both], [per_arm[a]["cosine"] for a in both])
     return {"study": str(study), "arms": per_arm, "per_seed": per_seed, "primary": PRIMARY,
-            "paired_vs_primary": pairs, "spearman_lre_cosine": rho, "arms_in_spearman": both}
+            "paired_vs_primary": pairs, "spearman_lre_cosine": rho, "arms_in_spearman": both,
+            "events_against_study1": events_against(per_arm, earlier) if earlier else None}
 
 
 def _f(x, d=3) -> str:
@@ -203,6 +224,11 @@ def print_summary(s: dict, out=sys.stdout) -> None:
         bins = a.get("bins", {})
         print(f"  {arm:10s} " + ", ".join(f"{b}: {v['clipped']:.1f}/{v['sequences']:.0f}" for b, v in bins.items()),
               file=out)
+    if s.get("events_against_study1"):
+        print("clipped events per length bin: this study / study 1 (ratio; the design asked for >= 5x):", file=out)
+        for arm, rows in s["events_against_study1"].items():
+            print(f"  {arm:10s} " + ", ".join(f"{b}: {v['here']:.1f}/{v['earlier']:.1f} ({_f(v['ratio'], 1)}x)"
+                                              for b, v in rows.items()), file=out)
     if s["paired_vs_primary"]:
         print(f"paired by seed, {s['primary']} − arm: cosine [95%] (Holm p, mde80) | LRE [95%] (mde80)", file=out)
         for arm, p in s["paired_vs_primary"].items():
@@ -249,8 +275,15 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("study", type=Path)
     p.add_argument("--plot", type=Path, default=None, help="write the per-step cosine against clip rate here (PNG)")
+    p.add_argument("--study1", type=Path, default=STUDY1,
+                   help="study 1's summary.json, for the clipped events per bin against it (default: %(default)s)")
     args = p.parse_args(argv)
-    s = summarize(args.study)
+    earlier = None
+    if args.study1.is_file():
+        earlier = json.loads(args.study1.read_text()).get("arms")
+    else:
+        print(f"summarize.py: {args.study1} not found; the events against study 1 are left out", file=sys.stderr)
+    s = summarize(args.study, earlier)
     if not s["arms"]:
         print(f"summarize.py: no runs with metrics.jsonl under {args.study}", file=sys.stderr)
         return 2
