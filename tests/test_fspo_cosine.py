@@ -150,3 +150,19 @@ def test_committed_study1_summary_has_the_bins_this_study_compares_with():
     assert set(ARMS) <= set(arms)
     for arm in ARMS:
         assert list(arms[arm]["pooled_n"]) == ["1-24", "24-48", "48-65"]
+
+
+def test_clip_rate_by_step_recovers_each_band_scale_and_splits_the_probe_into_steps(study, capsys):
+    """band_scale inverts calibrate.band for every rule; the tiny probe (1 step of 2 prompts x 2 samples,
+    2 epochs x 2 minibatches: 3 of 4 updates off-policy, 2 x 2 x 2 x 3/4 = 6 sequence-updates) is one step."""
+    by_step = _load("clip_rate_by_step")
+    import calibrate
+
+    for rule in ARMS:
+        _, band = calibrate.band(rule, 2.5)
+        assert by_step.band_scale(rule, band) == pytest.approx(2.5)
+    steps = by_step.probe_steps(study / "probe" / "probe.jsonl", per_step=6)
+    assert len(steps) == 1 and sum(len(call[1]) for call in steps[0]) == 6
+    assert by_step.main([str(study)]) == 0
+    out = capsys.readouterr().out
+    assert "probe: 1 steps of 6" in out and all(f"  {arm:10s} probe " in out for arm in ARMS)
