@@ -75,6 +75,11 @@ def test_summary_reads_each_runs_metrics(study):
         assert a["k"] == summary["per_seed"][arm]["0"]["k"]
         if a["clip_rate"] > 0:
             assert a["k"] == pytest.approx((1 - a["cosine"]) / a["clip_rate"])  # one step: the ratio itself
+        seed0 = summary["per_seed"][arm]["0"]  # one step: the first step is the whole run, and nothing follows it
+        assert seed0["k_after_step1"] is None
+        assert (seed0["clip_rate_step1"], seed0["cosine_step1"]) == (pytest.approx(a["clip_rate"]), pytest.approx(a["cosine"]))
+    d1 = summary["paired_vs_primary"]["ppo"]["cosine_step1"]["mean"]
+    assert d1 == pytest.approx(summary["arms"]["fspo"]["cosine"] - summary["arms"]["ppo"]["cosine"])
 
 
 def test_a_second_call_reuses_the_probe_bands_and_runs(study, capsys):
@@ -166,3 +171,27 @@ def test_clip_rate_by_step_recovers_each_band_scale_and_splits_the_probe_into_st
     assert by_step.main([str(study)]) == 0
     out = capsys.readouterr().out
     assert "probe: 1 steps of 6" in out and all(f"  {arm:10s} probe " in out for arm in ARMS)
+
+
+def _printed(lines: str) -> list[str]:
+    return [line for line in lines.splitlines() if not line.startswith("written: ")]
+
+
+def test_committed_reading_reproduces_from_the_committed_files(tmp_path, capsys):
+    """summary.txt and clip_rate_by_step.txt are the scripts' output on results/ (a copy, so summary.json is
+    not rewritten), and the README's pre-registered table quotes them."""
+    import shutil
+
+    results = tmp_path / "results"
+    shutil.copytree(HERE / "results", results)
+    assert _load("summarize").main([str(results)]) == 0
+    assert _printed(capsys.readouterr().out) == _printed((HERE / "results" / "summary.txt").read_text())
+    assert _load("clip_rate_by_step").main([str(results)]) == 0
+    assert capsys.readouterr().out == (HERE / "results" / "clip_rate_by_step.txt").read_text()
+    summary = json.loads((results / "summary.json").read_text())
+    readme = (HERE / "README.md").read_text()
+    for arm, p in summary["paired_vs_primary"].items():
+        for metric in ("cosine", "lre"):
+            m = p[metric]
+            quoted = f"{m['mean']:+.3f} [{m['ci95'][0]:+.3f}, {m['ci95'][1]:+.3f}]".replace("-", "−")
+            assert quoted in readme, (arm, metric, quoted)

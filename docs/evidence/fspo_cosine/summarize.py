@@ -16,7 +16,9 @@ Added after the runs, not pre-registered (README, "Result"): the calibration to 
 not hold in the study (a step that clips nothing has cosine 1, so an arm that clips less has the higher
 cosine whatever its rule), so each run also gets k = Σ(1 − cosine) / Σ clip rate over its steps, the
 direction lost per unit of clip rate (a line through the origin of the per-step points), paired by seed
-like the cosine; `--plot FILE` draws the per-step points and each arm's line.
+like the cosine; `--plot FILE` draws the per-step points and each arm's line. Also added after the runs: the
+first step's cosine alone (every rule clips most there, at the most similar rates), and k over the steps
+after the first (the per-step points bend at step 1), both paired by seed.
 Writes OUT/summary.json and prints the tables. The arms are OUT's sub-folders with seed-S runs (in the order
 of OUT/spec.yaml when there is one).
 """
@@ -160,9 +162,13 @@ def summarize(study: Path, earlier: dict | None = None) -> dict:
         per_seed[arm] = {}
         for seed, rows in runs.items():
             cos = D.pooled_grad_cosine(rows)
+            points = step_points(rows)
             per_seed[arm][seed] = {"cosine": None if cos is None else cos[0],
                                    "cosine_updates": 0 if cos is None else cos[1],
-                                   "k": direction_loss_per_clip_rate(step_points(rows)),
+                                   "k": direction_loss_per_clip_rate(points),
+                                   "k_after_step1": direction_loss_per_clip_rate(points[1:]),
+                                   "clip_rate_step1": points[0][0] if points else None,
+                                   "cosine_step1": points[0][1] if points else None,
                                    **length_measures(*D.pooled_clip_counts(rows))}
         all_rows = [r for rows in runs.values() for r in rows]
         cos = D.pooled_grad_cosine(all_rows)
@@ -179,7 +185,7 @@ def summarize(study: Path, earlier: dict | None = None) -> dict:
             if arm == PRIMARY:
                 continue
             out = {}
-            for metric in ("cosine", "lre", "k"):
+            for metric in ("cosine", "lre", "k", "cosine_step1", "k_after_step1"):
                 diffs = [per_seed[PRIMARY][s][metric] - per_seed[arm][s][metric] for s in per_seed[PRIMARY]
                          if s in per_seed[arm] and per_seed[PRIMARY][s].get(metric) is not None
                          and per_seed[arm][s].get(metric) is not None]
@@ -245,6 +251,23 @@ def print_summary(s: dict, out=sys.stdout) -> None:
         k = p.get("k") or {}
         print(f"  {s['primary']} − {arm:10s} k {_ci(p.get('k'))} (p {_f(k.get('p'))}, mde80 {_f(k.get('mde80'))})",
               file=out)
+    print("added after the runs: the first step alone (the step where every rule clips most, at the most similar "
+          "rates); per seed (clip rate, cosine):", file=out)
+    for arm, seeds in s["per_seed"].items():
+        print(f"  {arm:10s} " + ", ".join(f"seed {seed}: ({_f(v.get('clip_rate_step1'))}, {_f(v.get('cosine_step1'))})"
+                                          for seed, v in seeds.items()), file=out)
+    for arm, p in s["paired_vs_primary"].items():
+        c1 = p.get("cosine_step1") or {}
+        print(f"  {s['primary']} − {arm:10s} step-1 cosine {_ci(p.get('cosine_step1'))} (p {_f(c1.get('p'))}, "
+              f"mde80 {_f(c1.get('mde80'))})", file=out)
+    print("added after the runs: k over steps 2 on (step 1 left out, where the points bend), per seed:", file=out)
+    for arm, seeds in s["per_seed"].items():
+        print(f"  {arm:10s} " + ", ".join(f"seed {seed}: {_f(v.get('k_after_step1'), 2)}" for seed, v in seeds.items()),
+              file=out)
+    for arm, p in s["paired_vs_primary"].items():
+        k1 = p.get("k_after_step1") or {}
+        print(f"  {s['primary']} − {arm:10s} k after step 1 {_ci(p.get('k_after_step1'))} (p {_f(k1.get('p'))}, "
+              f"mde80 {_f(k1.get('mde80'))})", file=out)
 
 
 def plot(s: dict, path: Path) -> None:
