@@ -195,3 +195,20 @@ def test_committed_reading_reproduces_from_the_committed_files(tmp_path, capsys)
             m = p[metric]
             quoted = f"{m['mean']:+.3f} [{m['ci95'][0]:+.3f}, {m['ci95'][1]:+.3f}]".replace("-", "−")
             assert quoted in readme, (arm, metric, quoted)
+
+
+def test_probe_steps_sets_the_probes_length_after_every_override(tmp_path, capsys):
+    """--probe-steps 2 beats the dry run's steps=1: the tiny probe records 2 steps x 6 off-policy
+    sequence-updates. Reused without --probe-steps or with the same number; refused with another, since its
+    bands calibrate the probe that was trained."""
+    run = _load("run")
+    template = yaml.safe_load((HERE / "spec_template.yaml").read_text())
+    overrides, _ = run.split_overrides(TINY)
+    record = run.probe(template, tmp_path, overrides, steps=2)
+    assert yaml.safe_load((tmp_path / "probe" / "config.yaml").read_text())["steps"] == 2
+    assert sum(len(json.loads(line)["seqs"]) for line in record.read_text().splitlines()) == 12
+    before = record.read_text()
+    assert run.probe(template, tmp_path, overrides) == record and run.probe(template, tmp_path, overrides, 2) == record
+    assert record.read_text() == before and capsys.readouterr().out.count("done, reused") == 2
+    with pytest.raises(SystemExit, match=r"trained for 2 steps, not --probe-steps 3"):
+        run.probe(template, tmp_path, overrides, steps=3)

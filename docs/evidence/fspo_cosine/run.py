@@ -1,11 +1,12 @@
 """The FSPO cosine study in one command (issue 22, section 3): calibration probe -> bands at one overall clip
 rate -> `fairalign compare` with the gradient-cosine diagnostic -> summary.
 
-    python docs/evidence/fspo_cosine/run.py [--out runs/study-fspo-cosine] [--target 0.15] [KEY=VALUE ...]
+    python docs/evidence/fspo_cosine/run.py [--out runs/study-fspo-cosine] [--target 0.15] [--probe-steps N] [KEY=VALUE ...]
 
 1. Probe: the template's base config with the unclipped probe loss of study 1
-   (docs/evidence/length_fairness/probe.py), seed 99 (not a study seed), 3 steps: it records the per-token
-   log ratios of every off-policy minibatch in OUT/probe/probe.jsonl. Skipped when OUT/probe/final exists.
+   (docs/evidence/length_fairness/probe.py), seed 99 (not a study seed), 3 steps (`--probe-steps`): it
+   records the per-token log ratios of every off-policy minibatch in OUT/probe/probe.jsonl. Skipped when
+   OUT/probe/final exists (and refused when it was trained for another `--probe-steps`).
 2. Bands: for every arm (the rules of docs/evidence/length_fairness/calibrate.py, same names), the band
    scaled in log space until the rule clips `--target` of the probe's sequence-updates; written with each
    rule's expected per-bin clip rates and counts on the probe to OUT/bands.json (kept when it exists and
@@ -16,8 +17,12 @@ rate -> `fairalign compare` with the gradient-cosine diagnostic -> summary.
 
 KEY=VALUE pairs override the config of the probe and of every study run (e.g. model=tiny steps=1 for a dry
 run); `seeds=` and `output_dir=` are the study's (use --out for the folder).
-Simplification: the probe runs at the study's settings with an unclipped loss, so the clipped runs drift a
-little less than the probe did; the realized overall clip rates are in the summary next to the target.
+Simplifications: the probe runs at the study's settings with an unclipped loss, so the clipped runs drift a
+little less than the probe did. Its default 3 steps are what the committed study used; the clip rate falls
+over the steps (step 1 clips several times what later steps do: README, "Result"), so a 3-step probe
+calibrates the first steps, and a 12-step study clipped 0.047-0.099 against a 0.15 target. To calibrate a
+study's overall rate, give `--probe-steps` the study's own number of steps. The realized overall clip rates
+are in the summary next to the target.
 """
 from __future__ import annotations
 
@@ -57,12 +62,17 @@ def split_overrides(items: list[str]) -> tuple[list[str], list[str]]:
     return config, study
 
 
-def probe(template: dict, out: Path, overrides: list[str]) -> Path:
-    """Train the calibration probe (unless OUT/probe/final exists); the path of its probe.jsonl."""
+def probe(template: dict, out: Path, overrides: list[str], steps: int | None = None) -> Path:
+    """Train the calibration probe (unless OUT/probe/final exists); the path of its probe.jsonl. `steps`:
+    its training steps, after every override (None: PROBE_STEPS, which a `steps=` override changes)."""
     from fairalign.train.trainer import Trainer
 
     run, record = out / "probe", out / "probe" / "probe.jsonl"
     if (run / "final").is_dir() and record.is_file():
+        trained = (yaml.safe_load((run / "config.yaml").read_text()) or {}).get("steps")
+        if steps is not None and trained != steps:
+            raise SystemExit(f"run.py: {run} was trained for {trained} steps, not --probe-steps {steps}; its "
+                             f"bands calibrate that probe (use another --out for a new calibration)")
         print(f"probe: {run} done, reused")
         return record
     shutil.rmtree(run, ignore_errors=True)  # the probe appends to its record: a stopped probe starts over
@@ -70,7 +80,7 @@ def probe(template: dict, out: Path, overrides: list[str]) -> Path:
         "seed": PROBE_SEED, "steps": PROBE_STEPS, "output_dir": str(run), "save_every": 1000, "keep_last": 1,
         "algo": {"loss": f"{LENGTH / 'probe.py'}:probe", "loss_args": {"out": str(record)}},
         "log": {"grad_cosine": False, "progress": False}})
-    cfg = build_config(base, overrides)
+    cfg = build_config(base, overrides + ([] if steps is None else [f"steps={steps}"]))
     print(f"probe: training {cfg.steps} steps (seed {cfg.seed}) in {run}", flush=True)
     Trainer(cfg).train()
     return record
@@ -127,13 +137,18 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=None, help="study folder (default: the template's output_dir)")
     p.add_argument("--target", type=float, default=0.15, help="overall clip rate every band is calibrated to")
     p.add_argument("--template", type=Path, default=HERE / "spec_template.yaml")
+    p.add_argument("--probe-steps", type=int, default=None,
+                   help=f"the calibration probe's training steps (default {PROBE_STEPS}, as the committed study; "
+                        "give the study's steps to calibrate its overall clip rate)")
     args = p.parse_args(argv)
     template = yaml.safe_load(args.template.read_text())
     out = args.out or Path(template["output_dir"])
     out.mkdir(parents=True, exist_ok=True)
     config_overrides, study_overrides = split_overrides(args.overrides)
     bins = build_config(copy.deepcopy(template["base"]), config_overrides).log.length_bins
-    record = probe(template, out, config_overrides)
+    if args.probe_steps is not None and args.probe_steps < 1:
+        p.error(f"--probe-steps must be at least 1, got {args.probe_steps}")
+    record = probe(template, out, config_overrides, args.probe_steps)
     bands = calibrate_bands(record, out, args.target, bins)
     spec = write_spec(template, bands, out)
 
