@@ -210,5 +210,15 @@ def test_probe_steps_sets_the_probes_length_after_every_override(tmp_path, capsy
     before = record.read_text()
     assert run.probe(template, tmp_path, overrides) == record and run.probe(template, tmp_path, overrides, 2) == record
     assert record.read_text() == before and capsys.readouterr().out.count("done, reused") == 2
-    with pytest.raises(SystemExit, match=r"trained for 2 steps, not --probe-steps 3"):
+    with pytest.raises(SystemExit) as stop:
         run.probe(template, tmp_path, overrides, steps=3)
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == (f"run.py: error: {tmp_path / 'probe'} was trained for 2 steps, not --probe-steps "
+                                       "3; its bands calibrate that probe (use another --out for a new calibration)\n")
+
+
+def test_output_dir_override_is_bad_input(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        _load("run").main(["--out", str(tmp_path), "output_dir=elsewhere"])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == "run.py: error: give the study folder with --out, not output_dir=\n"

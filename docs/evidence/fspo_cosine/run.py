@@ -44,6 +44,12 @@ LENGTH = HERE.parent / "length_fairness"
 PROBE_SEED, PROBE_STEPS = 99, 3
 
 
+def bad_input(message: str):
+    """One line naming this script, exit 2 (bad input, as `fairalign` reports it)."""
+    print(f"run.py: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def _module(path: Path, name: str):
     spec = importlib.util.spec_from_file_location(name, path)
     mod = importlib.util.module_from_spec(spec)
@@ -57,7 +63,7 @@ def split_overrides(items: list[str]) -> tuple[list[str], list[str]]:
     for item in items:
         key, _ = parse_override(item)
         if key == "output_dir":
-            raise SystemExit("run.py: give the study folder with --out, not output_dir=")
+            bad_input("give the study folder with --out, not output_dir=")
         (study if key == "seeds" else config).append(item)
     return config, study
 
@@ -71,8 +77,8 @@ def probe(template: dict, out: Path, overrides: list[str], steps: int | None = N
     if (run / "final").is_dir() and record.is_file():
         trained = (yaml.safe_load((run / "config.yaml").read_text()) or {}).get("steps")
         if steps is not None and trained != steps:
-            raise SystemExit(f"run.py: {run} was trained for {trained} steps, not --probe-steps {steps}; its "
-                             f"bands calibrate that probe (use another --out for a new calibration)")
+            bad_input(f"{run} was trained for {trained} steps, not --probe-steps {steps}; its "
+                      f"bands calibrate that probe (use another --out for a new calibration)")
         print(f"probe: {run} done, reused")
         return record
     shutil.rmtree(run, ignore_errors=True)  # the probe appends to its record: a stopped probe starts over
@@ -122,8 +128,8 @@ def write_spec(template: dict, bands: dict, out: Path) -> Path:
     spec["output_dir"] = str(out)
     for arm, change in spec["arms"].items():
         if arm not in bands["bands"]:
-            raise SystemExit(f"run.py: arm '{arm}' of the template has no calibrated band (rules: "
-                             f"{', '.join(bands['bands'])})")
+            bad_input(f"arm '{arm}' of the template has no calibrated band (rules: "
+                      f"{', '.join(bands['bands'])})")
         change.update(band_keys(bands["bands"][arm]))
     path = out / "spec.yaml"
     path.write_text(f"# written by docs/evidence/fspo_cosine/run.py: spec_template.yaml + bands.json "
