@@ -147,13 +147,13 @@ def main(argv=None) -> int:
                    help=f"the calibration probe's training steps (default {PROBE_STEPS}, as the committed study; "
                         "give the study's steps to calibrate its overall clip rate)")
     args = p.parse_args(argv)
+    if args.probe_steps is not None and args.probe_steps < 1:
+        p.error(f"--probe-steps must be at least 1, got {args.probe_steps}")
     template = yaml.safe_load(args.template.read_text())
     out = args.out or Path(template["output_dir"])
     out.mkdir(parents=True, exist_ok=True)
     config_overrides, study_overrides = split_overrides(args.overrides)
     bins = build_config(copy.deepcopy(template["base"]), config_overrides).log.length_bins
-    if args.probe_steps is not None and args.probe_steps < 1:
-        p.error(f"--probe-steps must be at least 1, got {args.probe_steps}")
     record = probe(template, out, config_overrides, args.probe_steps)
     bands = calibrate_bands(record, out, args.target, bins)
     spec = write_spec(template, bands, out)
